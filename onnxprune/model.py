@@ -1,0 +1,283 @@
+"""Model I/O: load (incl. external data), check, shape inference, info, atomic save.
+
+Contract:
+- :func:`load_model` never modifies the file it reads; it returns a ``ModelProto`` with all
+  external data loaded into memory and shape inference applied (``strict`` off, so
+  partially-inferable graphs still load).
+- :func:`save_model` writes to a temporary file in the target folder and renames it, so a
+  reader never sees a half-written model; it refuses to overwrite the model it was loaded
+  from (``source_path``) or any path given in ``protect``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from onnx import ModelProto, TensorProto, numpy_helper
+
+from onnxprune.errors import OnnxPruneError
+
+# Models above this size are saved with external data (protobuf's 2 GB limit).
+_EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def _resolve_model_file(path: Path) -> Path:
+    if not path.exists():
+        raise OnnxPruneError(f"model file '{path}' does not exist; check the path")
+    if path.is_dir():
+        candidates = sorted(p for p in path.iterdir() if p.suffix == ".onnx")
+        if len(candidates) != 1:
+            raise OnnxPruneError(
+                f"folder '{path}' holds {len(candidates)} .onnx files; pass the model file itself"
+            )
+        return candidates[0]
+    return path
+
+
+def _check_external_data_paths(model: ModelProto, base_dir: Path) -> None:
+    """Refuse external-data locations that leave the model's folder (path traversal)."""
+    base = base_dir.resolve()
+    tensors: list[TensorProto] = list(model.graph.initializer)
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                tensors.append(attr.t)
+    for tensor in tensors:
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+        if location is None:
+            raise OnnxPruneError(
+                f"tensor '{tensor.name}' is stored externally but names no file; re-export the model"
+            )
+        target = (base / location).resolve()
+        if os.path.isabs(location) or not target.is_relative_to(base):
+            raise OnnxPruneError(
+                f"tensor '{tensor.name}' points to external data '{location}' outside the model "
+                f"folder '{base}'; move the data next to the model"
+            )
+        if not target.exists():
+            raise OnnxPruneError(
+                f"tensor '{tensor.name}' needs external data file '{location}', which is missing "
+                f"from '{base}'; copy it next to the model"
+            )
+
+
+def load_model(path: str | os.PathLike[str], *, infer_shapes: bool = True) -> ModelProto:
+    """Load an ONNX model from a file (or a folder holding exactly one ``.onnx`` file).
+
+    External data must live in the model's folder. Raises :class:`OnnxPruneError` with the
+    file name for a missing, truncated or non-ONNX file.
+    """
+    file = _resolve_model_file(Path(path))
+    try:
+        model = onnx.load(str(file), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
+        raise OnnxPruneError(
+            f"'{file}' is not a readable ONNX model ({type(exc).__name__}); "
+            "check that the file is complete and really an .onnx export"
+        ) from exc
+    if not model.graph.node and not model.graph.output:
+        raise OnnxPruneError(
+            f"'{file}' parsed but holds no graph; it is probably not an ONNX model or is truncated"
+        )
+    _check_external_data_paths(model, file.parent)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(file.parent))
+    except Exception as exc:
+        raise OnnxPruneError(f"could not read the external data of '{file}': {exc}") from exc
+    if infer_shapes:
+        model = infer_model_shapes(model)
+    return model
+
+
+def infer_model_shapes(model: ModelProto) -> ModelProto:
+    """Run ONNX shape inference with data propagation; on failure keep the model as is."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:
+        # Shape inference is an aid: unknown custom domains make it fail, analysis then
+        # freezes whatever lacks a shape instead of guessing.
+        return model
+
+
+def check_model(model: ModelProto, *, full: bool = True) -> None:
+    """``onnx.checker`` with a readable error."""
+    try:
+        if model.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
+            onnx.checker.check_model(model, full_check=full)
+    except Exception as exc:
+        raise OnnxPruneError(f"the model does not pass onnx.checker: {exc}") from exc
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: list[int | str | None]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": self.shape}
+
+    def __str__(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+@dataclass
+class ModelInfo:
+    """What a person wants to know about a model before pruning it."""
+
+    producer: str
+    producer_version: str
+    ir_version: int
+    opsets: dict[str, int]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    num_nodes: int
+    num_initializers: int
+    params: int
+    op_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "producer": self.producer,
+            "producer_version": self.producer_version,
+            "ir_version": self.ir_version,
+            "opsets": self.opsets,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "num_nodes": self.num_nodes,
+            "num_initializers": self.num_initializers,
+            "params": self.params,
+            "op_counts": self.op_counts,
+        }
+
+    def __str__(self) -> str:
+        lines = [
+            f"producer   {self.producer or '?'} {self.producer_version}".rstrip(),
+            f"ir/opset   {self.ir_version} / "
+            + ", ".join(f"{d or 'ai.onnx'}:{v}" for d, v in sorted(self.opsets.items())),
+            f"nodes      {self.num_nodes} ({self.num_initializers} initializers, {self.params:,} params)",
+        ]
+        lines += [f"input      {t}" for t in self.inputs]
+        lines += [f"output     {t}" for t in self.outputs]
+        ops = ", ".join(f"{op}x{n}" for op, n in sorted(self.op_counts.items(), key=lambda kv: -kv[1]))
+        lines.append(f"ops        {ops}")
+        return "\n".join(lines)
+
+
+def _value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    ttype = vi.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name if ttype.elem_type else "?"
+    shape: list[int | str | None] = []
+    if ttype.HasField("shape"):
+        for dim in ttype.shape.dim:
+            if dim.HasField("dim_value"):
+                shape.append(int(dim.dim_value))
+            elif dim.HasField("dim_param"):
+                shape.append(dim.dim_param)
+            else:
+                shape.append(None)
+    return TensorInfo(vi.name, dtype, shape)
+
+
+def graph_inputs(model: ModelProto) -> list[onnx.ValueInfoProto]:
+    """Real inputs: graph inputs that are not initializers (old exporters list both)."""
+    init_names = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in init_names]
+
+
+def model_info(model: ModelProto) -> ModelInfo:
+    op_counts: dict[str, int] = {}
+    for node in model.graph.node:
+        op_counts[node.op_type] = op_counts.get(node.op_type, 0) + 1
+    params = 0
+    for init in model.graph.initializer:
+        n = 1
+        for d in init.dims:
+            n *= d
+        params += n
+    return ModelInfo(
+        producer=model.producer_name,
+        producer_version=model.producer_version,
+        ir_version=model.ir_version,
+        opsets={o.domain: o.version for o in model.opset_import},
+        inputs=[_value_info(i) for i in graph_inputs(model)],
+        outputs=[_value_info(o) for o in model.graph.output],
+        num_nodes=len(model.graph.node),
+        num_initializers=len(model.graph.initializer),
+        params=params,
+        op_counts=op_counts,
+    )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def save_model(
+    model: ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    protect: list[str | os.PathLike[str]] | tuple = (),
+) -> Path:
+    """Atomically write ``model`` to ``path`` (temp file in the same folder + rename).
+
+    ``protect`` lists paths that must never be overwritten (the input model): saving onto
+    one of them raises :class:`OnnxPruneError` and writes nothing.
+    """
+    target = Path(path)
+    for p in protect:
+        if _same_file(target, Path(p)):
+            raise OnnxPruneError(
+                f"refusing to overwrite the input model '{p}'; choose another output path with -o"
+            )
+    if target.exists() and target.is_dir():
+        raise OnnxPruneError(f"output path '{target}' is a folder; give a file name ending in .onnx")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    large = model.ByteSize() >= _EXTERNAL_DATA_THRESHOLD
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        if large:
+            data_name = target.name + ".data"
+            onnx.save_model(
+                model,
+                tmp_name,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+            )
+        else:
+            onnx.save_model(model, tmp_name)
+        os.replace(tmp_name, target)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    return target
+
+
+def initializer_map(model: ModelProto) -> dict[str, TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def constant_value(model: ModelProto, name: str):
+    """numpy value of an initializer or a ``Constant`` node output, else ``None``."""
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+    return None
