@@ -1,0 +1,779 @@
+"""Analytic cost of an ONNX model and of a pruning plan: MACs, FLOPs, parameters.
+
+Definitions (all counts are for the whole graph at the given batch, batch 1 by default, so
+the defaults are *per sample*):
+
+``macs``
+    Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul only.
+
+    - Conv: ``N * C_out * (C_in / group) * prod(kernel) * prod(out_spatial)`` (strides,
+      dilations, pads and ``auto_pad`` enter through the output shape from shape inference).
+    - ConvTranspose: ``N * C_in * (C_out / group) * prod(kernel) * prod(in_spatial)``
+      (every input pixel scatters one kernel; ``output_padding`` adds no MACs).
+    - Gemm: ``M * K * N``; MatMul: ``prod(output shape) * K`` (batched/broadcast MatMul
+      counts every output element).
+
+``flops``
+    The full arithmetic count, with these per-op weights:
+
+    - Conv/ConvTranspose/Gemm/MatMul: ``2 * macs``, plus one add per output element for a
+      bias (Conv/ConvTranspose ``B``, Gemm ``C``).
+    - BatchNormalization: 2 per element (the folded scale-and-shift).
+    - InstanceNormalization, LayerNormalization, GroupNormalization: 5 per element.
+    - Softmax, LogSoftmax: 3 per element.
+    - MaxPool, AveragePool, LpPool: ``prod(kernel_shape)`` per output element.
+    - GlobalAveragePool, GlobalMaxPool, GlobalLpPool and Reduce*: 1 per *input* element.
+    - Elementwise arithmetic, comparisons and activations (``_ELEMENTWISE``): 1 per output
+      element; variadic Sum/Max/Min/Mean with k inputs: ``k - 1`` per output element.
+    - Data movement (``_ZERO_COST``: Reshape, Transpose, Concat, Slice, Pad, Resize, ...): 0.
+    - Any other op counts 0 and is listed in :attr:`CostReport.uncounted_ops`.
+
+``params``
+    Number of elements of the floating-point initializers that nodes consume, each counted
+    once (at its first consumer). This is the ONNX file's view: BatchNormalization's running
+    mean and variance count, integer shape constants do not.
+
+Shapes come from ONNX shape inference re-run on a copy of the model whose inputs are fixed:
+a dynamic first dimension becomes ``batch``; any other dynamic input dimension must be given
+with ``input_shapes`` (CLI ``--input-shape NAME:1x3x224x224``) or :class:`OnnxPruneError`
+names the input.
+
+Pricing a plan: :class:`PlanCost` compiles every node's cost into terms
+``coef * d1 * d2 * d3`` whose factors are either constants or :class:`ChannelExpr` values
+(affine in the kept channel count of each group), so ``PlanCost.macs(kept)`` is a
+matrix-vector product and one dot product. :func:`model_cost` evaluates the very same terms
+with no plan, which keeps "cost of the plan == cost of the pruned model" (DESIGN invariant 2)
+true by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import ModelProto
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.model import graph_inputs
+
+__all__ = [
+    "ChannelExpr",
+    "CostReport",
+    "CostTotals",
+    "NodeCost",
+    "PlanCost",
+    "model_cost",
+    "parse_input_shapes",
+]
+
+_ELEMENTWISE = frozenset(
+    """Add Sub Mul Div Pow Mod PRelu Relu LeakyRelu Sigmoid HardSigmoid Tanh Clip Elu Selu Celu
+    Softplus Softsign HardSwish Gelu Mish ThresholdedRelu Erf Exp Log Sqrt Neg Abs Reciprocal
+    Floor Ceil Round Sign Sin Cos Where Equal Less LessOrEqual Greater GreaterOrEqual And Or Xor
+    Not BitShift IsNaN IsInf Shrink""".split()
+)
+_VARIADIC = frozenset({"Sum", "Max", "Min", "Mean"})
+_NORM5 = frozenset({"InstanceNormalization", "LayerNormalization", "GroupNormalization"})
+_SOFTMAX = frozenset({"Softmax", "LogSoftmax"})
+_POOL = frozenset({"MaxPool", "AveragePool", "LpPool"})
+_INPUT_REDUCE = frozenset(
+    """GlobalAveragePool GlobalMaxPool GlobalLpPool ReduceMean ReduceSum ReduceMax ReduceMin
+    ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceSumSquare ArgMax
+    ArgMin""".split()
+)
+_ZERO_COST = frozenset(
+    """Reshape Flatten Transpose Concat Slice Split Pad Gather GatherElements GatherND Squeeze
+    Unsqueeze Identity Shape Size Constant ConstantOfShape Cast CastLike Expand Tile Range
+    Dropout Resize Upsample DepthToSpace SpaceToDepth ScatterND ScatterElements NonZero
+    EyeLike""".split()
+)
+_FLOAT_TYPES = frozenset(
+    {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.BFLOAT16,
+        onnx.TensorProto.DOUBLE,
+    }
+)
+
+_MACS, _FLOPS, _PARAMS = 0, 1, 2
+_MAX_FACTORS = 3
+
+
+@dataclass(frozen=True)
+class ChannelExpr:
+    """Kept size of dimension ``axis`` of one tensor, affine in the groups' keep counts.
+
+    ``kept = const + sum(mult * kept[group_id] for group_id, mult in terms)``.
+    A plain channel tensor of group 3 is ``ChannelExpr(1, 0, ((3, 1),))``; a flattened
+    ``C*H*W`` vector of group 3 with ``H*W = 64`` is ``ChannelExpr(1, 0, ((3, 64),))``.
+    """
+
+    axis: int
+    const: int
+    terms: tuple[tuple[int, int], ...]
+
+    def value(self, kept: Mapping[int, int]) -> int:
+        """Evaluate for ``kept`` (group id -> kept channels)."""
+        return self.const + sum(mult * kept[group_id] for group_id, mult in self.terms)
+
+    def __str__(self) -> str:
+        parts = [
+            f"{mult}*g{group_id}" if mult != 1 else f"g{group_id}" for group_id, mult in self.terms
+        ]
+        if self.const or not parts:
+            parts.append(str(self.const))
+        return f"axis {self.axis}: " + " + ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"axis": self.axis, "const": self.const, "terms": [list(t) for t in self.terms]}
+
+
+@dataclass
+class NodeCost:
+    """Cost of one node (``name`` falls back to ``<op_type>#<index>`` for unnamed nodes)."""
+
+    name: str
+    op_type: str
+    macs: int
+    flops: int
+    params: int
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "op_type": self.op_type,
+            "macs": self.macs,
+            "flops": self.flops,
+            "params": self.params,
+        }
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name} ({self.op_type}): {self.macs:,} MACs, {self.flops:,} FLOPs, "
+            f"{self.params:,} params"
+        )
+
+
+@dataclass
+class CostTotals:
+    """Totals of a cost evaluation (``PlanCost.cost`` returns this)."""
+
+    macs: int
+    flops: int
+    params: int
+
+    def to_dict(self) -> dict:
+        return {"macs": self.macs, "flops": self.flops, "params": self.params}
+
+    def __str__(self) -> str:
+        return f"{self.macs:,} MACs, {self.flops:,} FLOPs, {self.params:,} params"
+
+
+@dataclass
+class CostReport:
+    """Cost of a whole model: totals, per-node rows, and what could not be counted."""
+
+    macs: int
+    flops: int
+    params: int
+    per_node: list[NodeCost]
+    batch: int = 1
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    uncounted_ops: list[str] = field(default_factory=list)
+
+    def to_dict(self, per_node: bool = True) -> dict:
+        out: dict = {
+            "macs": self.macs,
+            "flops": self.flops,
+            "params": self.params,
+            "batch": self.batch,
+            "input_shapes": self.input_shapes,
+            "uncounted_ops": self.uncounted_ops,
+        }
+        if per_node:
+            out["per_node"] = [n.to_dict() for n in self.per_node]
+        return out
+
+    def __str__(self) -> str:
+        shapes = ", ".join(f"{k}[{'x'.join(map(str, v))}]" for k, v in self.input_shapes.items())
+        lines = [
+            f"MACs    {self.macs:>16,}  ({self.macs / 1e6:,.2f} M)",
+            f"FLOPs   {self.flops:>16,}  ({self.flops / 1e6:,.2f} M)",
+            f"params  {self.params:>16,}  ({self.params / 1e6:,.3f} M)",
+            f"input   {shapes}",
+        ]
+        if self.uncounted_ops:
+            lines.append("not counted (0 FLOPs): " + ", ".join(self.uncounted_ops))
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# shapes
+
+
+def parse_input_shapes(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """Parse CLI ``NAME:1x3x224x224`` strings into ``{name: (1, 3, 224, 224)}``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+            if any(d <= 0 for d in shape):
+                raise ValueError
+        except ValueError:
+            raise OnnxPruneError(
+                f"input shape '{spec}' is not NAME:DxDx...; e.g. --input-shape input:1x3x224x224"
+            ) from None
+        shapes[name] = shape
+    return shapes
+
+
+def _fixed_shape_model(
+    model: ModelProto, batch: int, input_shapes: Mapping[str, Sequence[int]] | None
+) -> tuple[ModelProto, dict[str, list[int]]]:
+    """Copy of ``model`` with static input shapes and freshly inferred shapes everywhere."""
+    input_shapes = dict(input_shapes or {})
+    fixed = ModelProto()
+    fixed.CopyFrom(model)
+    del fixed.graph.value_info[:]
+    for out in fixed.graph.output:
+        if out.type.HasField("tensor_type"):
+            out.type.tensor_type.ClearField("shape")
+    names = [i.name for i in graph_inputs(fixed)]
+    unknown = sorted(set(input_shapes) - set(names))
+    if unknown:
+        raise OnnxPruneError(
+            f"--input-shape names '{unknown[0]}', which is not a model input; inputs are: "
+            + ", ".join(names)
+        )
+    used: dict[str, list[int]] = {}
+    for inp in graph_inputs(fixed):
+        tensor_type = inp.type.tensor_type
+        dims = tensor_type.shape.dim
+        if inp.name in input_shapes:
+            wanted = list(input_shapes[inp.name])
+            if len(wanted) != len(dims):
+                raise OnnxPruneError(
+                    f"--input-shape for '{inp.name}' has rank {len(wanted)} but the input has "
+                    f"rank {len(dims)}"
+                )
+            for dim, value in zip(dims, wanted, strict=True):
+                dim.Clear()
+                dim.dim_value = int(value)
+        else:
+            for axis, dim in enumerate(dims):
+                if dim.HasField("dim_value") and dim.dim_value > 0:
+                    continue
+                if axis == 0:
+                    dim.Clear()
+                    dim.dim_value = batch
+                    continue
+                label = dim.dim_param or "?"
+                example = "x".join(
+                    str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else "N"
+                    for d in dims
+                )
+                raise OnnxPruneError(
+                    f"input '{inp.name}' has dynamic dimension {axis} ('{label}'), so its cost "
+                    f"depends on the input size; fix it with --input-shape {inp.name}:{example} "
+                    "(or input_shapes=...)"
+                )
+        used[inp.name] = [int(d.dim_value) for d in dims]
+    try:
+        fixed = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
+    except Exception as exc:
+        raise OnnxPruneError(
+            f"ONNX shape inference failed on the model ({exc}); the cost needs tensor shapes"
+        ) from exc
+    return fixed, used
+
+
+def _shape_table(model: ModelProto) -> dict[str, list[int] | None]:
+    table: dict[str, list[int] | None] = {}
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        ttype = vi.type.tensor_type
+        if not ttype.HasField("shape"):
+            table.setdefault(vi.name, None)
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
+        table[vi.name] = None if any(d < 0 for d in dims) else dims
+    for init in model.graph.initializer:
+        table[init.name] = list(init.dims)
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# cost terms
+
+# A factor is a static int or a (tensor name, axis) reference that a ChannelExpr may replace.
+_Factor = int | tuple[str, int]
+
+
+@dataclass
+class _Term:
+    node_index: int
+    kind: int  # _MACS / _FLOPS / _PARAMS
+    coef: float
+    factors: tuple[_Factor, ...]
+
+
+class _TermBuilder:
+    """Turns each node into cost terms; one handler per op family (no name-based decisions)."""
+
+    def __init__(self, model: ModelProto, shapes: dict[str, list[int] | None]) -> None:
+        self.model = model
+        self.shapes = shapes
+        self.terms: list[_Term] = []
+        self.uncounted: set[str] = set()
+        self.float_inits = {
+            t.name: list(t.dims) for t in model.graph.initializer if t.data_type in _FLOAT_TYPES
+        }
+        self.counted_inits: set[str] = set()
+        self.conv_depthwise: dict[int, bool] = {}
+
+    # helpers --------------------------------------------------------------------------------
+    def shape(self, node: onnx.NodeProto, tensor: str, required: bool) -> list[int] | None:
+        shape = self.shapes.get(tensor)
+        if shape is None and required:
+            raise OnnxPruneError(
+                f"node '{node.name or node.op_type}' ({node.op_type}): shape of tensor '{tensor}' "
+                "is unknown after shape inference, so its MACs cannot be counted; give fixed "
+                "input shapes with --input-shape NAME:1x3x224x224"
+            )
+        return shape
+
+    def add(self, index: int, kind: int, coef: float, *factors: _Factor) -> None:
+        static = 1.0
+        dynamic: list[tuple[str, int]] = []
+        for factor in factors:
+            if isinstance(factor, tuple):
+                dynamic.append(factor)
+            else:
+                static *= factor
+        if coef * static != 0:
+            self.terms.append(_Term(index, kind, coef * static, tuple(dynamic)))
+
+    def elements(self, tensor: str, shape: list[int]) -> list[_Factor]:
+        return [(tensor, axis) for axis in range(len(shape))]
+
+    def build(self) -> None:
+        for index, node in enumerate(self.model.graph.node):
+            handler = _HANDLERS.get(node.op_type)
+            if handler is not None:
+                handler(self, index, node)
+            elif node.op_type in _ELEMENTWISE:
+                self.elementwise(index, node, 1)
+            elif node.op_type in _VARIADIC:
+                self.elementwise(index, node, max(len([i for i in node.input if i]) - 1, 1))
+            elif node.op_type in _NORM5:
+                self.elementwise(index, node, 5)
+            elif node.op_type in _SOFTMAX:
+                self.elementwise(index, node, 3)
+            elif node.op_type in _INPUT_REDUCE:
+                self.input_elements(index, node)
+            elif node.op_type not in _ZERO_COST:
+                self.uncounted.add(node.op_type)
+            self.generic_params(index, node)
+
+    # flops families -------------------------------------------------------------------------
+    def elementwise(self, index: int, node: onnx.NodeProto, per_element: float) -> None:
+        out = node.output[0]
+        shape = self.shape(node, out, required=False)
+        if shape is None:
+            self.uncounted.add(f"{node.op_type} (unknown shape)")
+            return
+        self.add(index, _FLOPS, per_element, *self.elements(out, shape))
+
+    def input_elements(self, index: int, node: onnx.NodeProto) -> None:
+        shape = self.shape(node, node.input[0], required=False)
+        if shape is None:
+            self.uncounted.add(f"{node.op_type} (unknown shape)")
+            return
+        self.add(index, _FLOPS, 1, *self.elements(node.input[0], shape))
+
+    # params ---------------------------------------------------------------------------------
+    def take_param(self, name: str) -> list[int] | None:
+        """Shape of a float initializer the first time a node consumes it, else None."""
+        if not name or name not in self.float_inits or name in self.counted_inits:
+            return None
+        self.counted_inits.add(name)
+        return self.float_inits[name]
+
+    def generic_params(self, index: int, node: onnx.NodeProto) -> None:
+        """Initializers not handled by an op handler: broadcast against output 0 (right-aligned).
+
+        A dimension that matches the output's dimension (and is > 1) follows that output's
+        channel expression, e.g. a per-channel ``[C, 1, 1]`` scale of a ``Mul``.
+        """
+        out_shape = self.shapes.get(node.output[0]) if node.output else None
+        for name in node.input:
+            init_shape = self.take_param(name)
+            if init_shape is None:
+                continue
+            factors: list[_Factor] = []
+            offset = len(out_shape) - len(init_shape) if out_shape is not None else -1
+            for axis, size in enumerate(init_shape):
+                if out_shape is not None and offset >= 0 and size > 1:
+                    if out_shape[axis + offset] == size:
+                        factors.append((node.output[0], axis + offset))
+                        continue
+                factors.append(size)
+            self.add(index, _PARAMS, 1, *factors)
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return default
+
+
+def _conv(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
+    x, w = node.input[0], node.input[1]
+    y = node.output[0]
+    x_shape = b.shape(node, x, required=True)
+    w_shape = b.shape(node, w, required=True)
+    y_shape = b.shape(node, y, required=True)
+    assert x_shape is not None and w_shape is not None and y_shape is not None
+    group = int(_attr(node, "group", 1))
+    c_in = x_shape[1]
+    kernel = int(np.prod(w_shape[2:], dtype=np.int64))
+    # CONTRACTS depthwise rule: group == C_in means one input channel per group, and the
+    # group count follows the kept input channels; any other group count stays fixed.
+    depthwise = group == c_in
+    # Per-group input channels as a function of the kept input channels.
+    in_per_group: tuple[float, tuple[_Factor, ...]] = (
+        (1.0, ()) if depthwise else (1.0 / group, ((x, 1),))
+    )
+    out_spatial = [(y, axis) for axis in range(2, len(y_shape))]
+    coef, in_factor = in_per_group
+    b.add(index, _MACS, coef * kernel, (y, 0), (y, 1), *in_factor, *out_spatial)
+    b.add(index, _FLOPS, 2 * coef * kernel, (y, 0), (y, 1), *in_factor, *out_spatial)
+    w_param = b.take_param(w)
+    if w_param is not None:
+        b.add(index, _PARAMS, coef * kernel, (y, 1), *in_factor)
+    if len(node.input) > 2 and node.input[2]:
+        b.add(index, _FLOPS, 1, *b.elements(y, y_shape))
+        if b.take_param(node.input[2]) is not None:
+            b.add(index, _PARAMS, 1, (y, 1))
+
+
+def _conv_transpose(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
+    x, w = node.input[0], node.input[1]
+    y = node.output[0]
+    x_shape = b.shape(node, x, required=True)
+    w_shape = b.shape(node, w, required=True)
+    y_shape = b.shape(node, y, required=True)
+    assert x_shape is not None and w_shape is not None and y_shape is not None
+    group = int(_attr(node, "group", 1))
+    kernel = int(np.prod(w_shape[2:], dtype=np.int64))
+    depthwise = group == x_shape[1]
+    # W is [C_in, C_out / group, k...]; MACs = N * C_in * C_out/group * k * in_spatial
+    #      = N * C_out * (C_in/group) * k * in_spatial.
+    coef, in_factor = (1.0, ()) if depthwise else (1.0 / group, ((x, 1),))
+    in_spatial = [(x, axis) for axis in range(2, len(x_shape))]
+    b.add(index, _MACS, coef * kernel, (x, 0), (y, 1), *in_factor, *in_spatial)
+    b.add(index, _FLOPS, 2 * coef * kernel, (x, 0), (y, 1), *in_factor, *in_spatial)
+    if b.take_param(w) is not None:
+        b.add(index, _PARAMS, coef * kernel, (y, 1), *in_factor)
+    if len(node.input) > 2 and node.input[2]:
+        b.add(index, _FLOPS, 1, *b.elements(y, y_shape))
+        if b.take_param(node.input[2]) is not None:
+            b.add(index, _PARAMS, 1, (y, 1))
+
+
+def _gemm(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
+    a, w = node.input[0], node.input[1]
+    y = node.output[0]
+    a_shape = b.shape(node, a, required=True)
+    w_shape = b.shape(node, w, required=True)
+    y_shape = b.shape(node, y, required=True)
+    assert a_shape is not None and w_shape is not None and y_shape is not None
+    trans_a = int(_attr(node, "transA", 0))
+    trans_b = int(_attr(node, "transB", 0))
+    k_factor: _Factor = (a, 0 if trans_a else 1)
+    b.add(index, _MACS, 1, (y, 0), (y, 1), k_factor)
+    b.add(index, _FLOPS, 2, (y, 0), (y, 1), k_factor)
+    if b.take_param(w) is not None:
+        b.add(index, _PARAMS, 1, (y, 1), k_factor)
+    del trans_b  # B's layout does not change its element count
+    if len(node.input) > 2 and node.input[2]:
+        b.add(index, _FLOPS, 1, (y, 0), (y, 1))
+        c_shape = b.take_param(node.input[2])
+        if c_shape is not None:
+            factors: list[_Factor] = list(c_shape)
+            if c_shape and c_shape[-1] == y_shape[1] and y_shape[1] > 1:
+                factors[-1] = (y, 1)
+            b.add(index, _PARAMS, 1, *factors)
+
+
+def _matmul(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
+    a, w = node.input[0], node.input[1]
+    y = node.output[0]
+    a_shape = b.shape(node, a, required=True)
+    w_shape = b.shape(node, w, required=True)
+    y_shape = b.shape(node, y, required=True)
+    assert a_shape is not None and w_shape is not None and y_shape is not None
+    k_factor: _Factor = (a, len(a_shape) - 1)
+    out = b.elements(y, y_shape)
+    b.add(index, _MACS, 1, k_factor, *out)
+    b.add(index, _FLOPS, 2, k_factor, *out)
+    for name, shape, is_a in ((a, a_shape, True), (w, w_shape, False)):
+        if b.take_param(name) is None:
+            continue
+        factors: list[_Factor] = list(shape)
+        if is_a:
+            factors[-1] = k_factor
+        elif len(shape) >= 2:
+            factors[-2] = k_factor
+            factors[-1] = (y, len(y_shape) - 1)
+        else:
+            factors[-1] = k_factor
+        b.add(index, _PARAMS, 1, *factors)
+
+
+def _batchnorm(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
+    x = node.input[0]
+    shape = b.shape(node, x, required=False)
+    if shape is None:
+        b.uncounted.add("BatchNormalization (unknown shape)")
+    else:
+        b.add(index, _FLOPS, 2, *b.elements(x, shape))
+    for name in node.input[1:5]:
+        if b.take_param(name) is not None:
+            b.add(index, _PARAMS, 1, (x, 1))
+
+
+def _pool(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
+    kernel = int(np.prod(_attr(node, "kernel_shape", [1]), dtype=np.int64))
+    b.elementwise(index, node, kernel)
+
+
+_HANDLERS = {
+    "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "BatchNormalization": _batchnorm,
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+    "LpPool": _pool,
+}
+
+
+def _node_label(index: int, node: onnx.NodeProto) -> str:
+    return node.name or f"{node.op_type}#{index}"
+
+
+# --------------------------------------------------------------------------------------------
+# compiled evaluation
+
+
+class _Compiled:
+    """Terms as arrays: ``value = sum(coef * v[f1] * v[f2] * v[f3])`` per kind.
+
+    ``v = E @ [kept..., 1]`` holds the value of every referenced dimension; row 0 is the
+    constant 1 (padding for unused factor slots).
+    """
+
+    def __init__(
+        self,
+        terms: list[_Term],
+        shapes: dict[str, list[int] | None],
+        channel_exprs: Mapping[str, ChannelExpr],
+        group_ids: list[int],
+    ) -> None:
+        column = {group_id: i for i, group_id in enumerate(group_ids)}
+        n_cols = len(group_ids) + 1
+        rows: list[np.ndarray] = [np.eye(1, n_cols, n_cols - 1)[0]]
+        row_of: dict[str, int] = {}
+        for tensor, expr in channel_exprs.items():
+            row = np.zeros(n_cols)
+            row[-1] = expr.const
+            for group_id, mult in expr.terms:
+                if group_id not in column:
+                    raise OnnxPruneError(
+                        f"channel expression of tensor '{tensor}' uses group {group_id}, which is "
+                        "not in group_sizes"
+                    )
+                row[column[group_id]] += mult
+            row_of[tensor] = len(rows)
+            rows.append(row)
+        self.matrix = np.array(rows)
+        self.kinds = np.array([t.kind for t in terms], dtype=np.int64)
+        self.nodes = np.array([t.node_index for t in terms], dtype=np.int64)
+        coefs = np.zeros(len(terms))
+        index = np.zeros((len(terms), _MAX_FACTORS), dtype=np.int64)
+        for i, term in enumerate(terms):
+            coef = term.coef
+            slots: list[int] = []
+            for tensor, axis in term.factors:
+                expr = channel_exprs.get(tensor)
+                shape = shapes.get(tensor)
+                rank = len(shape) if shape is not None else axis + 1
+                if expr is not None and expr.axis % rank == axis % rank:
+                    slots.append(row_of[tensor])
+                else:
+                    if shape is None:
+                        raise OnnxPruneError(f"shape of tensor '{tensor}' is unknown")
+                    coef *= shape[axis]
+            if len(slots) > _MAX_FACTORS:
+                raise OnnxPruneError(
+                    f"a cost term depends on {len(slots)} pruned dimensions (at most "
+                    f"{_MAX_FACTORS} supported): {term.factors}"
+                )
+            index[i, : len(slots)] = slots
+            coefs[i] = coef
+        self.coefs = coefs
+        self.index = index
+        # Per-kind arrays for the hot path.
+        self.by_kind = []
+        for kind in (_MACS, _FLOPS, _PARAMS):
+            mask = self.kinds == kind
+            used = index[mask]
+            self.by_kind.append((coefs[mask], used[:, 0], used[:, 1], used[:, 2]))
+
+    def dim_values(self, kept_ext: np.ndarray) -> np.ndarray:
+        return self.matrix @ kept_ext
+
+    def total(self, kind: int, values: np.ndarray) -> int:
+        coefs, i1, i2, i3 = self.by_kind[kind]
+        return int(round(float(coefs @ (values[i1] * values[i2] * values[i3]))))
+
+    def per_term(self, values: np.ndarray) -> np.ndarray:
+        v = values[self.index]
+        return self.coefs * v[:, 0] * v[:, 1] * v[:, 2]
+
+
+def _build(
+    model: ModelProto, batch: int, input_shapes: Mapping[str, Sequence[int]] | None
+) -> tuple[ModelProto, dict[str, list[int] | None], _TermBuilder, dict[str, list[int]]]:
+    if batch < 1:
+        raise OnnxPruneError(f"batch must be >= 1, got {batch}")
+    fixed, used = _fixed_shape_model(model, batch, input_shapes)
+    shapes = _shape_table(fixed)
+    builder = _TermBuilder(fixed, shapes)
+    builder.build()
+    return fixed, shapes, builder, used
+
+
+def model_cost(
+    model: ModelProto, batch: int = 1, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> CostReport:
+    """MACs, FLOPs and params of ``model`` (definitions in the module docstring).
+
+    ``batch`` fills a dynamic first input dimension (default 1: per-sample cost);
+    ``input_shapes`` (``{input name: full shape}``) fixes any other dynamic input dimension.
+    Raises :class:`OnnxPruneError` naming the input when a dynamic non-batch dimension is not
+    given, or naming the node and tensor when a MAC op's shape stays unknown.
+    """
+    fixed, shapes, builder, used = _build(model, batch, input_shapes)
+    compiled = _Compiled(builder.terms, shapes, {}, [])
+    values = compiled.dim_values(np.ones(1))
+    per_term = compiled.per_term(values)
+    n_nodes = len(fixed.graph.node)
+    sums = np.zeros((n_nodes, 3))
+    np.add.at(sums, (compiled.nodes, compiled.kinds), per_term)
+    per_node = [
+        NodeCost(
+            _node_label(i, node),
+            node.op_type,
+            int(round(sums[i, _MACS])),
+            int(round(sums[i, _FLOPS])),
+            int(round(sums[i, _PARAMS])),
+        )
+        for i, node in enumerate(fixed.graph.node)
+    ]
+    return CostReport(
+        macs=sum(n.macs for n in per_node),
+        flops=sum(n.flops for n in per_node),
+        params=sum(n.params for n in per_node),
+        per_node=per_node,
+        batch=batch,
+        input_shapes=used,
+        uncounted_ops=sorted(builder.uncounted),
+    )
+
+
+class PlanCost:
+    """Prices a plan (kept channels per group) without building the pruned model.
+
+    ``channel_exprs`` maps tensor names to the :class:`ChannelExpr` of their pruned axis
+    (tensors absent keep their size); ``group_sizes`` maps every group id to its full channel
+    count. Construction runs shape inference once and caches one coefficient per cost term;
+    :meth:`macs` is then one small matrix-vector product and one dot product.
+
+    ``kept`` is a ``dict[group_id, int]`` (missing groups keep every channel) or a numpy
+    vector ordered like :attr:`group_ids`. ``frozen`` groups stay at full size in
+    :meth:`min_fraction`.
+    """
+
+    def __init__(
+        self,
+        model: ModelProto,
+        channel_exprs: Mapping[str, ChannelExpr],
+        group_sizes: Mapping[int, int],
+        *,
+        batch: int = 1,
+        input_shapes: Mapping[str, Sequence[int]] | None = None,
+        frozen: Iterable[int] = (),
+    ) -> None:
+        _, shapes, builder, _ = _build(model, batch, input_shapes)
+        self.group_ids: list[int] = sorted(group_sizes)
+        self.group_sizes = dict(group_sizes)
+        self.frozen = set(frozen)
+        self._full = np.array([group_sizes[g] for g in self.group_ids] + [1], dtype=np.float64)
+        self._position = {group_id: i for i, group_id in enumerate(self.group_ids)}
+        self._compiled = _Compiled(builder.terms, shapes, channel_exprs, self.group_ids)
+        self._full_values = self._compiled.dim_values(self._full)
+        self.full_macs = self._compiled.total(_MACS, self._full_values)
+
+    def _extended(self, kept) -> np.ndarray:
+        if isinstance(kept, Mapping):
+            vector = self._full.copy()
+            for group_id, count in kept.items():
+                if group_id not in self._position:
+                    raise OnnxPruneError(f"plan keeps channels of unknown group {group_id}")
+                vector[self._position[group_id]] = count
+            return vector
+        vector = np.empty(len(self.group_ids) + 1)
+        vector[:-1] = kept
+        vector[-1] = 1.0
+        return vector
+
+    def macs(self, kept) -> int:
+        """MACs of the model with ``kept`` channels per group."""
+        return self._compiled.total(_MACS, self._compiled.dim_values(self._extended(kept)))
+
+    def cost(self, kept) -> CostTotals:
+        """MACs, FLOPs and params of the model with ``kept`` channels per group."""
+        values = self._compiled.dim_values(self._extended(kept))
+        return CostTotals(
+            self._compiled.total(_MACS, values),
+            self._compiled.total(_FLOPS, values),
+            self._compiled.total(_PARAMS, values),
+        )
+
+    def macs_fraction(self, kept) -> float:
+        """``macs(kept) / macs(full)``."""
+        return self.macs(kept) / self.full_macs if self.full_macs else 1.0
+
+    def min_fraction(self, min_channels: int = 1) -> float:
+        """MACs fraction when every non-frozen group keeps ``min(min_channels, size)``."""
+        kept = {
+            group_id: min(min_channels, size)
+            for group_id, size in self.group_sizes.items()
+            if group_id not in self.frozen
+        }
+        return self.macs_fraction(kept)
+
+    def __str__(self) -> str:
+        return (
+            f"PlanCost({len(self.group_ids)} groups, {len(self._compiled.coefs)} terms, "
+            f"full {self.full_macs:,} MACs)"
+        )
