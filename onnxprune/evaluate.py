@@ -1,0 +1,464 @@
+"""onnxruntime sessions, accuracy / fidelity, and latency.
+
+- :func:`make_session` asks for ``CUDAExecutionProvider`` only after checking once (silently,
+  ORT logging muted) that it really initialises on this machine; otherwise it uses the CPU
+  provider, so a machine without CUDA prints nothing. ``device="cuda"`` without a working
+  CUDA provider raises :class:`OnnxPruneError`.
+- :func:`evaluate` gives top-1/top-5 (in percent) when the data has labels, and label-free
+  fidelity to a reference model (top-1 agreement in percent, mean KL(reference || model)
+  in nats) when reference logits are given.
+- :func:`measure_latency` times ``session.run`` on random input of the model's input shape.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxprune.errors import DataError, OnnxPruneError
+from onnxprune.model import load_model
+
+if TYPE_CHECKING:
+    from onnxprune.data import Dataset
+
+__all__ = [
+    "EvalResult",
+    "LatencyResult",
+    "cpu_model",
+    "cuda_available",
+    "evaluate",
+    "make_feed",
+    "make_session",
+    "measure_latency",
+    "predict",
+    "session_provider",
+]
+
+_DEVICES = ("auto", "cpu", "cuda")
+_ORT_WARNING = 2  # onnxruntime's default logger severity
+_ORT_FATAL = 4
+_cuda_ok: bool | None = None
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _probe_model() -> bytes:
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])],
+        "cuda_probe",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def cuda_available() -> bool:
+    """True when a session with ``CUDAExecutionProvider`` really runs on CUDA (cached).
+
+    The check creates a one-node session with ORT logging at FATAL, so a machine without a
+    GPU or CUDA libraries prints nothing.
+    """
+    global _cuda_ok
+    if _cuda_ok is None:
+        _cuda_ok = False
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            options = ort.SessionOptions()
+            options.log_severity_level = _ORT_FATAL
+            ort.set_default_logger_severity(_ORT_FATAL)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    session = ort.InferenceSession(
+                        _probe_model(), options, providers=["CUDAExecutionProvider"]
+                    )
+                    session.run(None, {"x": np.ones(1, np.float32)})
+                _cuda_ok = session.get_providers()[0] == "CUDAExecutionProvider"
+            except Exception:
+                _cuda_ok = False
+            finally:
+                ort.set_default_logger_severity(_ORT_WARNING)
+    return _cuda_ok
+
+
+def _model_bytes(
+    model_or_path: onnx.ModelProto | str | os.PathLike[str] | bytes,
+) -> tuple[bytes, str]:
+    if isinstance(model_or_path, bytes):
+        return model_or_path, "<bytes>"
+    if isinstance(model_or_path, onnx.ModelProto):
+        return model_or_path.SerializeToString(), model_or_path.graph.name or "<model>"
+    model = load_model(Path(model_or_path), infer_shapes=False)
+    return model.SerializeToString(), str(model_or_path)
+
+
+def make_session(
+    model_or_path: onnx.ModelProto | str | os.PathLike[str] | bytes,
+    device: str = "auto",
+    threads: int | None = None,
+) -> ort.InferenceSession:
+    """An ``InferenceSession`` on ``device`` (``auto``: CUDA when it works, else CPU).
+
+    ``threads`` sets intra-op threads (``None``: onnxruntime's default, one per core).
+    Raises :class:`OnnxPruneError` for an unknown device, ``cuda`` without a working CUDA
+    provider, or a model onnxruntime rejects (naming the model).
+    """
+    if device not in _DEVICES:
+        raise OnnxPruneError(f"unknown device '{device}'; use one of: {', '.join(_DEVICES)}")
+    if threads is not None and threads < 1:
+        raise OnnxPruneError(f"threads must be >= 1, got {threads}")
+    use_cuda = device == "cuda" or (device == "auto" and cuda_available())
+    if device == "cuda" and not cuda_available():
+        raise OnnxPruneError(
+            "device 'cuda' requested but CUDAExecutionProvider does not initialise on this "
+            "machine (no GPU or missing CUDA/cuDNN libraries); use --device cpu"
+        )
+    payload, label = _model_bytes(model_or_path)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    providers = (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+    )
+    try:
+        return ort.InferenceSession(payload, options, providers=providers)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OnnxPruneError(
+            f"onnxruntime cannot load model '{label}': {first_line}; run `onnxprune info` on it "
+            "and check its opset/ops"
+        ) from exc
+
+
+def session_provider(session: ort.InferenceSession) -> str:
+    """The execution provider that runs the session's nodes first (e.g. ``CPUExecutionProvider``)."""
+    return session.get_providers()[0]
+
+
+def session_threads(session: ort.InferenceSession) -> int:
+    """Intra-op threads configured for ``session`` (0 = onnxruntime's default)."""
+    return int(session.get_session_options().intra_op_num_threads)
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo, falling back to :func:`platform.processor`."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# prediction and accuracy
+
+
+def _fixed_batch(session: ort.InferenceSession) -> int | None:
+    dim = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits of the first output for ``x: [N, ...input]``, run in chunks of ``batch_size``.
+
+    A model with a fixed batch dimension is run with exactly that batch (the last chunk is
+    zero-padded and cut). Returns ``[N, ...output]`` float32.
+    """
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise DataError(
+            f"the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+            "evaluation supports single-input models"
+        )
+    name = inputs[0].name
+    fixed = _fixed_batch(session)
+    step = fixed or max(1, batch_size)
+    outputs = []
+    for start in range(0, len(x), step):
+        chunk = x[start : start + step]
+        real = len(chunk)
+        if fixed and real < fixed:
+            pad = np.zeros((fixed - real, *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        try:
+            (logits, *_) = session.run(None, {name: chunk})
+        except Exception as exc:
+            raise DataError(
+                f"onnxruntime rejected a batch of shape {list(chunk.shape)} for input '{name}' "
+                f"(model expects {inputs[0].shape}): {str(exc).splitlines()[0]}"
+            ) from exc
+        outputs.append(np.asarray(logits)[:real])
+    if not outputs:
+        raise DataError("no samples to predict on; the dataset is empty")
+    return np.concatenate(outputs).astype(np.float32, copy=False)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+@dataclass
+class EvalResult:
+    """Accuracy (labels) and fidelity (reference logits) of a model on a dataset.
+
+    ``top1``/``top5``/``agreement`` are percentages in [0, 100] or ``None`` when not
+    measurable (no labels / fewer than 5 classes / no reference); ``kl`` is the mean
+    KL(reference || model) in nats.
+    """
+
+    top1: float | None
+    top5: float | None
+    agreement: float | None
+    kl: float | None
+    n: int
+    labelled: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "top1": self.top1,
+            "top5": self.top5,
+            "agreement": self.agreement,
+            "kl": self.kl,
+            "n": self.n,
+            "labelled": self.labelled,
+        }
+
+    def __str__(self) -> str:
+        parts = []
+        if self.top1 is not None:
+            parts.append(f"top-1 {self.top1:.2f} %")
+        if self.top5 is not None:
+            parts.append(f"top-5 {self.top5:.2f} %")
+        if self.agreement is not None:
+            parts.append(f"agreement {self.agreement:.2f} %")
+        if self.kl is not None:
+            parts.append(f"KL {self.kl:.4g}")
+        return (", ".join(parts) or "no metric (no labels, no reference)") + f" on {self.n} samples"
+
+    @property
+    def score(self) -> float | None:
+        """Top-1 when labelled, else agreement: the number a reward or gate compares."""
+        return self.top1 if self.top1 is not None else self.agreement
+
+
+def accuracy_from_logits(
+    logits: np.ndarray, labels: np.ndarray | None, reference_logits: np.ndarray | None = None
+) -> EvalResult:
+    """Metrics from ``logits: [N, classes]``, ``labels: [N]`` and ``reference_logits: [N, classes]``."""
+    logits = logits.reshape(len(logits), -1)
+    n = len(logits)
+    top1 = top5 = agreement = kl = None
+    if labels is not None:
+        if len(labels) != n:
+            raise DataError(f"{len(labels)} labels for {n} predictions")
+        top1 = float(np.mean(logits.argmax(axis=1) == labels) * 100)
+        if logits.shape[1] >= 5:
+            best5 = np.argpartition(-logits, 4, axis=1)[:, :5]
+            top5 = float(np.mean((best5 == labels[:, None]).any(axis=1)) * 100)
+    if reference_logits is not None:
+        reference_logits = reference_logits.reshape(len(reference_logits), -1)
+        if reference_logits.shape != logits.shape:
+            raise DataError(
+                f"reference logits have shape {list(reference_logits.shape)} but the model gives "
+                f"{list(logits.shape)}; the reference must be the same task"
+            )
+        agreement = float(np.mean(logits.argmax(1) == reference_logits.argmax(1)) * 100)
+        ref_log = _log_softmax(reference_logits.astype(np.float64))
+        log = _log_softmax(logits.astype(np.float64))
+        kl = float(np.mean(np.sum(np.exp(ref_log) * (ref_log - log), axis=1)))
+    return EvalResult(top1, top5, agreement, kl, n, labels is not None)
+
+
+def evaluate(
+    session: ort.InferenceSession,
+    dataset: Dataset,
+    reference_logits: np.ndarray | None = None,
+    batch_size: int = 256,
+) -> EvalResult:
+    """Run ``session`` over ``dataset`` and score it (see :class:`EvalResult`)."""
+    logits = predict(session, dataset.x, batch_size)
+    return accuracy_from_logits(logits, dataset.y, reference_logits)
+
+
+# --------------------------------------------------------------------------------------------
+# latency
+
+
+def make_feed(
+    session: ort.InferenceSession,
+    batch: int = 1,
+    input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Random inputs for every session input: dynamic first dims -> ``batch``.
+
+    Any other dynamic dimension needs ``input_shape`` (one shape for a single-input model,
+    or ``{input name: shape}``), else :class:`OnnxPruneError` names the input.
+    """
+    rng = np.random.default_rng(seed)
+    inputs = session.get_inputs()
+    if input_shape is not None and not isinstance(input_shape, Mapping):
+        if len(inputs) != 1:
+            raise OnnxPruneError(
+                "a single --input-shape was given for a model with several inputs; use NAME:DxD..."
+            )
+        input_shape = {inputs[0].name: input_shape}
+    given = dict(input_shape or {})
+    feed = {}
+    for inp in inputs:
+        if inp.name in given:
+            shape = [int(d) for d in given[inp.name]]
+        else:
+            shape = []
+            for axis, dim in enumerate(inp.shape):
+                if isinstance(dim, int) and dim > 0:
+                    shape.append(dim)
+                elif axis == 0:
+                    shape.append(batch)
+                else:
+                    raise OnnxPruneError(
+                        f"input '{inp.name}' has dynamic dimension {axis} ('{dim}'); give the "
+                        f"full shape with --input-shape {inp.name}:1x3x224x224 (your sizes)"
+                    )
+        dtype = _ORT_DTYPES.get(inp.type)
+        if dtype is None:
+            raise OnnxPruneError(
+                f"input '{inp.name}' has type {inp.type}, not supported for timing"
+            )
+        if np.issubdtype(dtype, np.floating):
+            feed[inp.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feed[inp.name] = np.zeros(shape, dtype=dtype)
+    return feed
+
+
+@dataclass
+class LatencyResult:
+    """Latency of ``session.run`` in milliseconds over ``runs`` timed runs after ``warmup``."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    min: float
+    runs: int
+    warmup: int
+    batch: int
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    provider: str = ""
+    threads: int = 0
+    times_ms: list[float] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_times(cls, times_ms: Sequence[float], **meta: Any) -> LatencyResult:
+        values = np.asarray(times_ms, dtype=np.float64)
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        return cls(
+            p50=float(p50),
+            p90=float(p90),
+            p99=float(p99),
+            mean=float(values.mean()),
+            min=float(values.min()),
+            runs=len(values),
+            times_ms=[float(v) for v in values],
+            **meta,
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "p50_ms": self.p50,
+            "p90_ms": self.p90,
+            "p99_ms": self.p99,
+            "mean_ms": self.mean,
+            "min_ms": self.min,
+            "runs": self.runs,
+            "warmup": self.warmup,
+            "batch": self.batch,
+            "input_shapes": self.input_shapes,
+            "provider": self.provider,
+            "threads": self.threads,
+            "onnxruntime": ort.__version__,
+        }
+
+    def __str__(self) -> str:
+        shapes = ", ".join(f"{k}[{'x'.join(map(str, v))}]" for k, v in self.input_shapes.items())
+        return (
+            f"p50 {self.p50:.3f} ms  p90 {self.p90:.3f} ms  p99 {self.p99:.3f} ms  "
+            f"(mean {self.mean:.3f}, min {self.min:.3f}; {self.runs} runs, batch {self.batch}, "
+            f"{shapes}, {self.provider}, threads {self.threads or 'default'})"
+        )
+
+
+def time_run(session: ort.InferenceSession, feed: Mapping[str, np.ndarray]) -> float:
+    """Wall time of one ``session.run`` in milliseconds."""
+    start = time.perf_counter_ns()
+    session.run(None, dict(feed))
+    return (time.perf_counter_ns() - start) / 1e6
+
+
+def measure_latency(
+    session_or_model: ort.InferenceSession | onnx.ModelProto | str | os.PathLike[str],
+    input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
+    runs: int = 50,
+    warmup: int = 5,
+    batch: int = 1,
+    *,
+    progress: Any = None,
+) -> LatencyResult:
+    """p50/p90/p99 latency (ms) of one ``session.run`` on random input.
+
+    ``session_or_model`` may be a session or anything :func:`make_session` takes (then a CPU
+    session with default threads is made). ``progress`` (optional) gets ``advance()`` per run.
+    """
+    if runs < 1 or warmup < 0 or batch < 1:
+        raise OnnxPruneError(
+            f"need runs >= 1, warmup >= 0, batch >= 1 (got {runs}, {warmup}, {batch})"
+        )
+    session = (
+        session_or_model
+        if isinstance(session_or_model, ort.InferenceSession)
+        else make_session(session_or_model, device="cpu")
+    )
+    feed = make_feed(session, batch, input_shape)
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        times.append(time_run(session, feed))
+        if progress is not None:
+            progress.advance()
+    return LatencyResult.from_times(
+        times,
+        warmup=warmup,
+        batch=batch,
+        input_shapes={k: list(v.shape) for k, v in feed.items()},
+        provider=session_provider(session),
+        threads=session_threads(session),
+    )
