@@ -1,0 +1,395 @@
+"""The DNN-Graph environment (paper 002, section 3.1 and fig. 1; section 3.2.2).
+
+One episode is one compression of the model, in up to ``steps_per_episode`` pruning steps:
+
+* **State.** The keep-ratio of every action group after the steps so far, plus the step
+  fraction: the *state record* ``[n_groups + 1]`` (float64). The observation an encoder sees
+  is built from it on demand by ``observe(record)``: the hierarchical computational graph
+  with the current keep-ratios in its features (``Hierarchy.to_pyg(keep_ratios)``), so the
+  graph is updated after every pruning step as in section 3.2.2.
+* **Action.** One prune ratio in ``[0, 1]`` per action group, ``[n_groups]``. A step turns
+  the keep-ratios ``k`` into ``k * (1 - a)``.
+* **FLOPs wall (hard guarantee).** Kept channel counts are rounded (``round_to``,
+  ``min_channels``, grouped-conv blocks) and priced with :class:`onnxprune.cost.PlanCost`.
+  A step whose result is still above the MACs budget is taken as proposed and the episode
+  continues. The step that reaches the budget, or the last allowed step in any case, is
+  rescaled along the path ``u in [0, 2]``: prune ``u * a`` for ``u <= 1`` (shrinks an
+  overshooting step back so the budget is used fully), and ``a + (u - 1) * (1 - a)`` for
+  ``u > 1`` (prunes further, in proportion to what each group has left, down to the minimum
+  channel counts at ``u = 2``). MACs are monotone in ``u``, so bisection finds the smallest
+  ``u`` whose MACs fit the budget; since the construction checked that the all-minimum
+  plan fits, every episode ends inside the budget.
+* **Episode end.** When the budget is met (the paper's "model size evaluator"), at the
+  latest after ``steps_per_episode`` steps.
+* **Reward.** Zero for intermediate steps; at the end ``reward_fn(kept)`` (eq. 8: minus the
+  top-1 error on the reward split, or a fidelity score without labels - the caller decides).
+  Results are cached by kept counts: keep-indices are a fixed function of the counts (the
+  channel ranking is computed once), so equal counts mean the same pruned model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnxprune.cost import PlanCost
+from onnxprune.errors import OnnxPruneError
+
+WALL_ITERATIONS = 40
+
+
+@dataclass(frozen=True)
+class ActionGroup:
+    """One prunable channel group the agent controls: ``id``, full ``size``, ``block_count``."""
+
+    id: int
+    size: int
+    block_count: int = 1
+
+    def __str__(self) -> str:
+        blocks = f", {self.block_count} blocks" if self.block_count > 1 else ""
+        return f"group {self.id} ({self.size} channels{blocks})"
+
+    def to_dict(self) -> dict[str, int]:
+        return {"id": self.id, "size": self.size, "block_count": self.block_count}
+
+
+@dataclass
+class StepResult:
+    """What :meth:`PruningEnv.step` returns: next state record, reward, done flag and info."""
+
+    record: np.ndarray
+    reward: float
+    done: bool
+    kept: dict[int, int]
+    macs_fraction: float
+    wall_u: float | None = None
+    cached: bool = False
+
+    def __str__(self) -> str:
+        end = f", reward {self.reward:.4f}" if self.done else ""
+        return f"step: MACs kept {self.macs_fraction:.3f}{end}{' (cached)' if self.cached else ''}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reward": self.reward,
+            "done": self.done,
+            "kept": {str(k): v for k, v in self.kept.items()},
+            "macs_fraction": self.macs_fraction,
+            "wall_u": self.wall_u,
+            "cached": self.cached,
+        }
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+@dataclass
+class ChannelRounding:
+    """Maps keep-ratios to legal kept channel counts, monotonically.
+
+    Per group: the count is a multiple of ``unit = lcm(round_to, block_count)`` (or of
+    ``block_count`` when the group is smaller than ``unit``), at least ``min_channels``
+    rounded up to that multiple, at most the full size. A ratio of 0 gives the minimum.
+    """
+
+    groups: Sequence[ActionGroup]
+    round_to: int = 8
+    min_channels: int = 1
+    units: np.ndarray = field(init=False, repr=False)
+    lows: np.ndarray = field(init=False, repr=False)
+    sizes: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.round_to < 1 or self.min_channels < 1:
+            raise OnnxPruneError(
+                f"round_to and min_channels must be >= 1, got {self.round_to}, {self.min_channels}"
+            )
+        units, lows = [], []
+        for group in self.groups:
+            unit = _lcm(max(1, self.round_to), max(1, group.block_count))
+            if unit > group.size:
+                unit = max(1, group.block_count)
+            units.append(unit)
+            lows.append(min(group.size, unit * math.ceil(self.min_channels / unit)))
+        self.units = np.array(units, dtype=np.float64)
+        self.lows = np.array(lows, dtype=np.float64)
+        self.sizes = np.array([g.size for g in self.groups], dtype=np.float64)
+
+    def counts(self, keep_ratios: np.ndarray) -> np.ndarray:
+        """``keep_ratios [n_groups]`` -> kept channel counts ``[n_groups]`` (int64)."""
+        raw = np.clip(keep_ratios, 0.0, 1.0) * self.sizes
+        rounded = np.floor(raw / self.units + 0.5) * self.units
+        return np.clip(rounded, self.lows, self.sizes).astype(np.int64)
+
+
+class PruningEnv:
+    """FLOPs-constrained DNN-Graph environment (see module docstring).
+
+    Parameters
+    ----------
+    groups: the action groups, in action order (``[n_groups]``).
+    plan_cost: prices kept counts; groups absent from ``groups`` stay full.
+    reward_fn: ``(kept: dict[group_id, count]) -> float``, called once per distinct plan.
+    flops_target: fraction of the original MACs to keep, in (0, 1].
+    observe: ``(record) -> encoder input``; default :meth:`feature_matrix`.
+    steps_per_episode: pruning steps before the wall forces the budget (>= 1).
+    round_to, min_channels: channel rounding (see :class:`ChannelRounding`).
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[ActionGroup],
+        plan_cost: PlanCost,
+        reward_fn: Callable[[dict[int, int]], float],
+        flops_target: float,
+        *,
+        observe: Callable[[np.ndarray], Any] | None = None,
+        steps_per_episode: int = 1,
+        round_to: int = 8,
+        min_channels: int = 1,
+    ) -> None:
+        if not groups:
+            raise OnnxPruneError(
+                "the model has no prunable channel group left for the search "
+                "(run `onnxprune groups MODEL` to see why each group is frozen)"
+            )
+        if not 0 < flops_target <= 1:
+            raise OnnxPruneError(f"--flops must be a fraction in (0, 1], got {flops_target}")
+        if steps_per_episode < 1:
+            raise OnnxPruneError(f"steps_per_episode must be >= 1, got {steps_per_episode}")
+        self.groups = list(groups)
+        self.group_ids = [g.id for g in self.groups]
+        self.plan_cost = plan_cost
+        self.reward_fn = reward_fn
+        self.flops_target = float(flops_target)
+        self.steps_per_episode = steps_per_episode
+        self.rounding = ChannelRounding(self.groups, round_to, min_channels)
+        self.observe = observe or self.feature_matrix
+        self.target_macs = self.flops_target * plan_cost.full_macs
+        self.min_fraction = self.macs_fraction(self.rounding.lows.astype(np.int64))
+        if self.min_fraction > self.flops_target:
+            raise OnnxPruneError(
+                f"--flops {self.flops_target:g} is out of reach: with every prunable group at its "
+                f"minimum ({min_channels} channel(s), rounded to {round_to}) the model keeps "
+                f"{self.min_fraction:.4f} of its MACs (frozen groups stay full); ask for "
+                f"--flops >= {math.ceil(self.min_fraction * 1000) / 1000:.3f}"
+            )
+        self.cache: dict[tuple[int, ...], float] = {}
+        self.n_evaluations = 0
+        self._sizes = self.rounding.sizes
+        self._group_macs = self._marginal_macs()
+        self.reset()
+
+    def __str__(self) -> str:
+        return (
+            f"PruningEnv({len(self.groups)} groups, keep {self.flops_target:g} of "
+            f"{self.plan_cost.full_macs:,} MACs, {self.steps_per_episode} step(s)/episode, "
+            f"{len(self.cache)} plans cached)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "groups": [g.to_dict() for g in self.groups],
+            "flops_target": self.flops_target,
+            "full_macs": self.plan_cost.full_macs,
+            "steps_per_episode": self.steps_per_episode,
+            "round_to": self.rounding.round_to,
+            "min_channels": self.rounding.min_channels,
+            "min_fraction": self.min_fraction,
+            "cached_plans": len(self.cache),
+            "evaluations": self.n_evaluations,
+        }
+
+    @property
+    def n_actions(self) -> int:
+        return len(self.groups)
+
+    @property
+    def record_size(self) -> int:
+        return len(self.groups) + 1
+
+    def kept_dict(self, counts: Iterable[int]) -> dict[int, int]:
+        return {gid: int(c) for gid, c in zip(self.group_ids, counts, strict=True)}
+
+    def macs_fraction(self, counts: np.ndarray) -> float:
+        """MACs kept by ``counts [n_groups]`` as a fraction of the original model."""
+        return self.plan_cost.macs(self.kept_dict(counts)) / self.plan_cost.full_macs
+
+    def _macs(self, counts: np.ndarray) -> int:
+        return self.plan_cost.macs(self.kept_dict(counts))
+
+    def _marginal_macs(self) -> np.ndarray:
+        """MACs removed by pruning each group alone to its minimum, as a fraction ``[n]``."""
+        full = np.asarray(self._sizes, dtype=np.int64)
+        out = np.empty(len(self.groups))
+        for i in range(len(self.groups)):
+            counts = full.copy()
+            counts[i] = int(self.rounding.lows[i])
+            out[i] = 1.0 - self.macs_fraction(counts)
+        return out
+
+    def feature_matrix(self, record: np.ndarray) -> Any:
+        """Default observation ``[n_groups, 4]`` float32 torch tensor: keep-ratio, step
+        fraction, log2 size / 10, share of MACs the group can remove."""
+        import torch
+
+        n = len(self.groups)
+        features = np.stack(
+            [
+                record[:n],
+                np.full(n, record[n]),
+                np.log2(self._sizes) / 10.0,
+                self._group_macs,
+            ],
+            axis=1,
+        )
+        return torch.as_tensor(features, dtype=torch.float32)
+
+    def keep_ratios(self, record: np.ndarray) -> dict[int, float]:
+        """Group id -> keep-ratio from a state record (for ``Hierarchy.to_pyg``)."""
+        ratios = record[: len(self.groups)]
+        return {gid: float(r) for gid, r in zip(self.group_ids, ratios, strict=True)}
+
+    def reset(self) -> np.ndarray:
+        """Start an episode from the unpruned model; returns the state record ``[n + 1]``."""
+        self._keep = np.ones(len(self.groups))
+        self._step = 0
+        return self._record()
+
+    def _record(self) -> np.ndarray:
+        return np.concatenate([self._keep, [self._step / self.steps_per_episode]])
+
+    def wall(self, keep: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, float]:
+        """Smallest ``u in [0, 2]`` on the wall path whose kept counts fit the budget.
+
+        ``keep [n]``: keep-ratios before this step; ``action [n]``: prune ratios.
+        Returns ``(counts [n], u)``.
+        """
+        action = np.clip(action, 0.0, 1.0)
+
+        def counts_at(u: float) -> np.ndarray:
+            prune = u * action if u <= 1 else action + (u - 1) * (1 - action)
+            return self.rounding.counts(keep * (1 - prune))
+
+        if self._macs(counts_at(0.0)) <= self.target_macs:
+            return counts_at(0.0), 0.0
+        low, high = 0.0, 2.0  # macs(low) > target >= macs(high)
+        for _ in range(WALL_ITERATIONS):
+            mid = 0.5 * (low + high)
+            if self._macs(counts_at(mid)) <= self.target_macs:
+                high = mid
+            else:
+                low = mid
+        return counts_at(high), high
+
+    def step(self, action: np.ndarray) -> StepResult:
+        """Apply prune ratios ``action [n_groups]`` in [0, 1]; see the module docstring."""
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape[0] != len(self.groups):
+            raise OnnxPruneError(
+                f"action has {action.shape[0]} ratios but the environment has "
+                f"{len(self.groups)} prunable groups"
+            )
+        if not np.all(np.isfinite(action)):
+            raise OnnxPruneError(f"action contains non-finite ratios: {action.tolist()}")
+        action = np.clip(action, 0.0, 1.0)
+        self._step += 1
+        proposed = self._keep * (1 - action)
+        counts = self.rounding.counts(proposed)
+        last = self._step >= self.steps_per_episode
+        wall_u = None
+        if last or self._macs(counts) <= self.target_macs:
+            counts, wall_u = self.wall(self._keep, action)
+            self._keep = counts / self._sizes
+            done = True
+        else:
+            self._keep = proposed
+            done = False
+        kept = self.kept_dict(counts)
+        fraction = self.macs_fraction(counts)
+        reward, cached = 0.0, False
+        if done:
+            reward, cached = self.evaluate(kept)
+        return StepResult(self._record(), reward, done, kept, fraction, wall_u, cached)
+
+    def evaluate(self, kept: dict[int, int]) -> tuple[float, bool]:
+        """``reward_fn(kept)``, cached by counts; returns ``(reward, was_cached)``."""
+        key = tuple(kept[gid] for gid in self.group_ids)
+        if key in self.cache:
+            return self.cache[key], True
+        reward = float(self.reward_fn(kept))
+        if not math.isfinite(reward):
+            raise OnnxPruneError(f"reward function returned {reward} for plan {kept}")
+        self.cache[key] = reward
+        self.n_evaluations += 1
+        return reward, False
+
+
+@dataclass
+class EnvCheck:
+    """Result of :func:`check_env`: the checks that ran, all passed."""
+
+    checks: list[str]
+
+    def __str__(self) -> str:
+        return "environment OK: " + "; ".join(self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checks": self.checks}
+
+
+def check_env(env: PruningEnv, n_random: int = 8, seed: int = 0) -> EnvCheck:
+    """SB3-style environment checker; raises :class:`OnnxPruneError` naming the failed check.
+
+    Checks: reset record shape ``[n + 1]`` and bounds; the observation builds; extreme
+    (all 0, all 1) and ``n_random`` seeded random actions end inside the budget within
+    ``steps_per_episode`` steps with finite rewards and records in [0, 1]; replaying the
+    same actions from ``reset`` gives the same counts and reward (determinism).
+    """
+    checks = []
+    record = env.reset()
+    if record.shape != (env.record_size,):
+        raise OnnxPruneError(
+            f"check_env: reset record has shape {record.shape}, want {(env.record_size,)}"
+        )
+    if not np.all((record >= 0) & (record <= 1)):
+        raise OnnxPruneError("check_env: reset record leaves [0, 1]")
+    env.observe(record)
+    checks.append(f"record shape ({env.record_size},), observation builds")
+    rng = np.random.default_rng(seed)
+    episodes = [np.zeros(env.n_actions), np.ones(env.n_actions)]
+    episodes += [rng.uniform(0, 1, env.n_actions) for _ in range(n_random)]
+    for action in episodes:
+        results = []
+        for _ in range(2):
+            env.reset()
+            for _ in range(env.steps_per_episode):
+                result = env.step(action)
+                if not np.all((result.record >= 0) & (result.record <= 1 + 1e-12)):
+                    raise OnnxPruneError("check_env: state record leaves [0, 1] after a step")
+                env.observe(result.record)
+                if result.done:
+                    break
+            if not result.done:
+                raise OnnxPruneError(
+                    f"check_env: episode not done after {env.steps_per_episode} steps"
+                )
+            if result.macs_fraction > env.flops_target + 1e-12:
+                raise OnnxPruneError(
+                    f"check_env: episode ended at {result.macs_fraction:.4f} of the MACs, above "
+                    f"the budget {env.flops_target}"
+                )
+            if not math.isfinite(result.reward):
+                raise OnnxPruneError("check_env: reward is not finite")
+            results.append((result.kept, result.reward))
+        if results[0] != results[1]:
+            raise OnnxPruneError("check_env: the same actions gave different plans or rewards")
+    checks.append(f"{len(episodes)} episodes inside the budget, finite rewards, deterministic")
+    env.reset()
+    return EnvCheck(checks)
