@@ -1,0 +1,418 @@
+"""Foundation commands: ``info``, ``flops``, ``eval``, ``bench``, ``gate``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from onnxprune.cli.common import EXIT_FAIL, EXIT_OK, echo_json, progress
+from onnxprune.errors import OnnxPruneError
+
+_DEVICE = click.Choice(["auto", "cpu", "cuda"])
+
+
+def _model_arg(name: str) -> Any:
+    return click.argument(name, type=click.Path(path_type=Path))
+
+
+def _input_shape_option(func: Any) -> Any:
+    return click.option(
+        "--input-shape",
+        "input_shapes",
+        multiple=True,
+        metavar="NAME:DxD...",
+        help="Fix a dynamic input shape, e.g. input:1x3x224x224 (repeat per input).",
+    )(func)
+
+
+def _preprocess_options(func: Any) -> Any:
+    options = [
+        click.option("--scale", type=float, help="Multiply uint8 pixels by this (default 1/255)."),
+        click.option("--mean", help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406."),
+        click.option("--std", help="Per-channel std after scaling, e.g. 0.229,0.224,0.225."),
+        click.option(
+            "--layout",
+            type=click.Choice(["NCHW", "NHWC"], case_sensitive=False),
+            help="Model input layout (default: inferred from the model input shape).",
+        ),
+        click.option(
+            "--resize", metavar="HxW", help="Resize images to HxW (default: model's H, W)."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise OnnxPruneError(f"{flag} '{text}' is not a comma-separated list of numbers") from None
+
+
+def _preprocess(data: Path, scale, mean, std, layout, resize):
+    """A Preprocess from flags (over ``preprocess.json`` next to the data), or None for defaults."""
+    from onnxprune.data import PREPROCESS_FILE, Preprocess
+
+    if all(v is None for v in (scale, mean, std, layout, resize)):
+        return None
+    folder = data if data.is_dir() else data.parent
+    spec = (
+        Preprocess.from_json(folder / PREPROCESS_FILE)
+        if (folder / PREPROCESS_FILE).exists()
+        else Preprocess()
+    )
+    changes: dict[str, Any] = {}
+    if scale is not None:
+        changes["scale"] = scale
+    if mean is not None:
+        changes["mean"] = _floats(mean, "--mean")
+    if std is not None:
+        changes["std"] = _floats(std, "--std")
+    if layout is not None:
+        changes["layout"] = layout.upper()
+    if resize is not None:
+        try:
+            h, w = (int(v) for v in resize.lower().split("x"))
+        except ValueError:
+            raise OnnxPruneError(f"--resize '{resize}' is not HxW, e.g. --resize 224x224") from None
+        changes["resize"] = (h, w)
+    return dataclasses.replace(spec, **changes)
+
+
+def _shapes(specs: tuple[str, ...]):
+    from onnxprune.cost import parse_input_shapes
+
+    return parse_input_shapes(specs) if specs else None
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    from onnxprune.cli.common import _json_default
+
+    if path.exists() and path.is_dir():
+        raise OnnxPruneError(f"--json path '{path}' is a folder; give a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle, indent=2, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------------- commands
+
+
+@click.command(
+    "info",
+    epilog="\b\nExample:\n  onnxprune info examples/cifar_resnet/resnet20.onnx\n  onnxprune info model.onnx --json",
+)
+@_model_arg("model")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def info_cmd(model: Path, as_json: bool) -> int:
+    """Show a model's producer, opset, inputs/outputs, op counts and parameters."""
+    from onnxprune.model import load_model, model_info
+
+    result = model_info(load_model(model))
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        click.echo(str(result))
+    return EXIT_OK
+
+
+@click.command(
+    "flops",
+    epilog=(
+        "\b\nExamples:\n  onnxprune flops examples/cifar_resnet/resnet20.onnx\n"
+        "  onnxprune flops model.onnx --per-node --json\n"
+        "  onnxprune flops detector.onnx --input-shape images:1x3x640x640"
+    ),
+)
+@_model_arg("model")
+@click.option("--per-node", is_flag=True, help="List every node's MACs/FLOPs/params.")
+@click.option(
+    "--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Batch size."
+)
+@_input_shape_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON object (macs, flops, params, ...)."
+)
+def flops_cmd(
+    model: Path, per_node: bool, batch: int, input_shapes: tuple[str, ...], as_json: bool
+) -> int:
+    """Count MACs (Conv/ConvTranspose/Gemm/MatMul), FLOPs and parameters.
+
+    MACs and FLOPs are for the given batch (default 1: per sample); see onnxprune.cost for the
+    per-op FLOP weights.
+    """
+    from onnxprune.cost import model_cost
+    from onnxprune.model import load_model
+
+    report = model_cost(load_model(model), batch=batch, input_shapes=_shapes(input_shapes))
+    if as_json:
+        echo_json(report.to_dict(per_node=per_node))
+        return EXIT_OK
+    if per_node:
+        width = max([len(n.name) for n in report.per_node] + [4])
+        click.echo(f"{'node':<{width}}  {'op':<20} {'MACs':>14} {'FLOPs':>14} {'params':>10}")
+        for node in report.per_node:
+            click.echo(
+                f"{node.name:<{width}}  {node.op_type:<20} {node.macs:>14,} {node.flops:>14,} "
+                f"{node.params:>10,}"
+            )
+        click.echo("")
+    click.echo(str(report))
+    return EXIT_OK
+
+
+@click.command(
+    "eval",
+    epilog=(
+        "\b\nExamples:\n"
+        "  onnxprune eval examples/cifar_resnet/resnet20.onnx --data examples/cifar_resnet/data/test.npz\n"
+        "  onnxprune eval pruned.onnx --data images/ --reference model.onnx --json"
+    ),
+)
+@_model_arg("model")
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help=".npz, .npy or image folder.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    help="Reference model for agreement/KL (label-free).",
+)
+@click.option(
+    "--batch",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Inference batch size.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Evaluate a seeded random subset of this many samples.",
+)
+@click.option("--device", type=_DEVICE, default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (default: ORT's).")
+@_preprocess_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def eval_cmd(
+    model,
+    data_path,
+    reference,
+    batch,
+    limit,
+    device,
+    threads,
+    scale,
+    mean,
+    std,
+    layout,
+    resize,
+    as_json,
+) -> int:
+    """Accuracy (top-1/top-5 with labels) and fidelity to a reference model (agreement, KL).
+
+    Preprocessing comes from the flags, else from preprocess.json next to the data.
+    """
+    from onnxprune.data import load_data
+    from onnxprune.evaluate import accuracy_from_logits, make_session, predict
+    from onnxprune.model import load_model
+
+    onnx_model = load_model(model, infer_shapes=False)
+    dataset = load_data(
+        data_path, onnx_model, _preprocess(data_path, scale, mean, std, layout, resize)
+    )
+    if limit is not None and limit < len(dataset):
+        (dataset,) = dataset.split(limit, seed=0)
+    sessions = [("model", make_session(onnx_model, device=device, threads=threads))]
+    if reference is not None:
+        sessions.append(("reference", make_session(reference, device=device, threads=threads)))
+    chunks = [(start, min(start + batch, len(dataset))) for start in range(0, len(dataset), batch)]
+    logits: dict[str, list[np.ndarray]] = {name: [] for name, _ in sessions}
+    with progress("evaluating", len(chunks) * len(sessions), enabled=not as_json) as task:
+        for name, session in sessions:
+            for start, stop in chunks:
+                logits[name].append(predict(session, dataset.x[start:stop], batch))
+                task.advance()
+    reference_logits = np.concatenate(logits["reference"]) if reference is not None else None
+    result = accuracy_from_logits(np.concatenate(logits["model"]), dataset.y, reference_logits)
+    if as_json:
+        echo_json({**result.to_dict(), "data": dataset.to_dict(), "model": str(model)})
+    else:
+        click.echo(f"{model}: {result}")
+    return EXIT_OK
+
+
+@click.command(
+    "bench",
+    epilog=(
+        "\b\nExamples:\n  onnxprune bench examples/cifar_resnet/resnet20.onnx --batch 1 --runs 200\n"
+        "  onnxprune bench model.onnx --threads 1 --json"
+    ),
+)
+@_model_arg("model")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (default: ORT's).")
+@click.option("--device", type=_DEVICE, default="auto", show_default=True)
+@_input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def bench_cmd(model, batch, runs, warmup, threads, device, input_shapes, as_json) -> int:
+    """Latency of one inference (p50/p90/p99 ms) on random input of the model's shape."""
+    from onnxprune.evaluate import make_session, measure_latency
+
+    session = make_session(model, device=device, threads=threads)
+    shapes = _shapes(input_shapes)
+    with progress("timing", runs, enabled=not as_json) as task:
+        result = measure_latency(
+            session, shapes, runs=runs, warmup=warmup, batch=batch, progress=task
+        )
+    if as_json:
+        echo_json({**result.to_dict(), "model": str(model)})
+    else:
+        click.echo(f"{model}: {result}")
+    return EXIT_OK
+
+
+@click.command(
+    "gate",
+    epilog=(
+        "\b\nExamples:\n"
+        "  onnxprune gate base.onnx pruned.onnx --max-slowdown 1.05 --json gate.json\n"
+        "  onnxprune gate base.onnx pruned.onnx --data calib.npz --max-accuracy-drop 1.0\n"
+        "  onnxprune gate base.onnx pruned.onnx --baseline-json gate.json\n"
+        "\b\nExit codes: 0 pass, 1 fail, 2 usage/input error."
+    ),
+)
+@_model_arg("base")
+@_model_arg("cand")
+@click.option(
+    "--max-slowdown",
+    default=1.05,
+    show_default=True,
+    type=float,
+    help="Fail above this median latency ratio.",
+)
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--runs",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=5),
+    help="Interleaved rounds (more when the call is close).",
+)
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--threads",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Intra-op threads per session.",
+)
+@click.option("--device", type=_DEVICE, default="cpu", show_default=True)
+@_input_shape_option
+@click.option(
+    "--json", "json_out", type=click.Path(path_type=Path), help="Write the JSON record here."
+)
+@click.option(
+    "--baseline-json",
+    type=click.Path(path_type=Path),
+    help="Reuse a recorded baseline instead of timing BASE (noisier).",
+)
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    help="Also compare accuracy on this data.",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    metavar="PTS",
+    help="Fail if top-1 (or agreement) drops more.",
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+def gate_cmd(
+    base,
+    cand,
+    max_slowdown,
+    batch,
+    runs,
+    warmup,
+    threads,
+    device,
+    input_shapes,
+    json_out,
+    baseline_json,
+    data_path,
+    max_accuracy_drop,
+    seed,
+) -> int:
+    """CI latency gate: fail when CAND is slower than MAX_SLOWDOWN x BASE.
+
+    Both models run in this process, timed interleaved (AB/BA alternating rounds); the
+    decision is on the ratio of medians, reported with a bootstrap 95 % interval.
+    """
+    from onnxprune.data import load_data
+    from onnxprune.gate import run_gate
+    from onnxprune.model import load_model
+
+    if max_accuracy_drop is not None and data_path is None:
+        raise OnnxPruneError("--max-accuracy-drop needs --data to measure accuracy on")
+    base_model = load_model(base, infer_shapes=False)
+    cand_model = load_model(cand, infer_shapes=False)
+    if json_out is not None:
+        for path in (base, cand):
+            if json_out.exists() and json_out.resolve() == path.resolve():
+                raise OnnxPruneError(f"refusing to overwrite model '{path}' with the JSON record")
+    dataset = load_data(data_path, base_model) if data_path is not None else None
+    with progress("gate", runs, enabled=True) as task:
+        result = run_gate(
+            base_model,
+            cand_model,
+            max_slowdown,
+            batch=batch,
+            runs=runs,
+            warmup=warmup,
+            threads=threads,
+            device=device,
+            input_shape=_shapes(input_shapes),
+            baseline_json=baseline_json,
+            data=dataset,
+            max_accuracy_drop=max_accuracy_drop,
+            seed=seed,
+            progress=task,
+        )
+    result.base_path, result.cand_path = str(base), str(cand)
+    if json_out is not None:
+        _write_json_atomic(result.to_dict(), json_out)
+    click.echo(str(result))
+    return EXIT_OK if result.passed else EXIT_FAIL
+
+
+def register(main: click.Group) -> None:
+    """Add the foundation commands to the ``onnxprune`` group."""
+    for command in (info_cmd, flops_cmd, eval_cmd, bench_cmd, gate_cmd):
+        main.add_command(command)
