@@ -243,10 +243,11 @@ class Hierarchy:
         }
 
     # ---- PyG export -------------------------------------------------------------------
-    def to_pyg(self, keep_ratios: dict[int, float] | None = None) -> list[LevelTensors]:
+    def to_pyg(self, keep_ratios: Any = None) -> list[LevelTensors]:
         """Fresh tensors for every level with the given keep-ratios in the features.
 
-        ``keep_ratios`` maps group id -> kept fraction (missing groups: 1.0). The graph is not
+        ``keep_ratios`` maps group id -> kept fraction (missing groups: 1.0), or is a vector in
+        ``prunable_group_ids`` order (see :meth:`keep_vector`). The graph is not
         rebuilt: the structure is computed once and cached, only the keep-ratio columns are
         refilled (a few index_add calls).
         """
@@ -264,9 +265,22 @@ class Hierarchy:
             result.append(_replace(lt, x=x, edge_attr=edge_attr))
         return result
 
-    def keep_vector(self, keep_ratios: dict[int, float] | None) -> torch.Tensor:
-        """``[len(group_ids)]`` keep-ratios in ``group_ids`` order (missing -> 1.0)."""
+    def keep_vector(self, keep_ratios: Any) -> torch.Tensor:
+        """``[len(group_ids)]`` keep-ratios in ``group_ids`` order (missing -> 1.0).
+
+        ``keep_ratios``: None, a dict group id -> ratio, or a 1-D array/tensor with one ratio
+        per prunable group in ``prunable_group_ids`` order.
+        """
         values = torch.ones(len(self.group_ids), dtype=torch.float32)
+        if keep_ratios is not None and not isinstance(keep_ratios, dict):
+            vector = torch.as_tensor(keep_ratios, dtype=torch.float32).reshape(-1)
+            if vector.numel() != len(self.prunable_group_ids):
+                raise OnnxPruneError(
+                    f"keep-ratio vector has {vector.numel()} entries but the model has "
+                    f"{len(self.prunable_group_ids)} prunable groups; pass one ratio per "
+                    "prunable group (analysis.prunable_groups() order) or a dict by group id"
+                )
+            keep_ratios = dict(zip(self.prunable_group_ids, vector.tolist(), strict=True))
         if keep_ratios:
             index = {g: i for i, g in enumerate(self.group_ids)}
             for group_id, ratio in keep_ratios.items():
