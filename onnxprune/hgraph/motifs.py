@@ -23,6 +23,7 @@ Algorithm (model-agnostic, bounded):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -148,9 +149,12 @@ def region_classes(
             skipped += 1
             continue
         region = region_graph(graph, seg)
-        digest = nx.weisfeiler_lehman_graph_hash(
-            region, edge_attr="label", node_attr="label", iterations=3
-        )
+        with warnings.catch_warnings():
+            # networkx warns that directed hashes changed in 3.5; we only compare within a run
+            warnings.simplefilter("ignore", UserWarning)
+            digest = nx.weisfeiler_lehman_graph_hash(
+                region, edge_attr="label", node_attr="label", iterations=3
+            )
         buckets.setdefault((digest, region.number_of_nodes(), len(seg.edges)), []).append(
             (seg, region)
         )
