@@ -49,9 +49,16 @@ def _inputs_of(op_type: str, predicate=lambda node: True):
     return locate
 
 
-def _rank5_transpose(node: onnx.NodeProto) -> bool:
-    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
-    return len(perm) == 5
+def _shuffle_inputs(model: onnx.ModelProto) -> list[str]:
+    """Inputs of the Reshapes that start a channel shuffle (Reshape -> rank-5 Transpose)."""
+    five_d = set()
+    for node in model.graph.node:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+        if node.op_type == "Transpose" and len(perm) == 5:
+            five_d.add(node.input[0])
+    return [
+        n.input[0] for n in model.graph.node if n.op_type == "Reshape" and n.output[0] in five_d
+    ]
 
 
 @dataclass
@@ -83,9 +90,7 @@ EXPECTED: dict[str, Expect] = {
     # stem+IR1 residual, IR1 hidden, IR2 hidden, IR2 out+IR3 residual, IR3 hidden, head.
     "mobilenet_v2": Expect(6),
     # stem (+branch1 dw), two branch2 interiors, head; everything through the shuffle is frozen.
-    "shufflenet_v2": Expect(
-        4, [(_inputs_of("Transpose", _rank5_transpose), re.compile(r"reshape|shuffle", re.I))]
-    ),
+    "shufflenet_v2": Expect(4, [(_shuffle_inputs, re.compile(r"reshape|shuffle", re.I))]),
     # stem, 3 growth convs, transition conv, 2 growth convs (concat offsets).
     "densenet": Expect(7),
     # stem; conv1+conv1b+SE1 gate+residual; SE1 hidden; conv2+SE2 gate (Gemm->Reshape); SE2 hidden.
