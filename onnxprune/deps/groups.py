@@ -126,19 +126,26 @@ class ChannelGroup:
         }
 
 
-def _describe_positions(positions: np.ndarray, length: int) -> tuple[int, str, int]:
-    """(repeat, layout, period) of a group's positions in one tensor axis."""
+def _describe_positions(positions: np.ndarray, channel: np.ndarray, length: int):
+    """(repeat, layout, period) of a group's positions in one tensor axis; ``channel`` is the
+    group channel index held at each position."""
     count = len(positions)
     repeat = count // length if length else 1
     contiguous = bool(np.all(np.diff(positions) == 1)) if count > 1 else True
+    order = np.arange(length)
     if repeat == 1:
-        return 1, "contiguous" if contiguous else "scattered", 0
-    if contiguous:
+        layout = "contiguous" if contiguous and np.array_equal(channel, order) else "scattered"
+        return 1, layout, 0
+    if contiguous and np.array_equal(channel, np.repeat(order, repeat)):
         return repeat, "blocks", 0
-    steps = positions.reshape(repeat, length)
-    period = int(steps[1, 0] - steps[0, 0]) if repeat > 1 else 0
-    regular = np.all(np.diff(steps, axis=1) == 1) and np.all(np.diff(steps[:, 0]) == period)
-    return repeat, "interleaved" if regular else "scattered", period
+    if np.array_equal(channel, np.tile(order, repeat)):
+        starts = positions[::length]
+        steps = np.diff(starts)
+        if np.all(positions.reshape(repeat, length) - starts[:, None] == order) and (
+            steps.size == 0 or np.all(steps == steps[0])
+        ):
+            return repeat, "interleaved", int(steps[0]) if steps.size else 0
+    return repeat, "scattered", 0
 
 
 class DependencyAnalysis:
@@ -280,7 +287,8 @@ class DependencyAnalysis:
                     continue
                 positions = np.flatnonzero(group_ids == gid)
                 size = self.groups[gid].size
-                repeat, layout, period = _describe_positions(positions, size)
+                channel = self._class_index[self._cls[state.chan[tensor].atoms[positions]]]
+                repeat, layout, period = _describe_positions(positions, channel, size)
                 self.groups[gid].members.append(
                     ChannelSlice(
                         tensor,
