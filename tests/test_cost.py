@@ -291,3 +291,23 @@ def test_plan_cost_flattened_chw_into_gemm():
 def test_plan_cost_rejects_expr_with_unknown_group():
     with pytest.raises(OnnxPruneError, match="tensor 'c1' uses group 3"):
         PlanCost(make_tiny_cnn(), {"c1": ChannelExpr(1, 0, ((3, 1),))}, {0: 8})
+
+
+def test_plan_cost_matches_surgery_on_resnet20(resnet20_path):
+    """DESIGN invariant 2 end to end: deps' exprs priced by PlanCost == cost of apply_plan."""
+    deps = pytest.importorskip("onnxprune.deps")
+    surgery = pytest.importorskip("onnxprune.surgery")
+    plan_module = pytest.importorskip("onnxprune.plan")
+    analysis = deps.analyze(load_model(resnet20_path))
+    plan_cost = PlanCost(analysis.model, analysis.channel_exprs(), analysis.group_sizes())
+    assert plan_cost.full_macs == 40_551_040
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        keep = {}
+        for group in analysis.prunable_groups():
+            kept = int(rng.integers(1, group.size + 1))
+            keep[group.id] = sorted(rng.choice(group.size, kept, replace=False).tolist())
+        pruned = surgery.apply_plan(analysis, plan_module.PruningPlan.from_keep(analysis, keep))
+        real = model_cost(pruned)
+        priced = plan_cost.cost({g: len(k) for g, k in keep.items()})
+        assert (priced.macs, priced.flops, priced.params) == (real.macs, real.flops, real.params)
