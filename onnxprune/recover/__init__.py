@@ -3,12 +3,26 @@
 - :mod:`.interpreter` — run an ONNX graph as a torch module whose parameters are its
   initializers (:class:`OnnxModule`) and write trained weights back (:func:`write_back`).
 - :mod:`.lsq` — least-squares reconstruction of the layers whose inputs were pruned
-  (:func:`least_squares_recover`).
-- :mod:`.finetune` — distillation fine-tuning on the ONNX graph (:func:`finetune`).
+  (:func:`least_squares_recover`, :func:`reconstruct`).
+- :mod:`.finetune` — distillation fine-tuning on the ONNX graph (:func:`finetune`,
+  :func:`distill`).
 """
 
 from __future__ import annotations
 
+from onnxprune.recover.finetune import FinetuneResult, distill, finetune
 from onnxprune.recover.interpreter import OnnxModule, supported_ops, write_back
+from onnxprune.recover.lsq import LayerFit, LeastSquaresResult, least_squares_recover, reconstruct
 
-__all__ = ["OnnxModule", "supported_ops", "write_back"]
+__all__ = [
+    "FinetuneResult",
+    "LayerFit",
+    "LeastSquaresResult",
+    "OnnxModule",
+    "distill",
+    "finetune",
+    "least_squares_recover",
+    "reconstruct",
+    "supported_ops",
+    "write_back",
+]

@@ -122,12 +122,17 @@ class OnnxModule(nn.Module):
         train_bn: if true, BatchNormalization uses batch statistics in ``train()`` mode and
             updates its running statistics (buffers, written back by :func:`write_back`); if
             false, BN always uses the frozen running statistics (its scale/bias still train).
+        fallback: ``'error'`` raises :class:`UnsupportedOpError` for an op without a torch
+            handler; ``'onnxruntime'`` runs such nodes one by one in onnxruntime instead (no
+            gradient through them: for inference, e.g. least squares).
 
     ``forward(*inputs)`` takes one tensor per graph input (in graph order, initializer inputs
     excluded) and returns one tensor per graph output (a bare tensor when there is one output).
     """
 
-    def __init__(self, model: ModelProto, *, train_bn: bool = True) -> None:
+    def __init__(
+        self, model: ModelProto, *, train_bn: bool = True, fallback: str = "error"
+    ) -> None:
         super().__init__()
         self.train_bn = train_bn
         graph = model.graph
@@ -160,18 +165,20 @@ class OnnxModule(nn.Module):
                 self._slots[name] = ("buffer", "buf_" + key)
 
         self._nodes: list[tuple[NodeContext, list[str], list[str]]] = []
+        self._opset_imports = list(model.opset_import)
+        self._fallback_nodes: dict[str, _OrtNode] = {}
         unsupported = []
         for index, node in enumerate(graph.node):
             name = node.name or f"{node.op_type}_{index}"
-            if node.domain not in ("", "ai.onnx") or node.op_type not in _HANDLERS:
-                unsupported.append(f"node '{name}' (op {node.domain or ''}{node.op_type})")
-                continue
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             ctx = NodeContext(
                 name, node.op_type, attrs, self.opset, train_bn, num_outputs=len(node.output)
             )
+            if node.domain not in ("", "ai.onnx") or node.op_type not in _HANDLERS:
+                unsupported.append(f"node '{name}' (op {node.domain or ''}{node.op_type})")
+                self._fallback_nodes[name] = _OrtNode(node, self._opset_imports)
             self._nodes.append((ctx, list(node.input), list(node.output)))
-        if unsupported:
+        if unsupported and fallback != "onnxruntime":
             raise UnsupportedOpError(
                 f"the training interpreter cannot run {', '.join(unsupported[:5])}"
                 + (f" and {len(unsupported) - 5} more" if len(unsupported) > 5 else "")
@@ -222,7 +229,7 @@ class OnnxModule(nn.Module):
                     continue
                 values = [constant[n] if n else None for n in inputs]
                 try:
-                    results = _HANDLERS[ctx.op_type](ctx, values)
+                    results = self.handler_for(ctx)(ctx, values)
                 except Exception:  # noqa: BLE001 - left to run at forward time
                     continue
                 for name, value in zip(outputs, results, strict=False):
@@ -232,6 +239,11 @@ class OnnxModule(nn.Module):
                 self._fold_skip.add(index)
 
     # -- public API -----------------------------------------------------------------------
+
+    def handler_for(self, ctx: NodeContext) -> OpHandler:
+        """The function that runs a node: its torch handler or the onnxruntime fallback."""
+        fallback = self._fallback_nodes.get(ctx.name)
+        return fallback if fallback is not None else _HANDLERS[ctx.op_type]
 
     def tensor(self, name: str) -> Tensor:
         """The current value of an initializer (parameter or buffer) by ONNX tensor name."""
@@ -275,7 +287,7 @@ class OnnxModule(nn.Module):
             if ctx.op_type == "BatchNormalization":
                 ctx.training_bn = self.train_bn and self.training
             try:
-                results = _HANDLERS[ctx.op_type](ctx, values)
+                results = self.handler_for(ctx)(ctx, values)
             except OnnxPruneError:
                 raise
             except Exception as exc:
@@ -305,8 +317,53 @@ class OnnxModule(nn.Module):
                     v if v is not None else (self.tensor(n) if n in self._slots else None)
                     for v, n in zip(inputs, names_in, strict=False)
                 ]
-                return _HANDLERS[ctx.op_type](ctx, values)
+                return self.handler_for(ctx)(ctx, values)
         raise OnnxPruneError(f"no node named '{node_name}' in the model")
+
+
+class _OrtNode:
+    """Runs one ONNX node in onnxruntime (inference only), one session per input signature."""
+
+    def __init__(self, node: onnx.NodeProto, opset_imports: list[onnx.OperatorSetIdProto]):
+        self.node = node
+        self.opset_imports = opset_imports
+        self.sessions: dict[tuple, Any] = {}
+
+    def __call__(self, ctx: NodeContext, inputs: list[Tensor | None]) -> list[Tensor]:
+        import onnxruntime as ort
+
+        present = [(n, v) for n, v in zip(self.node.input, inputs, strict=False) if n]
+        key = tuple((str(v.dtype), v.dim()) for _, v in present if v is not None)
+        session = self.sessions.get(key)
+        if session is None:
+            graph_inputs = [
+                helper.make_tensor_value_info(
+                    n, helper.np_dtype_to_tensor_dtype(np.dtype(_numpy_dtype(v))),
+                    [None] * v.dim(),
+                )
+                for n, v in present
+                if v is not None
+            ]  # fmt: skip
+            graph_outputs = [helper.make_empty_tensor_value_info(n) for n in self.node.output if n]
+            graph = helper.make_graph([self.node], "single_node", graph_inputs, graph_outputs)
+            model = helper.make_model(graph, opset_imports=self.opset_imports, ir_version=8)
+            try:
+                session = ort.InferenceSession(
+                    model.SerializeToString(), providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc:
+                raise UnsupportedOpError(
+                    f"node '{ctx.name}' ({ctx.op_type}) runs neither in the interpreter nor in "
+                    f"onnxruntime: {exc}"
+                ) from exc
+            self.sessions[key] = session
+        feeds = {n: v.detach().cpu().numpy() for n, v in present if v is not None}
+        results = session.run(None, feeds)
+        return [torch.from_numpy(np.asarray(r)) for r in results]
+
+
+def _numpy_dtype(value: Tensor) -> Any:
+    return torch.empty(0, dtype=value.dtype).numpy().dtype
 
 
 def write_back(module: OnnxModule, model: ModelProto) -> ModelProto:

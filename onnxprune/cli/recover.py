@@ -1,0 +1,178 @@
+"""``onnxprune recover``: least squares or distillation fine-tuning of a pruned model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxprune.cli.common import echo_json, progress
+from onnxprune.errors import OnnxPruneError
+
+
+def register(main: click.Group) -> None:
+    """Add the ``recover`` command to the CLI group."""
+    main.add_command(recover)
+
+
+def _preprocess_for(data: Path) -> Any:
+    try:  # the foundation CLI owns the preprocessing flags' semantics
+        from onnxprune.cli.foundation import _preprocess
+    except ImportError:
+        return None
+    return _preprocess(data, None, None, None, None, None)
+
+
+@click.command()
+@click.argument("pruned", type=click.Path(path_type=Path))
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The unpruned model the pruned one was cut from (teacher / LS target).",
+)
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Calibration data (.npz/.npy/image folder; preprocess.json next to it).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["ls", "finetune", "ls+finetune"]),
+    default="ls",
+    show_default=True,
+    help="Least squares, distillation fine-tuning, or both.",
+)
+@click.option(
+    "--epochs",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Fine-tuning passes over the recovery split.",
+)
+@click.option(
+    "--minutes",
+    type=float,
+    default=None,
+    help="Wall-clock budget for fine-tuning (shortens the cosine schedule).",
+)
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Peak learning rate.")
+@click.option("--batch", type=int, default=64, show_default=True, help="Fine-tuning batch size.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
+@click.option(
+    "--bn",
+    type=click.Choice(["train", "freeze"]),
+    default="train",
+    show_default=True,
+    help="BatchNormalization during fine-tuning: batch statistics, or frozen.",
+)
+@click.option("--no-augment", is_flag=True, help="No random flip / pad-4 crop.")
+@click.option(
+    "--ls-images",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Images used by least squares (seeded subset of the recovery split).",
+)
+@click.option(
+    "--holdout",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Fraction of the data held out to measure accuracy before/after.",
+)
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The plan the model was pruned with (optional; the channel correspondence is "
+    "read from the weights).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON record instead of text.")
+def recover(
+    pruned: Path, reference: Path, data_path: Path, method: str, epochs: float,
+    minutes: float | None, lr: float, batch: int, optimizer: str, bn: str, no_augment: bool,
+    ls_images: int, holdout: float, plan_path: Path | None, seed: int, output: Path,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Recover the accuracy of PRUNED from the unpruned --reference, on --data.
+
+    \b
+    ls        refit each layer whose inputs were pruned to the reference's output (seconds)
+    finetune  distil the reference into PRUNED on its own ONNX graph (minutes)
+    Accuracy (top-1 with labels, agreement with the reference always) is measured on a
+    seeded held-out part of the data before and after. The output has PRUNED's structure.
+    """
+    from onnxprune.data import load_data
+    from onnxprune.evaluate import evaluate, make_session, predict
+    from onnxprune.model import load_model, save_model
+    from onnxprune.recover.finetune import distill
+    from onnxprune.recover.lsq import reconstruct
+
+    if plan_path is not None and not plan_path.exists():
+        raise OnnxPruneError(f"plan file '{plan_path}' does not exist; check --plan")
+    if not 0.0 < holdout < 1.0:
+        raise OnnxPruneError(f"--holdout {holdout} must be a fraction in (0, 1)")
+    for path in (output,):
+        if path.resolve() in (pruned.resolve(), reference.resolve()):
+            raise OnnxPruneError(
+                f"-o '{output}' would overwrite an input model; choose another path"
+            )
+    pruned_model = load_model(pruned)
+    reference_model = load_model(reference)
+    dataset = load_data(data_path, reference_model, _preprocess_for(data_path))
+    held_count = max(1, int(round(holdout * len(dataset))))
+    if held_count >= len(dataset):
+        raise OnnxPruneError(f"'{data_path}' has only {len(dataset)} samples; need at least 2")
+    held_out, train = dataset.split(held_count, len(dataset) - held_count, seed=seed)
+
+    def score(model: Any, reference_logits: Any) -> Any:
+        return evaluate(make_session(model, device="cpu"), held_out, reference_logits)
+
+    reference_logits = predict(make_session(reference_model, device="cpu"), held_out.x)
+    reference_eval = score(reference_model, None)
+    before = score(pruned_model, reference_logits)
+    record: dict[str, Any] = {
+        "method": method, "pruned": str(pruned), "reference": str(reference),
+        "data": str(data_path), "output": str(output), "held_out": len(held_out),
+        "recovery_samples": len(train), "reference_eval": reference_eval.to_dict(),
+        "before": before.to_dict(),
+    }  # fmt: skip
+    model = pruned_model
+    if method in ("ls", "ls+finetune"):
+        with progress("least squares", None, enabled=not as_json) as task:
+            result = reconstruct(
+                model, reference_model, train, max_images=ls_images, seed=seed,
+                on_layer=lambda fit: task.advance(1, status=fit.node),
+            )  # fmt: skip
+        model = result.model
+        record["least_squares"] = result.to_dict()
+        if not as_json:
+            click.echo(str(result).splitlines()[0], err=True)
+    if method in ("finetune", "ls+finetune"):
+        with progress("fine-tune", None, enabled=not as_json) as task:
+            tuned = distill(
+                model, reference_model, train, epochs=epochs, lr=lr, batch=batch,
+                optimizer=optimizer, bn=bn, augment=not no_augment, max_minutes=minutes,
+                seed=seed, on_step=lambda step, total, loss: task.advance(1, status=f"loss {loss:.3f}"),
+            )  # fmt: skip
+        model = tuned.model
+        record["finetune"] = tuned.to_dict()
+        if not as_json:
+            click.echo(str(tuned), err=True)
+    after = score(model, reference_logits)
+    record["after"] = after.to_dict()
+    save_model(model, output, protect=[pruned, reference])
+    if as_json:
+        echo_json(record)
+        return
+    click.echo(f"reference: {reference_eval}")
+    click.echo(f"before:    {before}")
+    click.echo(f"after:     {after}")
+    click.echo(f"wrote {output}")

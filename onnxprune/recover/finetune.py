@@ -1,0 +1,288 @@
+"""Fine-tuning by distillation on the ONNX graph itself.
+
+The pruned model runs as an :class:`~onnxprune.recover.interpreter.OnnxModule` (its
+initializers are the trainable parameters); the unpruned model is the teacher, run by
+onnxruntime on the same (augmented) batch. The loss is knowledge distillation (Hinton et
+al. 2015): ``T^2 * KL(softmax(t/T) || softmax(s/T))``, mixed with cross-entropy on the labels
+when the data has them (``kd_weight * KD + (1 - kd_weight) * CE``), label-free otherwise.
+Outputs that are not ``[batch, classes]`` logits are matched with a mean squared error.
+Optimiser: SGD with Nesterov momentum (or Adam), cosine learning-rate decay to zero over the
+run. The trained values are written back into the same graph (:func:`write_back`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from onnx import ModelProto
+from torch import Tensor
+
+from onnxprune.errors import DataError, OnnxPruneError
+from onnxprune.recover.interpreter import OnnxModule, write_back
+
+
+@dataclass
+class FinetuneResult:
+    """Outcome of :func:`distill`: the trained model and the loss curve (mean per epoch)."""
+
+    model: ModelProto
+    steps: int = 0
+    epochs: float = 0.0
+    seconds: float = 0.0
+    first_loss: float = float("nan")
+    last_loss: float = float("nan")
+    epoch_losses: list[float] = field(default_factory=list)
+    stopped_by_budget: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "seconds": self.seconds,
+            "first_loss": self.first_loss,
+            "last_loss": self.last_loss,
+            "epoch_losses": self.epoch_losses,
+            "stopped_by_budget": self.stopped_by_budget,
+        }
+
+    def __str__(self) -> str:
+        budget = " (time budget reached)" if self.stopped_by_budget else ""
+        return (
+            f"fine-tune: {self.steps} steps ({self.epochs:.2f} epochs) in {self.seconds:.0f} s"
+            f"{budget}; loss {self.first_loss:.4f} -> {self.last_loss:.4f}"
+        )
+
+
+def _teacher_session(model: ModelProto) -> ort.InferenceSession:
+    try:
+        from onnxprune.evaluate import make_session
+
+        return make_session(model, device="cpu")
+    except ImportError:  # evaluate stage absent: a plain CPU session
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _image_layout(sample_shape: tuple[int, ...]) -> str | None:
+    """'NCHW', 'NHWC' or None (no augmentation) for one sample's shape [C, H, W] / [H, W, C]."""
+    if len(sample_shape) != 3:
+        return None
+    if sample_shape[0] in (1, 3, 4) and sample_shape[1] > 4 and sample_shape[2] > 4:
+        return "NCHW"
+    if sample_shape[2] in (1, 3, 4) and sample_shape[0] > 4 and sample_shape[1] > 4:
+        return "NHWC"
+    return None
+
+
+def augment_batch(x: Tensor, layout: str | None, generator: torch.Generator) -> Tensor:
+    """Random horizontal flip, and for images up to 64 px a pad-4 random crop (zero padding).
+
+    x: [n, C, H, W] (NCHW) or [n, H, W, C] (NHWC); returns the same shape.
+    """
+    if layout is None:
+        return x
+    nchw = x if layout == "NCHW" else x.permute(0, 3, 1, 2)
+    n, _, height, width = nchw.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    nchw = torch.where(flip[:, None, None, None], nchw.flip(3), nchw)
+    if max(height, width) <= 64:
+        padded = F.pad(nchw, (4, 4, 4, 4))
+        dy = torch.randint(0, 9, (n,), generator=generator)
+        dx = torch.randint(0, 9, (n,), generator=generator)
+        rows = (dy[:, None] + torch.arange(height)[None])[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(width)[None])[:, None, None, :]
+        batch = torch.arange(n)[:, None, None, None]
+        channels = torch.arange(nchw.shape[1])[None, :, None, None]
+        nchw = padded[batch, channels, rows, cols]
+    return nchw if layout == "NCHW" else nchw.permute(0, 2, 3, 1)
+
+
+def distillation_loss(
+    student: Tensor,
+    teacher: Tensor,
+    labels: Tensor | None,
+    temperature: float,
+    kd_weight: float,
+) -> Tensor:
+    """KD (+ CE on labels) for logits [n, classes]; MSE for any other output shape."""
+    if student.dim() != 2:
+        return F.mse_loss(student, teacher)
+    kd = F.kl_div(
+        F.log_softmax(student / temperature, dim=1),
+        F.log_softmax(teacher / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (temperature**2)
+    if labels is None:
+        return kd
+    return kd_weight * kd + (1.0 - kd_weight) * F.cross_entropy(student, labels)
+
+
+def distill(
+    pruned_model: ModelProto,
+    reference_model: ModelProto,
+    dataset: Any,
+    *,
+    epochs: float = 1.0,
+    lr: float = 0.01,
+    batch: int = 64,
+    optimizer: str = "sgd",
+    weight_decay: float = 5e-4,
+    temperature: float = 4.0,
+    kd_weight: float = 0.9,
+    bn: str = "train",
+    augment: bool = True,
+    max_minutes: float | None = None,
+    seed: int = 0,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> FinetuneResult:
+    """Distil ``reference_model`` into ``pruned_model`` on ``dataset`` (see module docstring).
+
+    Args:
+        dataset: a ``Dataset`` (``x`` float32 [N, ...input], optional ``y`` int64 [N]) or an
+            array of inputs (label-free).
+        epochs: passes over the data (fractions allowed).
+        lr: peak learning rate (cosine decay to 0).
+        batch: images per step.
+        optimizer: ``'sgd'`` (Nesterov momentum 0.9) or ``'adam'``.
+        bn: ``'train'`` (batch statistics, running stats updated and written back) or
+            ``'freeze'`` (running statistics fixed; BN scale/bias still train).
+        augment: random flip (+ pad-4 crop for images up to 64 px) on 3-channel image inputs.
+        max_minutes: wall-clock budget; the schedule is shortened to fit it.
+        on_step: ``on_step(step, total_steps, loss)`` after every step.
+
+    Raises :class:`~onnxprune.errors.UnsupportedOpError` (naming the node) when the graph
+    holds an op the interpreter cannot train.
+    """
+    if bn not in ("train", "freeze"):
+        raise OnnxPruneError(f"bn must be 'train' or 'freeze', got '{bn}'")
+    if optimizer not in ("sgd", "adam"):
+        raise OnnxPruneError(f"optimizer must be 'sgd' or 'adam', got '{optimizer}'")
+    x_all = getattr(dataset, "x", dataset)
+    labels_all = getattr(dataset, "y", None)
+    if not isinstance(x_all, np.ndarray) or len(x_all) == 0:
+        raise DataError("fine-tuning needs a non-empty Dataset or array of model inputs")
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    student = OnnxModule(pruned_model, train_bn=(bn == "train"))
+    if len(student.input_names) != 1:
+        raise OnnxPruneError(
+            f"fine-tuning supports single-input models; this one has inputs "
+            f"{', '.join(student.input_names)}"
+        )
+    teacher = _teacher_session(reference_model)
+    teacher_input = teacher.get_inputs()[0].name
+    layout = _image_layout(tuple(x_all.shape[1:])) if augment else None
+    teacher_cache: np.ndarray | None = None
+    if layout is None:  # inputs never change: compute the teacher once
+        teacher_cache = np.concatenate(
+            [
+                teacher.run(None, {teacher_input: x_all[i : i + 256]})[0]
+                for i in range(0, len(x_all), 256)
+            ]  # fmt: skip
+        )
+    params = list(student.parameters())
+    if not params:
+        raise OnnxPruneError("the pruned model has no trainable float initializers")
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+        )
+    else:
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(x_all) / batch))
+    total_steps = max(1, int(round(epochs * steps_per_epoch)))
+    schedule = {"total": total_steps}
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step / schedule["total"], 1.0)))
+    )
+    result = FinetuneResult(model=pruned_model)
+    student.train()
+    step, epoch_loss, epoch_count = 0, 0.0, 0
+    order = torch.randperm(len(x_all), generator=generator).numpy()
+    position = 0
+    while step < schedule["total"]:
+        if position >= len(order):
+            order = torch.randperm(len(x_all), generator=generator).numpy()
+            position = 0
+            result.epoch_losses.append(epoch_loss / max(epoch_count, 1))
+            epoch_loss, epoch_count = 0.0, 0
+        index = np.sort(order[position : position + batch])
+        position += batch
+        inputs = augment_batch(torch.from_numpy(x_all[index]), layout, generator)
+        if teacher_cache is not None:
+            teacher_logits = torch.from_numpy(teacher_cache[index])
+        else:
+            teacher_logits = torch.from_numpy(teacher.run(None, {teacher_input: inputs.numpy()})[0])
+        labels = None if labels_all is None else torch.from_numpy(labels_all[index]).long()
+        output = student(inputs)
+        output = output[0] if isinstance(output, tuple) else output
+        loss = distillation_loss(output, teacher_logits, labels, temperature, kd_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lr_sched.step()
+        step += 1
+        value = float(loss.detach())
+        if step == 1:
+            result.first_loss = value
+        epoch_loss, epoch_count = epoch_loss + value, epoch_count + 1
+        if on_step is not None:
+            on_step(step, schedule["total"], value)
+        if max_minutes is not None and step >= 3:
+            elapsed = time.perf_counter() - start
+            affordable = int(step * (max_minutes * 60.0) / max(elapsed, 1e-9))
+            if affordable < schedule["total"]:
+                schedule["total"] = max(step, affordable)
+                result.stopped_by_budget = True
+    if epoch_count:
+        result.epoch_losses.append(epoch_loss / epoch_count)
+    result.last_loss = result.epoch_losses[-1] if result.epoch_losses else float("nan")
+    student.eval()
+    result.model = write_back(student, pruned_model)
+    result.steps = step
+    result.epochs = step / steps_per_epoch
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def finetune(
+    pruned_model: ModelProto,
+    reference_model: ModelProto,
+    dataset: Any,
+    epochs: float = 1.0,
+    lr: float = 0.01,
+    batch: int = 64,
+    **options: Any,
+) -> ModelProto:
+    """Fine-tuned copy of ``pruned_model`` (same structure); see :func:`distill`."""
+    return distill(
+        pruned_model, reference_model, dataset, epochs=epochs, lr=lr, batch=batch, **options
+    ).model
+
+
+def distillation_loss_on(
+    model: ModelProto, reference_model: ModelProto, dataset: Any, temperature: float = 4.0
+) -> float:
+    """Mean label-free KD loss of ``model`` against ``reference_model`` on ``dataset.x``."""
+    x = getattr(dataset, "x", dataset)
+    student = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    teacher = ort.InferenceSession(
+        reference_model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    name_s, name_t = student.get_inputs()[0].name, teacher.get_inputs()[0].name
+    total, count = 0.0, 0
+    for i in range(0, len(x), 256):
+        s = torch.from_numpy(student.run(None, {name_s: x[i : i + 256]})[0])
+        t = torch.from_numpy(teacher.run(None, {name_t: x[i : i + 256]})[0])
+        total += float(distillation_loss(s, t, None, temperature, 1.0)) * len(s)
+        count += len(s)
+    return total / max(count, 1)

@@ -1,0 +1,544 @@
+"""Least-squares reconstruction of the layers whose input channels were pruned.
+
+After channels are removed from a layer's input, its remaining weights no longer produce
+the unpruned model's output. Following AMC (He et al. 2018, section 3.4: "we use
+least-square reconstruction ... to fine-tune the weights of the pruned layer") and ThiNet
+(Luo et al. 2017, section 3.3: "minimize the reconstruction error ... by a linear least
+squares"), each consumer ``y = W x + b`` of pruned channels is refit on calibration data:
+
+    W*, b* = argmin_{W,b} || [X_p 1] [W b]^T - Y_ref ||^2 + lambda || [W b] - [W0 b0] ||^2
+
+- ``X_p``: the layer's input in the *pruned* model, after the layers before it were already
+  refit (processing in topological order, so errors do not compound);
+- ``Y_ref``: the layer's output in the *original* model at the same tensor name, restricted
+  to the output channels the pruned layer keeps;
+- the ridge term pulls toward the pruned weights ``W0`` (not toward zero), so a layer whose
+  removed inputs were already zero is left unchanged, and ``lambda`` is ``ridge`` times the
+  mean diagonal of ``X^T X``.
+
+k x k convolutions become linear through im2col (``torch.nn.functional.unfold``), with a
+random subset of output positions per image; grouped convolutions are solved per group
+(a depthwise convolution is a per-channel fit over its k x k taps); Gemm and MatMul with a
+constant weight are solved over their last axis. The normal equations are accumulated
+batch by batch (float64), so memory is bounded by the live activations of the graph at the
+calibration size plus one im2col batch.
+
+Channel correspondence between the pruned and the original layer comes from the weights
+themselves: surgery copies kept weight rows/columns unchanged, so the kept output rows and
+input columns are found by exact (sorted-subsequence) matching. No name of a layer or a
+model is used for decisions; node and tensor names only pair a node with itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from onnx import ModelProto
+from torch import Tensor
+
+from onnxprune.errors import DataError, OnnxPruneError
+from onnxprune.recover.interpreter import OnnxModule, conv_input_padded, write_back
+
+
+@dataclass
+class LayerFit:
+    """The refit of one layer: sizes and output MSE vs the original before/after."""
+
+    node: str
+    op_type: str
+    kept_inputs: int
+    original_inputs: int
+    kept_outputs: int
+    samples: int
+    mse_before: float
+    mse_after: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.node} ({self.op_type}, in {self.kept_inputs}/{self.original_inputs}, "
+            f"out {self.kept_outputs}): mse {self.mse_before:.4g} -> {self.mse_after:.4g}"
+        )
+
+
+@dataclass
+class LeastSquaresResult:
+    """Outcome of :func:`reconstruct`: the refit model and one record per layer."""
+
+    model: ModelProto
+    layers: list[LayerFit] = field(default_factory=list)
+    images: int = 0
+    seconds: float = 0.0
+    peak_activation_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": [layer.to_dict() for layer in self.layers],
+            "images": self.images,
+            "seconds": self.seconds,
+            "peak_activation_bytes": self.peak_activation_bytes,
+        }
+
+    def __str__(self) -> str:
+        lines = [
+            f"least squares: {len(self.layers)} layers refit on {self.images} images in "
+            f"{self.seconds:.1f} s (peak activations {self.peak_activation_bytes / 2**20:.0f} MiB)"
+        ]
+        lines += [f"  {layer}" for layer in self.layers]
+        return "\n".join(lines)
+
+
+# -- channel correspondence -----------------------------------------------------------------
+
+
+def _subsequence(row: np.ndarray, candidate: np.ndarray) -> list[int] | None:
+    """Indices j_0 < j_1 < ... with candidate[j_k] == row[k] (greedy), or None.
+
+    row: [i, k], candidate: [I, k].
+    """
+    found: list[int] = []
+    position = 0
+    for column in row:
+        while position < len(candidate) and not np.array_equal(candidate[position], column):
+            position += 1
+        if position == len(candidate):
+            return None
+        found.append(position)
+        position += 1
+    return found
+
+
+def match_dense_rows(w_ref: np.ndarray, w_pruned: np.ndarray) -> tuple[list[int], list[int]]:
+    """Kept (rows, columns) with ``w_pruned == w_ref[rows][:, columns]`` (both sorted).
+
+    w_ref: [O, I, k], w_pruned: [o, i, k]. Raises :class:`OnnxPruneError` when no exact
+    match exists (the reference is not the model the pruned one was cut from).
+    """
+    out_ref, out_kept = w_ref.shape[0], w_pruned.shape[0]
+    for first in range(out_ref - out_kept + 1):
+        columns = _subsequence(w_pruned[0], w_ref[first])
+        if columns is None:
+            continue
+        restricted = w_ref[:, columns]
+        rows, position = [first], first + 1
+        for r in range(1, out_kept):
+            while position < out_ref and not np.array_equal(restricted[position], w_pruned[r]):
+                position += 1
+            if position == out_ref:
+                break
+            rows.append(position)
+            position += 1
+        if len(rows) == out_kept:
+            return rows, columns
+    raise OnnxPruneError("no exact match")
+
+
+# -- the layers we can refit --------------------------------------------------------------
+
+
+@dataclass
+class _Layer:
+    index: int  # node index in the pruned module
+    name: str
+    op_type: str
+    weight: str
+    bias: str | None
+    groups: int
+    out_keep: list[int]  # kept output channels, as indices into the reference output
+    kept_inputs: int
+    original_inputs: int
+    output: str
+
+
+def _weight_matrix(op_type: str, attrs: dict[str, Any], weight: np.ndarray) -> np.ndarray:
+    """The weight as [out, in, taps] for matching."""
+    if op_type == "Conv":
+        return weight.reshape(weight.shape[0], weight.shape[1], -1)
+    if op_type == "Gemm":
+        matrix = weight if attrs.get("transB", 0) else weight.T
+        return matrix[:, :, None]
+    return weight.T[:, :, None]  # MatMul: [in, out]
+
+
+def _find_layers(pruned: OnnxModule, reference: OnnxModule, all_layers: bool) -> list[_Layer]:
+    ref_nodes = {ctx.name: (ctx, ins, outs) for ctx, ins, outs in reference._nodes}
+    layers = []
+    for index, (ctx, inputs, outputs) in enumerate(pruned._nodes):
+        if ctx.op_type not in ("Conv", "Gemm", "MatMul") or ctx.name not in ref_nodes:
+            continue
+        ref_ctx, ref_inputs, ref_outputs = ref_nodes[ctx.name]
+        if outputs[0] != ref_outputs[0]:
+            continue
+        slot = 0 if (ctx.op_type == "Gemm" and ctx.attr("transA", 0)) else 1
+        if ctx.op_type == "MatMul" or ctx.op_type == "Gemm":
+            if ctx.op_type == "Gemm" and ctx.attr("transA", 0):
+                continue  # rows are not samples; not a layer we refit
+        weight = inputs[slot]
+        if weight not in pruned.initializer_names() or ref_inputs[slot] not in reference._slots:
+            continue
+        w_pruned = pruned.tensor(weight).detach().numpy()
+        w_ref = reference.tensor(ref_inputs[slot]).detach().numpy()
+        if ctx.op_type == "MatMul" and w_pruned.ndim != 2:
+            continue
+        if ctx.op_type == "Conv" and w_pruned.ndim != 4 and w_pruned.ndim != 3:
+            continue
+        groups = int(ctx.attr("group", 1)) if ctx.op_type == "Conv" else 1
+        ref_groups = int(ref_ctx.attr("group", 1)) if ctx.op_type == "Conv" else 1
+        m_pruned = _weight_matrix(ctx.op_type, ctx.attrs, w_pruned)
+        m_ref = _weight_matrix(ctx.op_type, ref_ctx.attrs, w_ref)
+        kept_in, orig_in = m_pruned.shape[1] * groups, m_ref.shape[1] * ref_groups
+        if kept_in == orig_in and not all_layers:
+            continue
+        if m_pruned.shape[1] == 1 and groups > 1:  # depthwise: rows decide everything
+            out_keep = _match_rows_only(m_ref, m_pruned, ctx.name)
+        elif groups > 1:
+            out_keep = _match_grouped(m_ref, m_pruned, groups, ref_groups, ctx.name)
+        else:
+            try:
+                out_keep, _ = match_dense_rows(m_ref, m_pruned)
+            except OnnxPruneError:
+                raise OnnxPruneError(
+                    f"node '{ctx.name}': the pruned weights '{weight}' are not a slice of the "
+                    f"reference weights '{ref_inputs[slot]}'; pass as --reference the model the "
+                    "pruned one was cut from"
+                ) from None
+        bias = None
+        if ctx.op_type in ("Conv", "Gemm") and len(inputs) > 2 and inputs[2]:
+            if inputs[2] in pruned.initializer_names("param"):
+                bias_value = pruned.tensor(inputs[2])
+                if bias_value.numel() == m_pruned.shape[0]:
+                    bias = inputs[2]
+                elif not (ctx.op_type == "Gemm" and bias_value.numel() == 1):
+                    continue  # a broadcast bias we cannot refit per channel
+        layers.append(
+            _Layer(
+                index,
+                ctx.name,
+                ctx.op_type,
+                weight,
+                bias,
+                groups,
+                out_keep,
+                kept_in,
+                orig_in,
+                outputs[0],
+            )  # fmt: skip
+        )
+    return layers
+
+
+def _match_rows_only(m_ref: np.ndarray, m_pruned: np.ndarray, node: str) -> list[int]:
+    rows = _subsequence(m_pruned.reshape(len(m_pruned), -1), m_ref.reshape(len(m_ref), -1))
+    if rows is None:
+        raise OnnxPruneError(
+            f"node '{node}': the pruned depthwise weights are not a slice of the reference's; "
+            "pass as --reference the model the pruned one was cut from"
+        )
+    return rows
+
+
+def _match_grouped(m_ref, m_pruned, groups: int, ref_groups: int, node: str) -> list[int]:
+    if groups != ref_groups:
+        raise OnnxPruneError(f"node '{node}': group count changed from {ref_groups} to {groups}")
+    out_ref, out_kept = m_ref.shape[0] // groups, m_pruned.shape[0] // groups
+    rows: list[int] = []
+    for g in range(groups):
+        try:
+            kept, _ = match_dense_rows(
+                m_ref[g * out_ref : (g + 1) * out_ref], m_pruned[g * out_kept : (g + 1) * out_kept]
+            )
+        except OnnxPruneError:
+            raise OnnxPruneError(
+                f"node '{node}': group {g} of the pruned weights is not a slice of the "
+                "reference's; pass as --reference the model the pruned one was cut from"
+            ) from None
+        rows += [g * out_ref + r for r in kept]
+    return rows
+
+
+# -- lock-step execution of the graph over the calibration set ------------------------------
+
+
+class _Runner:
+    """Runs a module node by node over a list of batches, keeping only live tensors."""
+
+    def __init__(self, module: OnnxModule, batches: list[Tensor]) -> None:
+        self.module = module
+        self.next_index = 0
+        base: dict[str, Tensor] = dict(module._folded)
+        for name in module._slots:
+            base[name] = module.tensor(name)
+        self.static = set(base)
+        self.envs = [dict(base, **{module.input_names[0]: batch}) for batch in batches]
+        self.producer = {out: i for i, (_, _, outs) in enumerate(module._nodes) for out in outs}
+
+    def live_bytes(self) -> int:
+        return sum(
+            value.element_size() * value.numel()
+            for env in self.envs
+            for name, value in env.items()
+            if name not in self.static and isinstance(value, Tensor)
+        )
+
+    def advance(self, stop: int, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """Run nodes [next_index, stop) on every batch."""
+        nodes = self.module._nodes
+        last_use = self.module._last_use
+        for index in range(self.next_index, stop):
+            if index in self.module._fold_skip:
+                continue
+            ctx, names_in, names_out = nodes[index]
+            for env in self.envs:
+                values = [env[n] if n else None for n in names_in]
+                for name, value in zip(
+                    names_out, self.module.handler_for(ctx)(ctx, values), strict=False
+                ):
+                    if name:
+                        env[name] = value
+                for name in names_in:
+                    if name and last_use.get(name) == index and name not in self.static:
+                        if name not in keep:
+                            env.pop(name, None)
+        self.next_index = max(self.next_index, stop)
+
+    def tensor_batches(self, name: str) -> list[Tensor]:
+        return [env[name] for env in self.envs]
+
+
+# -- per-layer solve --------------------------------------------------------------------------
+
+
+def _features_targets(
+    layer: _Layer,
+    ctx: Any,
+    x: Tensor,
+    y_ref: Tensor,
+    weight_shape: tuple[int, ...],
+    positions: int,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
+    """(features [rows, groups, f], targets [rows, groups, o/g]) for one batch."""
+    out_keep = torch.as_tensor(layer.out_keep)
+    if layer.op_type == "Conv":
+        spatial = x.dim() - 2
+        if spatial == 1:
+            x, y_ref = x.unsqueeze(2), y_ref.unsqueeze(2)
+            weight_shape = (*weight_shape[:2], 1, weight_shape[2])
+        x_padded, padding, strides, dilations = conv_input_padded(ctx, x, weight_shape)
+        if spatial == 1:
+            padding, strides, dilations = [0, *padding], [1, *strides], [1, *dilations]
+        cols = F.unfold(x_padded, weight_shape[2:], dilations, padding, strides)  # [n, i*k, L]
+        target = y_ref.index_select(1, out_keep).flatten(2)  # [n, o, L]
+        total = cols.shape[2]
+        if positions < total:
+            chosen = torch.randperm(total, generator=generator)[:positions]
+            cols, target = cols[:, :, chosen], target[:, :, chosen]
+        rows_x = cols.permute(0, 2, 1).reshape(-1, cols.shape[1])
+        rows_y = target.permute(0, 2, 1).reshape(-1, target.shape[1])
+        groups = layer.groups
+        return (
+            rows_x.reshape(rows_x.shape[0], groups, -1),
+            rows_y.reshape(rows_y.shape[0], groups, -1),
+        )
+    rows_x = x.reshape(-1, x.shape[-1])
+    rows_y = y_ref.index_select(y_ref.dim() - 1, out_keep).reshape(-1, len(layer.out_keep))
+    if positions * x.shape[0] < rows_x.shape[0]:
+        chosen = torch.randperm(rows_x.shape[0], generator=generator)[: positions * x.shape[0]]
+        rows_x, rows_y = rows_x[chosen], rows_y[chosen]
+    return rows_x[:, None, :], rows_y[:, None, :]
+
+
+def _current_matrix(layer: _Layer, module: OnnxModule, ctx: Any) -> Tensor:
+    """Current [groups, f (+1 bias), o/g] solution matrix of the layer (W^T with bias row)."""
+    weight = module.tensor(layer.weight).detach().double()
+    if layer.op_type == "Conv":
+        out = weight.shape[0]
+        per_group = weight.reshape(layer.groups, out // layer.groups, -1).transpose(1, 2)
+    elif layer.op_type == "Gemm":
+        matrix = weight if ctx.attr("transB", 0) else weight.t()  # [o, i]
+        per_group = (float(ctx.attr("alpha", 1.0)) * matrix).t()[None]
+    else:
+        per_group = weight[None]  # MatMul [i, o]
+    if layer.bias is None:
+        return per_group
+    bias = module.tensor(layer.bias).detach().double().reshape(-1)
+    if layer.op_type == "Gemm":
+        bias = float(ctx.attr("beta", 1.0)) * bias
+    bias = bias.reshape(layer.groups, 1, -1)
+    return torch.cat([per_group, bias], dim=1)
+
+
+def _store_matrix(layer: _Layer, module: OnnxModule, ctx: Any, solution: Tensor) -> None:
+    if layer.bias is not None:
+        weights, bias = solution[:, :-1, :], solution[:, -1, :].reshape(-1)
+    else:
+        weights, bias = solution, None
+    current = module.tensor(layer.weight)
+    if layer.op_type == "Conv":
+        value = weights.transpose(1, 2).reshape(current.shape)
+    elif layer.op_type == "Gemm":
+        matrix = weights[0].t() / float(ctx.attr("alpha", 1.0))  # [o, i]
+        value = matrix if ctx.attr("transB", 0) else matrix.t()
+    else:
+        value = weights[0]
+    module.set_initializer(layer.weight, value.float())
+    if bias is not None and layer.bias is not None:
+        if layer.op_type == "Gemm":
+            bias = bias / float(ctx.attr("beta", 1.0))
+        module.set_initializer(layer.bias, bias.float().reshape(module.tensor(layer.bias).shape))
+
+
+def _fit_layer(
+    layer: _Layer,
+    pruned: _Runner,
+    reference: _Runner,
+    positions: int,
+    ridge: float,
+    generator: torch.Generator,
+) -> LayerFit:
+    ctx, names_in, _ = pruned.module._nodes[layer.index]
+    xs = pruned.tensor_batches(names_in[0])
+    ys = reference.tensor_batches(layer.output)
+    weight_shape = tuple(pruned.module.tensor(layer.weight).shape)
+    current = _current_matrix(layer, pruned.module, ctx)  # [g, f(+1), o/g]
+    groups, dim, _ = current.shape
+    # Solve for the change d = S - S0 from the residual R = T - F S0: exact data gives
+    # R = 0 and d = 0 bit for bit, and float32 round-off in F^T F does not leak into S0.
+    gram = torch.zeros(groups, dim, dim, dtype=torch.float64)
+    cross = torch.zeros(groups, dim, current.shape[2], dtype=torch.float64)
+    residual_energy = 0.0
+    samples = 0
+    current_f32 = current.float()
+    for x, y in zip(xs, ys, strict=True):
+        feats, targets = _features_targets(
+            layer, ctx, x, y, weight_shape, positions, generator
+        )  # [rows, g, f], [rows, g, o/g]
+        if layer.bias is not None:
+            feats = torch.cat([feats, torch.ones_like(feats[:, :, :1])], dim=2)
+        f_g = feats.transpose(0, 1)  # [g, rows, f]
+        residual = targets.transpose(0, 1) - torch.bmm(f_g, current_f32)  # [g, rows, o/g]
+        gram += torch.bmm(f_g.transpose(1, 2), f_g).double()
+        cross += torch.bmm(f_g.transpose(1, 2), residual).double()
+        residual_energy += float((residual.double() ** 2).sum())
+        samples += feats.shape[0]
+    count = max(samples * len(layer.out_keep), 1)
+    diag_mean = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)  # [g]
+    lam = (ridge * diag_mean)[:, None, None]
+    eye = torch.eye(dim, dtype=torch.float64)[None]
+    delta = torch.linalg.solve(gram + lam * eye, cross)
+    # ||R - F d||^2 = ||R||^2 - 2 <d, F^T R> + <d, F^T F d>
+    reduction = 2 * float((delta * cross).sum()) - float(
+        torch.einsum("gfo,gfh,gho->", delta, gram, delta)
+    )
+    before = residual_energy / count
+    after = max(residual_energy - reduction, 0.0) / count
+    if reduction > 0:
+        _store_matrix(layer, pruned.module, ctx, current + delta)
+    else:  # only round-off: keep the pruned weights
+        after = before
+    return LayerFit(
+        layer.name, layer.op_type, layer.kept_inputs, layer.original_inputs,
+        len(layer.out_keep), samples, before, after,
+    )  # fmt: skip
+
+
+def _as_array(dataset: Any) -> np.ndarray:
+    x = getattr(dataset, "x", dataset)
+    if not isinstance(x, np.ndarray):
+        raise DataError("calibration data must be a Dataset or a numpy array of model inputs")
+    return x
+
+
+def reconstruct(
+    pruned_model: ModelProto,
+    reference_model: ModelProto,
+    dataset: Any,
+    *,
+    max_images: int = 1000,
+    positions_per_image: int = 32,
+    ridge: float = 1e-3,
+    batch_size: int = 100,
+    all_layers: bool = False,
+    seed: int = 0,
+    on_layer: Callable[[LayerFit], None] | None = None,
+) -> LeastSquaresResult:
+    """Refit every Conv/Gemm/MatMul whose input channels were pruned (see module docstring).
+
+    Args:
+        pruned_model: the physically pruned model (same node/tensor names as the reference).
+        reference_model: the unpruned model it was cut from.
+        dataset: a ``Dataset`` (its ``x`` is used) or an array ``[N, ...model input]``.
+        max_images: a seeded random subset of at most this many images is used.
+        positions_per_image: output positions sampled per image for convolutions (and
+            rows per sample for MatMul over a sequence).
+        ridge: regularisation strength relative to the mean diagonal of ``X^T X``.
+        batch_size: images per batch while accumulating ``X^T X``.
+        all_layers: also refit layers whose inputs were not pruned.
+        on_layer: called after each layer (progress reporting).
+
+    Returns a :class:`LeastSquaresResult` whose ``model`` has the same structure as
+    ``pruned_model`` with new values for the refit layers' weights and biases.
+    """
+    start = time.perf_counter()
+    x = _as_array(dataset)
+    if len(x) == 0:
+        raise DataError("least squares needs at least one calibration image; got none")
+    rng = np.random.default_rng(seed)
+    if len(x) > max_images:
+        x = x[np.sort(rng.choice(len(x), max_images, replace=False))]
+    # Ops without a torch handler run in onnxruntime: least squares needs no gradients.
+    pruned_module = OnnxModule(pruned_model, train_bn=False, fallback="onnxruntime").eval()
+    reference_module = OnnxModule(reference_model, train_bn=False, fallback="onnxruntime").eval()
+    if len(pruned_module.input_names) != 1:
+        raise OnnxPruneError(
+            f"least squares supports single-input models; this one has inputs "
+            f"{', '.join(pruned_module.input_names)}"
+        )
+    layers = _find_layers(pruned_module, reference_module, all_layers)
+    batches = [torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])) for i in
+               range(0, len(x), batch_size)]  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    result = LeastSquaresResult(model=pruned_model, images=len(x))
+    with torch.no_grad():
+        pruned_run = _Runner(pruned_module, batches)
+        reference_run = _Runner(reference_module, batches)
+        peak = 0
+        for layer in layers:
+            pruned_run.advance(layer.index)
+            reference_run.advance(reference_run.producer[layer.output] + 1, keep={layer.output})
+            peak = max(peak, pruned_run.live_bytes() + reference_run.live_bytes())
+            fit = _fit_layer(layer, pruned_run, reference_run, positions_per_image, ridge,
+                             generator)  # fmt: skip
+            result.layers.append(fit)
+            if on_layer is not None:
+                on_layer(fit)
+        result.peak_activation_bytes = peak
+    result.model = write_back(pruned_module, pruned_model)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def least_squares_recover(
+    pruned_model: ModelProto,
+    reference_model: ModelProto,
+    dataset: Any,
+    plan: Any = None,
+    analysis: Any = None,
+    **options: Any,
+) -> ModelProto:
+    """Pruned model with its pruned-input layers refit by least squares (see :func:`reconstruct`).
+
+    ``plan`` and ``analysis`` are accepted for API symmetry with the search; the channel
+    correspondence is read from the weights (exact match), which also covers models pruned
+    by hand. ``options`` are passed to :func:`reconstruct`.
+    """
+    del plan, analysis
+    return reconstruct(pruned_model, reference_model, dataset, **options).model

@@ -1,0 +1,336 @@
+"""Least-squares reconstruction and distillation fine-tuning on tiny, hand-pruned models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.errors import OnnxPruneError, UnsupportedOpError
+from onnxprune.recover import OnnxModule, distill, least_squares_recover, reconstruct
+from onnxprune.recover.finetune import augment_batch, distillation_loss_on
+from onnxprune.recover.lsq import match_dense_rows
+
+F32 = np.float32
+
+
+def _weights(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "w1": rng.normal(0, 0.5, (8, 3, 3, 3)).astype(F32),
+        "b1": rng.normal(0, 0.1, 8).astype(F32),
+        "w2": rng.normal(0, 0.3, (6, 8, 3, 3)).astype(F32),
+        "b2": rng.normal(0, 0.1, 6).astype(F32),
+        "w3": rng.normal(0, 0.5, (6, 1, 3, 3)).astype(F32),
+        "b3": rng.normal(0, 0.1, 6).astype(F32),
+        "fc": rng.normal(0, 0.5, (5, 6)).astype(F32),
+        "fcb": rng.normal(0, 0.1, 5).astype(F32),
+    }
+
+
+def _cnn(weights: dict[str, np.ndarray], extra_op: str | None = None) -> onnx.ModelProto:
+    """conv1(3->8) Relu conv2(8->6) Relu depthwise(6) Relu GAP Flatten Gemm(6->5).
+
+    The graph is sized by its weights, so slicing the weights gives a pruned model with the
+    same node and tensor names (what surgery produces).
+    """
+    c2 = weights["w3"].shape[0]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], "conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], "relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], "conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], "relu2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], "dw", pads=[1, 1, 1, 1], group=c2),
+        helper.make_node("Relu", ["c3"], ["r3"], "relu3"),
+        helper.make_node("GlobalAveragePool", ["r3"], ["gap"], "gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], "flatten"),
+        helper.make_node("Gemm", ["flat", "fc", "fcb"], ["logits"], "fc", transB=1),
+    ]
+    if extra_op:  # an op the training interpreter does not know, after the classifier
+        nodes[-1].output[0] = "pre"
+        nodes.append(helper.make_node(extra_op, ["pre"], ["logits"], "odd_norm", axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 5])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _prune(
+    weights: dict[str, np.ndarray], removed1: list[int], removed2: list[int] = ()
+) -> dict[str, np.ndarray]:
+    """Slice conv1's outputs ``removed1`` and conv2's outputs ``removed2`` out of the weights."""
+    keep1 = [c for c in range(8) if c not in removed1]
+    keep2 = [c for c in range(6) if c not in removed2]
+    return {
+        "w1": weights["w1"][keep1],
+        "b1": weights["b1"][keep1],
+        "w2": weights["w2"][keep2][:, keep1],
+        "b2": weights["b2"][keep2],
+        "w3": weights["w3"][keep2],
+        "b3": weights["b3"][keep2],
+        "fc": weights["fc"][:, keep2],
+        "fcb": weights["fcb"],
+    }
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _images(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (n, 3, 8, 8)).astype(F32)
+
+
+def _init(model: onnx.ModelProto, name: str) -> np.ndarray:
+    return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
+
+
+# -- least squares ------------------------------------------------------------------------
+
+
+def test_least_squares_is_a_no_op_when_removed_inputs_were_zero() -> None:
+    weights = _weights()
+    weights["w1"][[2, 5]] = 0.0
+    weights["b1"][[2, 5]] = -1.0  # Relu makes channels 2 and 5 exactly zero
+    reference = _cnn(weights)
+    pruned = _cnn(_prune(weights, [2, 5]))
+    result = reconstruct(pruned, reference, _images(64))
+    assert [(f.node, f.kept_inputs, f.original_inputs, f.kept_outputs) for f in result.layers] == [
+        ("conv2", 6, 8, 6)
+    ]
+    np.testing.assert_allclose(_init(result.model, "w2"), _init(pruned, "w2"), atol=1e-5)
+    np.testing.assert_allclose(_init(result.model, "b2"), _init(pruned, "b2"), atol=1e-5)
+    assert result.layers[0].mse_before < 1e-10
+
+
+def test_least_squares_absorbs_a_removed_duplicate_channel_exactly() -> None:
+    weights = _weights()
+    # Channel 6 = 2 x channel 1 before and after Relu, so conv2 can absorb it exactly.
+    weights["w1"][6], weights["b1"][6] = 2 * weights["w1"][1], 2 * weights["b1"][1]
+    reference = _cnn(weights)
+    pruned = _cnn(_prune(weights, [6]))
+    x = _images(32)
+    assert np.abs(_run(pruned, x) - _run(reference, x)).max() > 1e-2
+    recovered = least_squares_recover(pruned, reference, x, ridge=1e-9)
+    np.testing.assert_allclose(_run(recovered, x), _run(reference, x), atol=1e-4)
+    w2 = _init(recovered, "w2")
+    expected = weights["w2"][:, 1] + 2 * weights["w2"][:, 6]
+    np.testing.assert_allclose(w2[:, 1], expected, atol=1e-4)
+
+
+def test_least_squares_lowers_output_error_on_a_random_pruned_model() -> None:
+    weights = _weights(3)
+    reference = _cnn(weights)
+    pruned = _cnn(_prune(weights, [0, 3, 4], [1, 4]))
+    calib, held_out = _images(200, seed=5), _images(100, seed=6)
+    result = reconstruct(pruned, reference, calib)
+    # conv2 (inputs pruned, outputs pruned), the depthwise conv (per channel) and the Gemm.
+    assert [(f.node, f.kept_inputs, f.original_inputs, f.kept_outputs) for f in result.layers] == [
+        ("conv2", 5, 8, 4),
+        ("dw", 4, 6, 4),
+        ("fc", 4, 6, 5),
+    ]
+    for fit in result.layers:
+        assert fit.mse_after <= fit.mse_before
+    assert result.layers[0].mse_after < 0.8 * result.layers[0].mse_before
+    target = _run(reference, held_out)
+    mse_before = float(np.mean((_run(pruned, held_out) - target) ** 2))
+    mse_after = float(np.mean((_run(result.model, held_out) - target) ** 2))
+    assert mse_after < 0.5 * mse_before
+    onnx.checker.check_model(result.model, full_check=True)
+    shapes = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert {t.name: list(t.dims) for t in result.model.graph.initializer} == shapes
+
+
+@pytest.mark.parametrize("op", ["gemm", "matmul"])
+def test_least_squares_on_gemm_and_matmul_consumers(op: str) -> None:
+    rng = np.random.default_rng(2)
+    w1 = rng.normal(0, 0.5, (4, 6)).astype(F32)  # [in, out], transB=0
+    w1[:, 5] = 3 * w1[:, 2]  # feature 5 = 3 x feature 2 (Relu keeps the ratio)
+    w2 = rng.normal(0, 0.5, (6, 3)).astype(F32)
+    bias = rng.normal(0, 0.1, 3).astype(F32)
+
+    def build(first: np.ndarray, second: np.ndarray) -> onnx.ModelProto:
+        nodes = [
+            helper.make_node("Gemm", ["x", "w1"], ["h"], "hidden"),
+            helper.make_node("Relu", ["h"], ["r"], "relu"),
+        ]
+        if op == "gemm":
+            nodes.append(
+                helper.make_node("Gemm", ["r", "w2", "bias"], ["y"], "head", alpha=0.5, beta=2.0)
+            )
+            inits = [first, second, bias]
+        else:
+            nodes.append(helper.make_node("MatMul", ["r", "w2"], ["y"], "head"))
+            inits = [first, second]
+        graph = helper.make_graph(
+            nodes,
+            "mlp",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+            [
+                numpy_helper.from_array(v, k)
+                for k, v in zip(["w1", "w2", "bias"], inits, strict=False)
+            ],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    reference = build(w1, w2)
+    pruned = build(w1[:, :5], w2[:5])
+    x = rng.normal(0, 1, (300, 4)).astype(F32)
+    assert np.abs(_run(pruned, x) - _run(reference, x)).max() > 1e-2
+    result = reconstruct(pruned, reference, x, ridge=1e-9)
+    assert [(f.node, f.kept_inputs, f.original_inputs) for f in result.layers] == [("head", 5, 6)]
+    np.testing.assert_allclose(_run(result.model, x), _run(reference, x), atol=1e-4)
+
+
+def test_match_dense_rows_finds_sorted_slices() -> None:
+    w = np.random.default_rng(0).normal(size=(7, 5, 4)).astype(F32)
+    rows, cols = match_dense_rows(w, w[[1, 2, 6]][:, [0, 3, 4]])
+    assert (rows, cols) == ([1, 2, 6], [0, 3, 4])
+
+
+def test_least_squares_rejects_a_foreign_reference_naming_the_node() -> None:
+    pruned = _cnn(_prune(_weights(0), [1]))
+    with pytest.raises(OnnxPruneError, match="conv2"):
+        reconstruct(pruned, _cnn(_weights(1)), _images(16))
+
+
+def test_least_squares_works_where_the_interpreter_cannot_train() -> None:
+    weights = _weights()
+    reference = _cnn(weights, extra_op="LpNormalization")
+    pruned = _cnn(_prune(weights, [2, 7]), extra_op="LpNormalization")
+    with pytest.raises(UnsupportedOpError, match="odd_norm"):
+        OnnxModule(pruned)
+    with pytest.raises(UnsupportedOpError, match="LpNormalization"):
+        distill(pruned, reference, _images(8), epochs=1)
+    x = _images(100)
+    recovered = least_squares_recover(pruned, reference, x)
+    target = _run(reference, x)
+    assert np.mean((_run(recovered, x) - target) ** 2) < np.mean((_run(pruned, x) - target) ** 2)
+
+
+def test_least_squares_through_deps_surgery_pipeline() -> None:
+    deps = pytest.importorskip("onnxprune.deps")
+    importance = pytest.importorskip("onnxprune.importance")
+    surgery = pytest.importorskip("onnxprune.surgery")
+    from conftest import make_tiny_cnn
+
+    model = make_tiny_cnn(widths=(16, 16))
+    analysis = deps.analyze(model)
+    plan = importance.plan_from_ratios(analysis, 0.5, round_to=1)
+    pruned = surgery.apply_plan(analysis, plan)
+    x = np.random.default_rng(0).normal(size=(150, 3, 16, 16)).astype(F32)
+    recovered = least_squares_recover(pruned, analysis.model, x, plan=plan, analysis=analysis)
+    target = _run(analysis.model, x)
+    assert np.mean((_run(recovered, x) - target) ** 2) < 0.7 * np.mean(
+        (_run(pruned, x) - target) ** 2
+    )
+
+
+# -- fine-tuning ----------------------------------------------------------------------------
+
+
+def test_finetune_lowers_distillation_loss_and_keeps_structure() -> None:
+    weights = _weights(4)
+    reference = _cnn(weights)
+    pruned = _cnn(_prune(weights, [0, 2, 5], [3]))
+    x = _images(128, seed=9)
+    before = distillation_loss_on(pruned, reference, x)
+    result = distill(pruned, reference, x, epochs=3, lr=0.01, batch=32, optimizer="adam",
+                     augment=False)  # fmt: skip
+    after = distillation_loss_on(result.model, reference, x)
+    assert result.steps == 12
+    assert after < 0.7 * before
+    onnx.checker.check_model(result.model, full_check=True)
+    assert [(n.name, n.op_type, list(n.input)) for n in result.model.graph.node] == [
+        (n.name, n.op_type, list(n.input)) for n in pruned.graph.node
+    ]
+    assert {t.name: list(t.dims) for t in result.model.graph.initializer} == {
+        t.name: list(t.dims) for t in pruned.graph.initializer
+    }
+
+
+def test_finetune_with_labels_and_augmentation_runs_and_trains() -> None:
+    from onnxprune.data import Dataset
+
+    weights = _weights(4)
+    reference = _cnn(weights)
+    pruned = _cnn(_prune(weights, [1, 2]))
+    x = _images(64, seed=2)
+    labels = _run(reference, x).argmax(1).astype(np.int64)
+    result = distill(pruned, reference, Dataset(x, labels, "test"), epochs=2, batch=16, lr=0.02)
+    assert result.steps == 8 and len(result.epoch_losses) == 2
+    changed = np.abs(_init(result.model, "w2") - _init(pruned, "w2")).max()
+    assert changed > 1e-4
+
+
+def test_augment_batch_flips_and_shifts_within_padding() -> None:
+    x = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).reshape(2, 3, 10, 10)
+    out = augment_batch(x, "NCHW", torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    for sample, original in zip(out, x, strict=True):
+        candidates = []
+        for image in (original, original.flip(2)):
+            padded = torch.nn.functional.pad(image, (4, 4, 4, 4))
+            candidates += [
+                padded[:, dy : dy + 10, dx : dx + 10] for dy in range(9) for dx in range(9)
+            ]
+        assert any(torch.equal(sample, c) for c in candidates)
+    nhwc = augment_batch(x.permute(0, 2, 3, 1), "NHWC", torch.Generator().manual_seed(0))
+    assert torch.equal(nhwc.permute(0, 3, 1, 2), out)
+
+
+# -- CLI ----------------------------------------------------------------------------------
+
+
+def test_cli_recover_ls_reports_accuracy_before_and_after(tmp_path) -> None:
+    from onnxprune.cli import main
+
+    weights = _weights(3)
+    reference, pruned = _cnn(weights), _cnn(_prune(weights, [0, 3, 4], [1, 4]))
+    onnx.save(reference, tmp_path / "ref.onnx")
+    onnx.save(pruned, tmp_path / "pruned.onnx")
+    x = _images(200, seed=3)
+    np.savez(tmp_path / "data.npz", x=x, y=_run(reference, x).argmax(1).astype(np.int64))
+    out = tmp_path / "out.onnx"
+    result = CliRunner().invoke(
+        main,
+        ["recover", str(tmp_path / "pruned.onnx"), "--reference", str(tmp_path / "ref.onnx"),
+         "--data", str(tmp_path / "data.npz"), "--method", "ls", "-o", str(out), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["method"] == "ls" and record["held_out"] > 0
+    assert record["after"]["agreement"] >= record["before"]["agreement"]
+    assert out.exists()
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+def test_cli_recover_refuses_to_overwrite_input_and_names_file(tmp_path) -> None:
+    from onnxprune.cli import main
+    from onnxprune.cli.common import run_guarded
+
+    weights = _weights(3)
+    onnx.save(_cnn(weights), tmp_path / "ref.onnx")
+    onnx.save(_cnn(_prune(weights, [0])), tmp_path / "pruned.onnx")
+    np.savez(tmp_path / "data.npz", x=_images(20))
+    code = run_guarded(
+        main,
+        ["recover", str(tmp_path / "pruned.onnx"), "--reference", str(tmp_path / "ref.onnx"),
+         "--data", str(tmp_path / "data.npz"), "-o", str(tmp_path / "pruned.onnx")],
+    )  # fmt: skip
+    assert code == 2
