@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.corpus import CORPUS
-from tests.corpus.fixtures import corpus_paths  # noqa: F401  (pytest fixture)
+from tests.corpus.fixtures import corpus_model, corpus_paths  # noqa: F401  (pytest fixtures)
 
 deps = pytest.importorskip("onnxprune.deps", reason="deps stage not built yet")
 surgery = pytest.importorskip("onnxprune.surgery", reason="surgery stage not built yet")
