@@ -121,6 +121,7 @@ class ModelResult:
     macs: int = 0
     macs_kept_planned: float | None = None
     macs_kept_actual: float | None = None
+    channels_kept: float | None = None
     params_kept: float | None = None
     checker_ok: bool | None = None
     drift_vs_masked: float | None = None
@@ -128,6 +129,8 @@ class ModelResult:
     latency_ms: float | None = None
     latency_pruned_ms: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    shapes_from_run: int = 0
+    note: str | None = None
     error: str | None = None
 
     def to_dict(self) -> dict:
@@ -141,13 +144,16 @@ class ModelResult:
             f"{self.frozen} frozen ({self.frozen_channels} ch)",
         ]
         lines += [f"    frozen x{n}: {reason}" for reason, n in self.frozen_reasons.items()]
-        if self.macs_kept_actual is not None:
+        if self.checker_ok:
             lines.append(
-                f"  pruned: MACs kept {self.macs_kept_actual:.3f} (plan {self.macs_kept_planned}), "
+                f"  pruned: MACs kept {_fmt(self.macs_kept_actual)} (plan "
+                f"{self.macs_kept_planned}), prunable channels kept {self.channels_kept}, "
                 f"checker {'ok' if self.checker_ok else 'FAILED'}, drift vs masked "
                 f"{_fmt(self.drift_vs_masked)}, vs original {_fmt(self.drift_vs_original)}, "
                 f"p50 {_fmt(self.latency_ms)} -> {_fmt(self.latency_pruned_ms)} ms"
             )
+        if self.note:
+            lines.append(f"  note: {self.note}")
         if self.error:
             lines.append(f"  ERROR {self.error}")
         return "\n".join(lines)
@@ -189,6 +195,56 @@ def _fix_inputs(model: onnx.ModelProto, entry: Entry) -> onnx.ModelProto:
             dim.Clear()
             dim.dim_value = value
     return model
+
+
+def _annotate_shapes(
+    model: onnx.ModelProto, input_shapes: dict[str, list[int]]
+) -> tuple[onnx.ModelProto, int]:
+    """Fill tensor shapes that ONNX shape inference left unknown from one onnxruntime run.
+
+    paddle2onnx and torch 1.9 compute Reshape targets with Shape -> Cast -> Slice -> Concat
+    -> Cast chains that ONNX data propagation does not follow, which leaves every later tensor
+    without a shape (and cost/deps unable to count or reason). At a fixed input shape one run
+    gives the true shapes. Returns the annotated copy and how many tensors were filled.
+    """
+    known = {
+        vi.name
+        for vi in [*model.graph.value_info, *model.graph.output, *model.graph.input]
+        if vi.type.tensor_type.HasField("shape")
+        and all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)
+    }
+    inits = {t.name for t in model.graph.initializer}
+    wanted = [
+        out
+        for node in model.graph.node
+        for out in node.output
+        if out and out not in known and out not in inits and node.op_type != "Constant"
+    ]
+    if not wanted:
+        return model, 0
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    for name in wanted:
+        probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    session = _session(probe)
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(None, _feed(session, input_shapes, seed=0))
+    observed = dict(zip(names, values, strict=True))
+    annotated = onnx.ModelProto()
+    annotated.CopyFrom(model)
+    keep = [vi for vi in annotated.graph.value_info if vi.name not in observed]
+    del annotated.graph.value_info[:]
+    annotated.graph.value_info.extend(keep)
+    filled = 0
+    for name in wanted:
+        value = np.asarray(observed[name])
+        elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+        annotated.graph.value_info.append(
+            onnx.helper.make_tensor_value_info(name, elem, list(value.shape))
+        )
+        filled += 1
+    return annotated, filled
 
 
 def _drift(got: list[np.ndarray], expected: list[np.ndarray]) -> float:
@@ -242,7 +298,8 @@ def _latency(sessions: list[ort.InferenceSession], feed: dict, rounds: int) -> l
 def run_one(path: Path, entry: Entry, flops: float, rounds: int) -> ModelResult:
     from onnxprune import deps
     from onnxprune.cost import PlanCost, model_cost
-    from onnxprune.importance import plan_for_flops
+    from onnxprune.errors import OnnxPruneError
+    from onnxprune.importance import plan_for_flops, plan_from_ratios
     from onnxprune.model import check_model, infer_model_shapes, load_model, model_info
     from onnxprune.surgery import apply_plan, masked_reference
 
@@ -253,6 +310,7 @@ def run_one(path: Path, entry: Entry, flops: float, rounds: int) -> ModelResult:
         # Fix the documented input shape first: paddle2onnx/torch graphs compute Reshape
         # targets at run time, and shape inference only resolves them from static inputs.
         model = infer_model_shapes(_fix_inputs(load_model(path, infer_shapes=False), entry))
+        model, result.shapes_from_run = _annotate_shapes(model, entry.input_shapes)
         info = model_info(model)
         result.nodes, result.params = info.num_nodes, info.params
         stage = "analyze"
@@ -268,17 +326,32 @@ def run_one(path: Path, entry: Entry, flops: float, rounds: int) -> ModelResult:
         result.frozen_reasons = dict(reasons.most_common())
         stage = "cost"
         shapes = entry.input_shapes
-        base_cost = model_cost(analysis.model, input_shapes=shapes)
-        result.macs = base_cost.macs
+        try:
+            base_cost = model_cost(analysis.model, input_shapes=shapes)
+            result.macs = base_cost.macs
+        except OnnxPruneError as exc:
+            # cost re-infers shapes itself; where that fails, prune by a uniform channel
+            # ratio instead of a MAC target (and say so)
+            base_cost = None
+            result.note = f"MACs not countable ({exc}); pruned 30 % of each group's channels"
+        if not prunable:
+            result.note = "no prunable group: every channel axis is frozen (reasons above)"
+            return result
         stage = "plan"
-        plan_cost = PlanCost(
-            analysis.model,
-            analysis.channel_exprs(),
-            analysis.group_sizes(),
-            input_shapes=shapes,
+        if base_cost is not None:
+            plan_cost = PlanCost(
+                analysis.model,
+                analysis.channel_exprs(),
+                analysis.group_sizes(),
+                input_shapes=shapes,
+            )
+            plan = plan_for_flops(analysis, flops, plan_cost=plan_cost)
+            result.macs_kept_planned = plan.meta.get("macs_fraction")
+        else:
+            plan = plan_from_ratios(analysis, round(1.0 - flops, 6))
+        result.channels_kept = round(
+            sum(plan.kept(g.id, g.size) for g in prunable) / max(result.prunable_channels, 1), 4
         )
-        plan = plan_for_flops(analysis, flops, plan_cost=plan_cost)
-        result.macs_kept_planned = plan.meta.get("macs_fraction")
         stage = "surgery"
         clock = time.perf_counter()
         pruned = apply_plan(analysis, plan)
@@ -287,9 +360,10 @@ def run_one(path: Path, entry: Entry, flops: float, rounds: int) -> ModelResult:
         stage = "checker"
         check_model(pruned, full=True)
         result.checker_ok = True
-        pruned_cost = model_cost(pruned, input_shapes=shapes)
-        result.macs_kept_actual = round(pruned_cost.macs / max(base_cost.macs, 1), 4)
-        result.params_kept = round(pruned_cost.params / max(base_cost.params, 1), 4)
+        if base_cost is not None:
+            pruned_cost = model_cost(pruned, input_shapes=shapes)
+            result.macs_kept_actual = round(pruned_cost.macs / max(base_cost.macs, 1), 4)
+            result.params_kept = round(pruned_cost.params / max(base_cost.params, 1), 4)
         stage = "onnxruntime"
         sessions = [_session(m) for m in (analysis.model, reference, pruned)]
         feed = _feed(sessions[0], shapes, seed=0)
@@ -309,19 +383,28 @@ def run_one(path: Path, entry: Entry, flops: float, rounds: int) -> ModelResult:
 
 def _table(results: list[ModelResult]) -> str:
     header = (
-        "| model | exporter | MMACs | groups prunable / frozen | MACs kept | checker "
-        "| drift vs masked | drift vs original | p50 ms orig -> pruned |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "| model | exporter | MMACs | groups prunable / frozen | MACs kept | channels kept "
+        "| checker | drift vs masked | drift vs original | p50 ms orig -> pruned |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for r in results:
         rows.append(
-            f"| {r.model} | {r.exporter} | {r.macs / 1e6:.1f} | {r.prunable} / {r.frozen} "
-            f"| {_fmt(r.macs_kept_actual)} | {'ok' if r.checker_ok else (r.error or '-')} "
+            f"| {r.model} | {r.exporter} | {f'{r.macs / 1e6:.1f}' if r.macs else '?'} "
+            f"| {r.prunable} / {r.frozen} "
+            f"| {_fmt(r.macs_kept_actual)} | {_fmt(r.channels_kept)} | {_status(r)} "
             f"| {_fmt(r.drift_vs_masked, '.1e')} | {_fmt(r.drift_vs_original, '.2f')} "
             f"| {_fmt(r.latency_ms, '.2f')} -> {_fmt(r.latency_pruned_ms, '.2f')} |"
         )
     return header + "\n".join(rows) + "\n"
+
+
+def _status(r: ModelResult) -> str:
+    if r.checker_ok:
+        return "ok"
+    if r.error:
+        return "FAILED " + r.error
+    return "nothing to prune" if r.prunable == 0 else "-"
 
 
 def _reasons(results: list[ModelResult]) -> str:
@@ -329,6 +412,8 @@ def _reasons(results: list[ModelResult]) -> str:
     for r in results:
         for reason, n in r.frozen_reasons.items():
             lines.append(f"- `{r.model}` x{n}: {reason}")
+        if r.note:
+            lines.append(f"- `{r.model}` note: {r.note}")
     return "\n".join(lines) + "\n"
 
 
