@@ -319,7 +319,7 @@ class _Term:
     node_index: int
     kind: int  # _MACS / _FLOPS / _PARAMS
     coef: float
-    factors: tuple[_Factor, ...]
+    factors: tuple[tuple[str, int], ...]  # (tensor, axis) dims; static ones folded into coef
 
 
 class _TermBuilder:
@@ -613,10 +613,10 @@ class _Compiled:
             coef = term.coef
             slots: list[int] = []
             for tensor, axis in term.factors:
-                expr = channel_exprs.get(tensor)
+                factor_expr = channel_exprs.get(tensor)
                 shape = shapes.get(tensor)
                 rank = len(shape) if shape is not None else axis + 1
-                if expr is not None and expr.axis % rank == axis % rank:
+                if factor_expr is not None and factor_expr.axis % rank == axis % rank:
                     slots.append(row_of[tensor])
                 else:
                     if shape is None:

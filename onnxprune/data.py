@@ -263,7 +263,7 @@ def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     out = np.empty((len(images), h, w, images.shape[3]), dtype=np.uint8)
     for i, image in enumerate(images):
         pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
-        resized = np.asarray(pil.resize((w, h), Image.BILINEAR))
+        resized = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR))
         out[i] = resized.reshape(h, w, -1)
     return out
 

@@ -331,7 +331,7 @@ def make_feed(
             )
         input_shape = {inputs[0].name: input_shape}
     given = dict(input_shape or {})
-    feed = {}
+    feed: dict[str, np.ndarray] = {}
     for inp in inputs:
         if inp.name in given:
             shape = [int(d) for d in given[inp.name]]
