@@ -18,6 +18,7 @@ same feature), so that a feature map sees both its producer and its consumers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,6 +27,27 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import degree, softmax
 
 from onnxprune.hgraph import EDGE_DIM, NODE_DIM, Hierarchy, LevelTensors
+
+
+@dataclass
+class MGNNOutput:
+    """One m-GNN pass: ``g: [D]`` network embedding (eq. 2), ``group_emb: [G, D]``,
+    ``node_emb: [N0, D]`` final embedding of every level-0 feature map, ``instance_emb:
+    [num_instances, D]`` pooled embedding of every motif instance (eq. 1, 5)."""
+
+    g: Tensor
+    group_emb: Tensor
+    node_emb: Tensor
+    instance_emb: Tensor
+
+    def __str__(self) -> str:
+        return (
+            f"MGNNOutput(g={tuple(self.g.shape)}, group_emb={tuple(self.group_emb.shape)}, "
+            f"node_emb={tuple(self.node_emb.shape)}, instance_emb={tuple(self.instance_emb.shape)})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k).detach().tolist() for k in ("g", "group_emb")}
 
 
 class MGNNConv(MessagePassing):
@@ -171,6 +193,15 @@ class MultiStageGNN(nn.Module):
         keep_ratios: Any = None,
         levels: list[LevelTensors] | None = None,
     ) -> tuple[Tensor, Tensor]:
+        out = self.embed(keep_ratios, levels)
+        return out.g, out.group_emb
+
+    def embed(
+        self,
+        keep_ratios: Any = None,
+        levels: list[LevelTensors] | None = None,
+    ) -> MGNNOutput:
+        """All embeddings of one forward pass (see :class:`MGNNOutput`)."""
         if levels is None:
             levels = self.hierarchy.to_pyg(keep_ratios)
         device = self.node_proj.weight.device
@@ -206,7 +237,7 @@ class MultiStageGNN(nn.Module):
         if self._group_rows.numel():
             group_emb = group_emb.index_add(0, self._group_rows, node_final[self._group_cols])
         group_emb = group_emb / self._group_counts.unsqueeze(-1)
-        return pooled[0], group_emb
+        return MGNNOutput(pooled[0], group_emb, node_final, instance_emb)
 
     def _edge_features(self, level: LevelTensors, instance_emb: Tensor) -> Tensor:
         """``[E, D]``: projected op features for primitive edges, instance embeddings else."""
