@@ -1,0 +1,170 @@
+"""Search report: ``report.json``, ``report.md`` and PNG plots in the output folder.
+
+``write_report(result, outdir)`` writes
+
+- ``report.json``: ``SearchResult.to_dict()`` (every episode included);
+- ``report.md``: a table original vs pruned (MACs, params, held-out accuracy, latency p50 at
+  batch 1 and 32), the reward used, strategy, seed, episodes, time, and the kept channels
+  per searched group;
+- ``reward.png``: reward per episode (warm-up shaded, running best as a line);
+- ``ratios.png``: keep-ratio per searched group of the final plan, in graph order.
+
+Files are written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+_REWARD_TEXT = {
+    "top1": "-top-1 error on the reward split (labels)",
+    "agreement": "-(1 - top-1 agreement with the unpruned model) on the reward split (no labels)",
+    "kl": "-KL(unpruned || pruned) on the reward split (no labels)",
+}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def _ratio(new: float | None, old: float | None) -> str:
+    if new is None or old is None or old == 0:
+        return "-"
+    return f"{new / old:.3f}x"
+
+
+def markdown(result: Any) -> str:
+    """The ``report.md`` text for a :class:`onnxprune.search.SearchResult`."""
+    o, p = result.original, result.pruned
+    label = "top-1" if result.reward_metric == "top1" else "agreement with original"
+    acc_o = "-" if o["accuracy"] is None else f"{o['accuracy']:.2f} %"
+    acc_p = "-" if p["accuracy"] is None else f"{p['accuracy']:.2f} %"
+    delta = (
+        "-"
+        if o["accuracy"] is None or p["accuracy"] is None
+        else f"{p['accuracy'] - o['accuracy']:+.2f} pt"
+    )
+    strat = result.strategy
+    lines = [
+        f"# onnxprune search report: `{Path(result.model).name}`",
+        "",
+        f"- strategy: **{strat.name}** (agent `{strat.agent}`, {strat.source})",
+        f"- budget: keep {result.flops_target:g} of the MACs; seed {result.seed}",
+        f"- episodes: {len(result.episodes)} ({strat.warmup} warm-up), "
+        f"{result.evaluations} distinct plans evaluated"
+        + (" — **interrupted**, best plan so far" if result.interrupted else "")
+        + (f" (resumed at episode {result.resumed_from})" if result.resumed_from else ""),
+        f"- reward: {_REWARD_TEXT.get(result.reward_metric, result.reward_metric)}, "
+        f"{result.reward_samples} samples; best {result.best_reward:.4f} at episode "
+        f"{result.best_episode}",
+        f"- held-out evaluation: {result.eval_samples} samples of {result.eval_source}",
+        f"- recovery: {result.recover}",
+        f"- time: {result.seconds:.1f} s total, {result.search_seconds:.1f} s search",
+        "",
+        "| | original | pruned | ratio |",
+        "|---|---:|---:|---:|",
+        f"| MACs | {o['macs']:,} | {p['macs']:,} | {_ratio(p['macs'], o['macs'])} |",
+        f"| params | {o['params']:,} | {p['params']:,} | {_ratio(p['params'], o['params'])} |",
+        f"| held-out {label} | {acc_o} | {acc_p} | {delta} |",
+        f"| latency p50, batch 1 | {_fmt_ms(o['latency_ms_b1'])} | {_fmt_ms(p['latency_ms_b1'])} "
+        f"| {_ratio(p['latency_ms_b1'], o['latency_ms_b1'])} |",
+        f"| latency p50, batch 32 | {_fmt_ms(o['latency_ms_b32'])} | "
+        f"{_fmt_ms(p['latency_ms_b32'])} | {_ratio(p['latency_ms_b32'], o['latency_ms_b32'])} |",
+        "",
+        "## Kept channels per searched group",
+        "",
+        "| group | tensor | channels | kept | keep ratio |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for row in result.groups:
+        tensor = f"`{row['tensor']}`" if row.get("tensor") else "-"
+        lines.append(
+            f"| {row['id']} | {tensor} | {row['size']} | {row['kept']} | {row['keep_ratio']:.3f} |"
+        )
+    if result.notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in result.notes]
+    lines += ["", "![reward per episode](reward.png)", "", "![keep ratio per group](ratios.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_rewards(result: Any, path: Path) -> Path:
+    """Reward per episode (dots), running best (line), warm-up shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    episodes = [e.episode for e in result.episodes]
+    rewards = [e.reward for e in result.episodes]
+    best, running = [], float("-inf")
+    for r in rewards:
+        running = max(running, r)
+        best.append(running)
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    if result.strategy.warmup and result.strategy.agent not in ("random", "uniform"):
+        ax.axvspan(-0.5, result.strategy.warmup - 0.5, color="0.9", label="warm-up (random)")
+    ax.plot(episodes, rewards, "o", ms=3, color="tab:blue", label="episode reward")
+    ax.plot(episodes, best, "-", color="tab:red", label="best so far")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("reward")
+    ax.set_title(f"{result.strategy.name}: reward per episode (seed {result.seed})")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_ratios(result: Any, path: Path) -> Path:
+    """Keep-ratio of each searched group in the final plan (bars, group id on the x axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = [str(row["id"]) for row in result.groups]
+    ratios = [row["keep_ratio"] for row in result.groups]
+    fig, ax = plt.subplots(figsize=(max(5, 0.25 * len(ids) + 2), 3.5), dpi=110)
+    ax.bar(range(len(ids)), ratios, color="tab:green")
+    ax.set_xticks(range(len(ids)))
+    ax.set_xticklabels(ids, rotation=90, fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("channel group (graph order)")
+    ax.set_ylabel("keep ratio")
+    fraction = result.pruned["macs"] / max(result.original["macs"], 1)
+    ax.set_title(f"kept channels per group (MACs kept {fraction:.3f})")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(result: Any, outdir: str | os.PathLike[str]) -> dict[str, str]:
+    """Write report.json, report.md, reward.png and ratios.png; returns ``{kind: path}``."""
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "report_json": str(out / "report.json"),
+        "report_md": str(out / "report.md"),
+        "reward_plot": str(plot_rewards(result, out / "reward.png")),
+        "ratio_plot": str(plot_ratios(result, out / "ratios.png")),
+    }
+    result.files.update(files)
+    _atomic_write(out / "report.md", markdown(result))
+    _atomic_write(out / "report.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    return files
