@@ -63,7 +63,8 @@ def _fold_node(node: onnx.NodeProto, values: list[np.ndarray], opset: int) -> np
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     try:
-        result = ReferenceEvaluator(model).run(None, {f"in{k}": v for k, v in enumerate(values)})
+        feeds: dict[str, np.ndarray] = {f"in{k}": v for k, v in enumerate(values)}
+        result = list(ReferenceEvaluator(model).run(None, feeds))
     except Exception:
         return None
     return np.asarray(result[0])

@@ -306,15 +306,15 @@ class DependencyAnalysis:
                     if gid >= 0:
                         add(gid, "producers", node_index)
         for action in state.actions:
-            tensor = getattr(action, "tensor", None) or getattr(action, "output", None)
-            if tensor is None or tensor not in state.chan:
+            target: str | None = getattr(action, "tensor", None) or getattr(action, "output", None)
+            if target is None or target not in state.chan:
                 continue
             role = "params"
             if isinstance(action, MaskSlot):
                 role = "consumers"
             elif isinstance(action, ParamSlice):
                 role = {"producer": "producers", "consumer": "consumers"}.get(action.role, "params")
-            for gid in np.unique(self._positions_group(tensor)).tolist():
+            for gid in np.unique(self._positions_group(target)).tolist():
                 if gid >= 0:
                     add(gid, role, action.node)
         for gid, group in enumerate(self.groups):

@@ -385,9 +385,10 @@ def concat(state: State, i: int) -> set[int]:
                 parts.append(info.atoms)
                 continue
             shape = index.shape(name)
-            if shape is None or shape[axis] is None:
+            dim = None if shape is None else shape[axis]
+            if dim is None:
                 return _freeze_inputs(state, i, f"channel count of input '{name}' unknown")
-            parts.append(state.const_atoms(int(shape[axis])))
+            parts.append(state.const_atoms(int(dim)))
         state.chan[node.output[0]] = ChanInfo(axis, np.concatenate(parts))
         return claimed
     if len(chan_axes) == 1 and all(info is not None for info in infos):
@@ -701,10 +702,9 @@ def resize(state: State, i: int) -> set[int]:
     if info is None:
         return slots
     if node.op_type == "Upsample":
-        scales = _ints(attr(node, "scales")) if len(node.input) < 2 else None
         raw = _slot_const(state, i, 1) if len(node.input) > 1 else attr(node, "scales")
-        scales = None if raw is None else np.asarray(raw, dtype=np.float64).reshape(-1)
-        if scales is None or scales[info.axis] != 1:
+        factors = None if raw is None else np.asarray(raw, dtype=np.float64).reshape(-1)
+        if factors is None or factors[info.axis] != 1:
             return _freeze_inputs(state, i, "scale on the channel axis is not 1 or unknown")
         state.chan[node.output[0]] = ChanInfo(info.axis, info.atoms)
         return slots

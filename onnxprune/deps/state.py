@@ -113,8 +113,16 @@ class MaskSlot:
     tensor: str
 
 
-Action = ParamSlice | DepthwiseGroup | GroupedConv | SplitSizes | SliceBounds | PadAmounts
-Action = Action | ShapeEntry | MaskSlot
+Action = (
+    ParamSlice
+    | DepthwiseGroup
+    | GroupedConv
+    | SplitSizes
+    | SliceBounds
+    | PadAmounts
+    | ShapeEntry
+    | MaskSlot
+)
 
 
 class State:
