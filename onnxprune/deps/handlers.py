@@ -205,6 +205,9 @@ def softmax(state: State, i: int) -> set[int]:
     if info is None:
         return {0}
     rank = state.index.rank(node.input[0])
+    default_axis = 1 if state.index.opset < 13 else -1
+    if rank is None and int(attr(node, "axis", default_axis)) >= 0:
+        rank = max(info.axis, int(attr(node, "axis", default_axis))) + 1  # enough to compare
     if rank is None:
         return _freeze_inputs(state, i, "input rank unknown")
     if state.index.opset < 13:
