@@ -117,7 +117,9 @@ def main() -> None:
         rows.append(time_model("resnet56", onnx.load(str(resnet56)), args.repeats))
     rows.append(time_model("generated-1000", generated_model(1000), args.repeats))
     targets = {"resnet56": 1.0, "generated-1000": 5.0}
-    print(f"{'model':16} {'nodes':>6} {'groups':>7} {'analysis':>9} {'surgery':>8} {'total':>7}  target")
+    print(
+        f"{'model':16} {'nodes':>6} {'groups':>7} {'analysis':>9} {'surgery':>8} {'total':>7}  target"
+    )
     for row in rows:
         row["target_s"] = targets[row["model"]]
         row["meets_target"] = row["total_s"] < row["target_s"]
