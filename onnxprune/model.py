@@ -196,8 +196,12 @@ def model_info(model: ModelProto) -> ModelInfo:
     op_counts: dict[str, int] = {}
     for node in model.graph.node:
         op_counts[node.op_type] = op_counts.get(node.op_type, 0) + 1
+    # Parameters are float tensors; int64 shape constants are not learnable weights.
+    float_types = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
     params = 0
     for init in model.graph.initializer:
+        if init.data_type not in float_types:
+            continue
         n = 1
         for d in init.dims:
             n *= d
@@ -258,6 +262,10 @@ def save_model(
             )
         else:
             onnx.save_model(model, tmp_name)
+        # mkstemp creates 0600 files; give the result the usual umask-derived mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
         os.replace(tmp_name, target)
     except BaseException:
         if os.path.exists(tmp_name):
