@@ -177,7 +177,7 @@ class PruningEnv:
             raise OnnxPruneError(
                 f"--flops {self.flops_target:g} is out of reach: with every prunable group at its "
                 f"minimum ({min_channels} channel(s), rounded to {round_to}) the model keeps "
-                f"{self.min_fraction:.4f} of its MACs (frozen groups stay full); ask for "
+                f"{self.min_fraction:.4f} of its MACs (frozen and skipped groups stay full); ask for "
                 f"--flops >= {math.ceil(self.min_fraction * 1000) / 1000:.3f}"
             )
         self.cache: dict[tuple[int, ...], float] = {}

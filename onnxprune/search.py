@@ -30,6 +30,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 import tomllib
@@ -290,6 +291,8 @@ class SearchResult:
     interrupted: bool = False
     resumed_from: int | None = None
     notes: list[str] = field(default_factory=list)
+    reward_indices: list[int] = field(default_factory=list)
+    heldout_indices: list[int] | None = None
 
     def __str__(self) -> str:
         o, p = self.original, self.pruned
@@ -332,6 +335,8 @@ class SearchResult:
             "interrupted": self.interrupted,
             "resumed_from": self.resumed_from,
             "notes": self.notes,
+            "reward_indices": self.reward_indices,
+            "heldout_indices": self.heldout_indices,
             "episodes": [e.to_dict() for e in self.episodes],
         }
 
@@ -529,12 +534,16 @@ def run_search(
     from onnxprune.rl.noise import TruncatedNormalNoise
 
     started = time.perf_counter()
-    strat = strategy if isinstance(strategy, Strategy) else load_strategy(strategy)
+    strat = copy.deepcopy(strategy) if isinstance(strategy, Strategy) else load_strategy(strategy)
     if episodes is not None:
         if episodes < 1:
             raise OnnxPruneError(f"--episodes must be >= 1, got {episodes}")
         strat.warmup = min(strat.warmup, episodes) if strat.agent != "random" else episodes
         strat.episodes = 1 if strat.agent == "uniform" else episodes
+    if strat.agent == "uniform":  # one deterministic plan: more episodes would repeat it
+        strat.episodes, strat.warmup = 1, 0
+    elif strat.agent == "random":  # every episode is a random draw
+        strat.warmup = strat.episodes
     if reward_samples is not None:
         strat.reward_samples = reward_samples
     if eval_samples is not None:
@@ -574,19 +583,25 @@ def run_search(
     n_reward = min(
         strat.reward_samples, len(dataset) if eval_data is not None else len(dataset) - 1
     )
-    rest = len(dataset) - n_reward
+    # one seeded permutation; the reward split is its head, the held-out split the rest, so
+    # the two are disjoint by construction (the data may be sorted by class: shuffle first)
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    reward_indices = np.sort(order[:n_reward])
+    reward_split = dataset.subset(reward_indices)
     if eval_data is not None:
-        (reward_split,) = dataset.split(n_reward, seed=seed)
         heldout = eval_data if isinstance(eval_data, Dataset) else load_data(eval_data, model)
-        if strat.eval_samples:
-            heldout = heldout.split(min(strat.eval_samples, len(heldout)), seed=seed)[0]
+        heldout_indices = None
+        if strat.eval_samples and strat.eval_samples < len(heldout):
+            pick = np.random.default_rng(seed).permutation(len(heldout))[: strat.eval_samples]
+            heldout = heldout.subset(np.sort(pick))
         eval_source = heldout.source
     else:
-        n_eval = min(strat.eval_samples, rest) if strat.eval_samples else rest
-        reward_split, heldout = dataset.split(n_reward, n_eval, seed=seed)
+        rest = order[n_reward:]
+        if strat.eval_samples:
+            rest = rest[: strat.eval_samples]
+        heldout_indices = np.sort(rest)
+        heldout = dataset.subset(heldout_indices)
         eval_source = f"{dataset.source} (held-out split, disjoint from the reward split)"
-        if n_reward + n_eval > len(dataset):
-            raise OnnxPruneError("internal: splits overlap")
     metric = strat.reward
     if metric == "auto":
         metric = "top1" if reward_split.labelled else "agreement"
@@ -779,6 +794,7 @@ def run_search(
         resumed_from=resumed_from,
         notes=notes,
         groups=groups,
+        split_indices=(reward_indices, heldout_indices),
     )
 
 
@@ -853,6 +869,7 @@ def _finalize(
     resumed_from: int | None,
     notes: list[str],
     groups: list[Any],
+    split_indices: tuple[np.ndarray, np.ndarray | None],
 ) -> SearchResult:
     """Materialise the best plan, recover, evaluate on the held-out split, time, write files."""
     from onnxprune.cost import model_cost
@@ -905,7 +922,7 @@ def _finalize(
             "accuracy": evaluation.top1 if labelled else evaluation.agreement,
             "eval": evaluation.to_dict(),
             "latency_ms_b1": _latency(session, 1, latency_runs) if latency_runs else None,
-            "latency_ms_b32": _latency(session, 32, max(3, latency_runs // 4))
+            "latency_ms_b32": _latency(session, 32, max(5, latency_runs // 2))
             if latency_runs
             else None,
         }
@@ -953,6 +970,8 @@ def _finalize(
         interrupted=interrupted,
         resumed_from=resumed_from,
         notes=notes,
+        reward_indices=split_indices[0].tolist(),
+        heldout_indices=None if split_indices[1] is None else split_indices[1].tolist(),
     )
     result.files.update(write_report(result, outdir))
     return result

@@ -1,0 +1,148 @@
+"""``onnxprune search``: the main job (see :mod:`onnxprune.search`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxprune.cli.common import echo_json
+
+
+def register(main: click.Group) -> None:
+    main.add_command(search_command)
+    main.add_command(strategies_command)
+
+
+@click.command("search")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--flops",
+    type=float,
+    required=True,
+    help="Fraction of the original MACs to keep, e.g. 0.5.",
+)
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Calibration data (.npz with x[, y], .npy, or image folder with class sub-folders). "
+    "Without labels the reward is fidelity to the unpruned model.",
+)
+@click.option(
+    "--strategy",
+    default="gnn-rl",
+    show_default=True,
+    help="Preset name (gnn-rl, agmc, amc, uniform, random, fast) or a .toml file.",
+)
+@click.option("--episodes", type=int, help="Override the preset's number of episodes.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed (CPU runs repeat).")
+@click.option("--reward-samples", type=int, help="Samples in the reward split (preset: 500).")
+@click.option(
+    "--eval-samples",
+    type=int,
+    help="Held-out samples for the final evaluation (preset: all not used by the reward).",
+)
+@click.option(
+    "--eval-data",
+    type=click.Path(path_type=Path),
+    help="Evaluate the final model on this data instead of the held-out split of --data.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "auto"]),
+    default="cpu",
+    show_default=True,
+    help="onnxruntime device for reward and evaluation.",
+)
+@click.option(
+    "--recover",
+    type=click.Choice(["none", "ls", "finetune"]),
+    help="Accuracy recovery on the final model (preset: none); uses the reward split.",
+)
+@click.option("--resume", is_flag=True, help="Continue from OUTDIR/checkpoint.pt.")
+@click.option(
+    "--latency-runs",
+    type=int,
+    default=20,
+    show_default=True,
+    help="Timed runs for latency p50 at batch 1 (batch 32: half as many); 0 skips timing.",
+)
+@click.option("--threads", type=int, help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option(
+    "-o",
+    "--output",
+    "outdir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output folder: pruned.onnx, plan.json, report.json, report.md, plots, checkpoint.",
+)
+def search_command(
+    model: Path,
+    flops: float,
+    data: Path,
+    strategy: str,
+    episodes: int | None,
+    seed: int,
+    reward_samples: int | None,
+    eval_samples: int | None,
+    eval_data: Path | None,
+    device: str,
+    recover: str | None,
+    resume: bool,
+    latency_runs: int,
+    threads: int | None,
+    as_json: bool,
+    outdir: Path,
+) -> int:
+    """Search per-group prune ratios keeping FLOPS of the MACs; write the pruned model.
+
+    \b
+    Example:
+      onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/
+      onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/ --resume
+
+    Ctrl-C stops the search and keeps the best plan so far; --resume continues it.
+    """
+    from onnxprune.search import run_search
+
+    result = run_search(
+        model,
+        data,
+        flops,
+        strategy,
+        outdir,
+        seed,
+        episodes=episodes,
+        reward_samples=reward_samples,
+        eval_samples=eval_samples,
+        eval_data=eval_data,
+        device=device,
+        recover=recover,
+        resume=resume,
+        show_progress=not as_json,
+        latency_runs=latency_runs,
+        threads=threads,
+    )
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        click.echo(str(result))
+        click.echo(f"report: {result.files['report_md']}")
+    return 0
+
+
+@click.command("strategies")
+@click.option("--json", "as_json", is_flag=True, help="Print the presets as JSON.")
+def strategies_command(as_json: bool) -> None:
+    """List the bundled search presets."""
+    from onnxprune.search import load_strategy, strategy_names
+
+    presets: list[Any] = [load_strategy(name) for name in strategy_names()]
+    if as_json:
+        echo_json([p.to_dict() for p in presets])
+        return
+    for preset in presets:
+        click.echo(str(preset))

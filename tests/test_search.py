@@ -1,0 +1,198 @@
+"""End-to-end search on a tiny CNN: presets, resume, splits, labels/no labels, CLI, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.cli import main
+from onnxprune.cli.common import run_guarded
+from onnxprune.data import Dataset
+from onnxprune.errors import OnnxPruneError
+from onnxprune.evaluate import make_session, predict
+from onnxprune.search import load_strategy, run_search
+from tests.conftest import make_tiny_cnn, tiny_cnn_macs
+
+WIDTHS = (16, 24)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    onnx.save_model(make_tiny_cnn(WIDTHS), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_model: Path) -> Dataset:
+    """120 samples labelled by the unpruned model itself plus 20 % flipped labels."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (120, 3, 16, 16)).astype(np.float32)
+    logits = predict(make_session(tiny_model, device="cpu"), x)
+    y = logits.argmax(1).astype(np.int64)
+    flip = rng.random(120) < 0.2
+    y[flip] = rng.integers(0, 10, flip.sum())
+    return Dataset(x, y, "tiny-data")
+
+
+def _strategy(tmp_path: Path, agent: str = "gnn-rl", episodes: int = 6, warmup: int = 3) -> Path:
+    path = tmp_path / f"{agent}-test.toml"
+    path.write_text(
+        f'agent = "{agent}"\nepisodes = {episodes}\nwarmup = {warmup}\nsteps_per_episode = 2\n'
+        "round_to = 2\nmin_channels = 2\nskip = []\nreward_samples = 60\nbatch_size = 64\n"
+        "encoder_dim = 8\n[noise]\nsigma = 0.4\ndecay = 0.9\n"
+        "[ddpg]\nhidden = 16\nbatch_size = 8\nupdates_per_episode = 2\n"
+    )
+    return path
+
+
+def _run(model: Path, data, outdir: Path, strategy, **kwargs):
+    kwargs.setdefault("show_progress", False)
+    kwargs.setdefault("latency_runs", 2)
+    return run_search(model, data, 0.5, strategy, outdir, seed=kwargs.pop("seed", 0), **kwargs)
+
+
+@pytest.mark.parametrize("agent", ["gnn-rl", "agmc", "amc", "random", "uniform"])
+def test_every_agent_ends_inside_budget_and_writes_report(
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path, agent: str
+) -> None:
+    result = _run(tiny_model, tiny_data, tmp_path / "out", _strategy(tmp_path, agent, 4, 2))
+    full = tiny_cnn_macs(WIDTHS)
+    assert result.original["macs"] == full
+    assert result.pruned["macs"] <= 0.5 * full
+    kept = (result.kept[result.groups[0]["id"]], result.kept[result.groups[1]["id"]])
+    assert result.pruned["macs"] == tiny_cnn_macs(kept)
+    assert len(result.episodes) == (1 if agent == "uniform" else 4)
+    for name in (
+        "pruned.onnx",
+        "plan.json",
+        "report.json",
+        "report.md",
+        "reward.png",
+        "ratios.png",
+    ):
+        assert (tmp_path / "out" / name).is_file(), name
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["reward_metric"] == "top1" and report["best_reward"] == result.best_reward
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "-top-1 error on the reward split" in md and f"| MACs | {full:,} |" in md
+    pruned = onnx.load(str(tmp_path / "out" / "pruned.onnx"))
+    held_x = tiny_data.x[result.heldout_indices]
+    held_y = tiny_data.y[result.heldout_indices]
+    top1 = float(np.mean(predict(make_session(pruned, device="cpu"), held_x).argmax(1) == held_y))
+    assert result.pruned["accuracy"] == pytest.approx(100 * top1)
+
+
+def test_fast_preset_end_to_end(tiny_model: Path, tiny_data: Dataset, tmp_path: Path) -> None:
+    preset = load_strategy("fast")
+    preset.round_to, preset.min_channels = 2, 2
+    result = _run(tiny_model, tiny_data, tmp_path, preset, episodes=5, reward_samples=40)
+    assert result.strategy.agent == "gnn-rl" and len(result.episodes) == 5
+    assert result.reward_samples == 40 and result.eval_samples == 80
+    assert result.pruned["macs"] <= 0.5 * result.original["macs"]
+
+
+def test_heldout_split_is_disjoint_from_reward_split(
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path
+) -> None:
+    result = _run(tiny_model, tiny_data, tmp_path, _strategy(tmp_path, "random", 2, 2))
+    reward, heldout = set(result.reward_indices), set(result.heldout_indices)
+    assert len(reward) == 60 and len(heldout) == 60
+    assert not reward & heldout and reward | heldout == set(range(120))
+    # the split is a seeded shuffle, not the first rows (data is often sorted by class)
+    assert reward != set(range(60))
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path
+) -> None:
+    strategy = _strategy(tmp_path, "gnn-rl", episodes=7, warmup=2)
+    full = _run(tiny_model, tiny_data, tmp_path / "full", strategy)
+
+    def stop_after_four(entry) -> None:
+        if entry.episode == 3:
+            raise KeyboardInterrupt
+
+    cut = _run(tiny_model, tiny_data, tmp_path / "cut", strategy, on_episode=stop_after_four)
+    assert cut.interrupted and len(cut.episodes) == 4
+    assert (tmp_path / "cut" / "pruned.onnx").is_file()  # the best so far is still written
+    resumed = _run(tiny_model, tiny_data, tmp_path / "cut", strategy, resume=True)
+    assert resumed.resumed_from == 4 and not resumed.interrupted
+    assert [e.reward for e in resumed.episodes] == [e.reward for e in full.episodes]
+    assert [e.kept for e in resumed.episodes] == [e.kept for e in full.episodes]
+    assert resumed.kept == full.kept and resumed.best_episode == full.best_episode
+
+
+def test_resume_refuses_other_arguments(
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path
+) -> None:
+    strategy = _strategy(tmp_path, "random", 2, 2)
+    _run(tiny_model, tiny_data, tmp_path, strategy)
+    with pytest.raises(OnnxPruneError, match="checkpoint .* another model, strategy, seed"):
+        _run(tiny_model, tiny_data, tmp_path, strategy, seed=1, resume=True)
+    with pytest.raises(OnnxPruneError, match="no checkpoint"):
+        _run(tiny_model, tiny_data, tmp_path / "empty", strategy, resume=True)
+
+
+def test_unlabelled_data_uses_fidelity_reward(
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path
+) -> None:
+    unlabelled = Dataset(tiny_data.x, None, "unlabelled")
+    result = _run(tiny_model, unlabelled, tmp_path, _strategy(tmp_path, "gnn-rl", 3, 2))
+    assert result.reward_metric == "agreement"
+    assert -1.0 <= result.best_reward <= 0.0
+    assert result.original["accuracy"] == 100.0 and 0 <= result.pruned["accuracy"] <= 100
+    assert "agreement with the unpruned model" in (tmp_path / "report.md").read_text()
+
+
+def test_impossible_budget_fails_at_once_with_smallest_fraction(
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path
+) -> None:
+    smallest = tiny_cnn_macs((2, 2)) / tiny_cnn_macs(WIDTHS)
+    with pytest.raises(OnnxPruneError) as info:
+        run_search(tiny_model, tiny_data, 0.001, _strategy(tmp_path), tmp_path, show_progress=False)
+    assert f"keeps {smallest:.4f} of its MACs" in str(info.value)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_cli_same_seed_same_plan(tiny_model: Path, tiny_data: Dataset, tmp_path: Path) -> None:
+    data = tmp_path / "data.npz"
+    np.savez(data, x=tiny_data.x, y=tiny_data.y)
+    strategy = _strategy(tmp_path, "gnn-rl", 5, 2)
+    plans = []
+    for run in ("a", "b"):
+        args = [
+            "search",
+            str(tiny_model),
+            "--flops",
+            "0.5",
+            "--data",
+            str(data),
+            "--strategy",
+            str(strategy),
+            "--seed",
+            "3",
+            "--latency-runs",
+            "0",
+            "--json",
+            "-o",
+            str(tmp_path / run),
+        ]
+        assert run_guarded(main, args) == 0
+        plans.append(json.loads((tmp_path / run / "plan.json").read_text())["groups"])
+    assert plans[0] == plans[1] and plans[0]
+    bad = [
+        "search",
+        str(tiny_model),
+        "--flops",
+        "1.5",
+        "--data",
+        str(data),
+        "-o",
+        str(tmp_path / "c"),
+    ]
+    assert run_guarded(main, bad) == 2
