@@ -113,3 +113,28 @@ def test_noise_bounds_decay_and_seed() -> None:
     np.testing.assert_array_equal(a.sample(np.full(6, 0.4)), b.sample(np.full(6, 0.4)))
     with pytest.raises(OnnxPruneError, match="sigma"):
         TruncatedNormalNoise(sigma=0.0)
+
+
+def test_amc_layer_state_features_and_rollout() -> None:
+    from onnxprune.rl.amc import STATE_FEATURES, AMCState, layer_shapes, make_amc_agent, propose
+    from tests.conftest import make_tiny_cnn
+
+    model = make_tiny_cnn((8, 16), image=16)
+    shapes = layer_shapes(model, [["conv1"], ["conv2"]], [8, 16])
+    # conv1: 8 x 3, 3x3 stride 1 -> 16x16; conv2: 16 x 8, 3x3 stride 2 -> 8x8
+    assert [(s.n, s.c, s.h, s.w, s.stride, s.k) for s in shapes] == [
+        (8, 3, 16, 16, 1, 3),
+        (16, 8, 8, 8, 2, 3),
+    ]
+    state = AMCState(shapes, np.array([0.4, 0.6]))
+    first, second = state.vector(0, []), state.vector(1, [0.5])
+    assert first.shape == (STATE_FEATURES,) and np.all((first >= 0) & (first <= 1))
+    # [t, n, c, h, w, stride, k, FLOPs, reduced, rest, a_{t-1}], static part divided by max
+    np.testing.assert_allclose(first, [0, 0.5, 3 / 8, 1, 1, 0.5, 1, 0.4 / 0.6, 0, 0.6, 0])
+    np.testing.assert_allclose(second[7:], [1.0, 0.5 * 0.4, 0.0, 0.5])
+    agent = make_amc_agent(state, seed=0)
+    noise = TruncatedNormalNoise(sigma=0.3, seed=0)
+    states, actions = propose(agent, state, noise, warmup=False)
+    assert len(states) == 2 and actions.shape == (2,) and np.all((actions >= 0) & (actions <= 1))
+    _, greedy = propose(agent, state, None, warmup=False)
+    np.testing.assert_allclose(greedy[0], agent.act(state.vector(0, [])), rtol=1e-6)
