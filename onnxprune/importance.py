@@ -384,10 +384,11 @@ def plan_from_ratios(
     group or a ratio out of range.
     """
     counts = keep_counts_for_ratios(analysis, prune_ratios, round_to, min_channels)
+    given = scores is not None
     if scores is None:
         scores = channel_scores(analysis, criterion, data)
-    meta = {
-        "criterion": criterion if scores is not None else "given",
+    meta: dict[str, Any] = {
+        "criterion": "given scores" if given else criterion,
         "prune_ratio": prune_ratios if not isinstance(prune_ratios, Mapping) else None,
         "round_to": round_to,
         "min_channels": min_channels,
@@ -498,6 +499,7 @@ def plan_for_flops(
     counts = counts_at(ratio)
     if fill:
         counts = _fill_budget(analysis, counts, flops_fraction, plan_cost, round_to)
+    given = scores is not None
     if scores is None:
         scores = channel_scores(analysis, criterion, data)
     plan = plan_from_counts(
@@ -505,7 +507,7 @@ def plan_for_flops(
         counts,
         scores,
         meta={
-            "criterion": criterion,
+            "criterion": "given scores" if given else criterion,
             "flops_target": flops_fraction,
             "prune_ratio": round(ratio, 6),
             "round_to": round_to,

@@ -210,3 +210,16 @@ def test_plan_for_flops_impossible_budget_names_smallest_fraction(corpus_model):
         importance.plan_for_flops(analysis, smallest * 0.9, round_to=8)
     plan = importance.plan_for_flops(analysis, smallest, round_to=8)
     assert plan.meta["macs_fraction"] == pytest.approx(smallest, abs=1e-6)
+
+
+def test_plan_for_flops_on_chosen_groups_only(corpus_model):  # noqa: F811
+    analysis = analyze(load_model(corpus_model("resnet_b")))
+    interior = [
+        g.id for g in analysis.prunable_groups() if len(g.producers) == 1 and len(g.consumers) == 1
+    ]
+    assert len(interior) == 3  # the first conv of each of the 3 basic blocks
+    scores = importance.channel_scores(analysis, "l1")
+    plan = importance.plan_for_flops(analysis, 0.8, round_to=1, scores=scores, groups=interior)
+    assert set(plan.keep) <= set(interior) and plan.keep
+    assert plan.meta["criterion"] == "given scores"
+    assert plan.meta["macs_fraction"] <= 0.8

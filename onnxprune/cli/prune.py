@@ -229,13 +229,14 @@ def register(main: click.Group) -> None:
                 analysis, ratio, criterion, round_to, min_channels, data=calib
             )
         else:
+            assert flops is not None  # exactly one mode was checked above
             plan = importance.plan_for_flops(
                 analysis,
-                float(flops),
+                flops,
                 criterion,
                 round_to,
                 min_channels,
-                data=calib,  # type: ignore[arg-type]
+                data=calib,
             )
         fallbacks = list(importance.LAST_FALLBACKS) if criterion == "bn" else []
         pruned = apply_plan(analysis, plan)
