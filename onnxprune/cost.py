@@ -33,7 +33,9 @@ the defaults are *per sample*):
     once (at its first consumer). This is the ONNX file's view: BatchNormalization's running
     mean and variance count, integer shape constants do not.
 
-Shapes come from ONNX shape inference re-run on a copy of the model whose inputs are fixed:
+Shapes come from ONNX shape inference re-run on a copy of the model whose inputs are fixed
+(run-time Reshape targets computed from ``Shape`` nodes are first evaluated to constants on
+that copy, :func:`onnxprune.normalize.resolve_reshape_targets`):
 a dynamic first dimension becomes ``batch``; any other dynamic input dimension must be given
 with ``input_shapes`` (CLI ``--input-shape NAME:1x3x224x224``) or :class:`OnnxPruneError`
 names the input.
@@ -57,6 +59,7 @@ from onnx import ModelProto
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.model import graph_inputs
+from onnxprune.normalize import resolve_reshape_targets
 
 __all__ = [
     "ChannelExpr",
@@ -286,6 +289,10 @@ def _fixed_shape_model(
         used[inp.name] = [int(d.dim_value) for d in dims]
     try:
         fixed = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
+        # ONNX data propagation does not follow the Shape -> Cast -> Slice -> Concat -> Cast
+        # chains paddle2onnx/tf2onnx/old torch use for Reshape targets; at fixed input shapes
+        # those targets are constants, so write them as such and infer again.
+        fixed, _ = resolve_reshape_targets(fixed)
     except Exception as exc:
         raise OnnxPruneError(
             f"ONNX shape inference failed on the model ({exc}); the cost needs tensor shapes"

@@ -7,11 +7,22 @@ Contract of :func:`normalize` (input not mutated, a new model returned):
   ``Unsqueeze``/``Squeeze``/``Flatten`` nodes whose inputs are all initializers become one
   initializer holding their output (same tensor name). Quantized weights
   (``DequantizeLinear``) are left alone: the analysis then freezes what they feed.
+- Run-time shape targets: a ``Reshape`` whose shape input is computed from ``Shape`` nodes
+  and constants (``Shape -> Gather/Slice -> Cast -> Unsqueeze -> Concat -> Cast``, the way
+  tf2onnx, paddle2onnx and older torch exporters write a dynamic-batch Flatten) gets a
+  constant shape when its value is determined up to dims copied from the data input
+  (written ``0``, only with ``allowzero=0``) and at most one other dim (written ``-1``).
+  The ``Shape`` chain then becomes dead and is dropped, so the analysis sees an ordinary
+  static Reshape (see :func:`static_reshape_targets`).
 - ``MatMul(A, W) + Add(b)`` with 2-D ``A``, constant 2-D ``W`` and constant bias of shape
   ``[N]``/``[1, N]`` becomes ``Gemm(A, W, b)`` (the MatMul node's name, the Add's output).
 - Nodes get a unique name where they have none (or a duplicate); existing unique names and
   every remaining tensor name are kept.
-- Nodes are in topological order; unused initializers are dropped; shapes are re-inferred.
+- Declared graph-output shapes that contradict shape inference (negative dims as some
+  exporters write for "dynamic", a wrong rank) are replaced by the inferred shape, so the
+  rewritten model passes ``onnx.checker``'s strict shape check.
+- Nodes are in topological order; dead nodes (default domain, no output used) and unused
+  initializers are dropped; shapes are re-inferred.
 
 Outputs are unchanged up to float rounding of the fused Gemm.
 """
@@ -141,10 +152,17 @@ def normalize(model: ModelProto) -> ModelProto:
     graph.node.extend(kept_nodes)
     _name_nodes(graph)
     out = infer_model_shapes(out)
+    out, rewritten = resolve_reshape_targets(out, consts)
+    if rewritten:
+        _drop_dead_nodes(out)
+        del out.graph.value_info[:]
+        out = infer_model_shapes(out)
     _fuse_matmul_add(out, consts)
     _drop_unused_initializers(out)
     del out.graph.value_info[:]
-    return infer_model_shapes(out)
+    out = infer_model_shapes(out)
+    _reconcile_output_shapes(out)
+    return out
 
 
 def _name_nodes(graph: onnx.GraphProto) -> None:
@@ -240,3 +258,352 @@ def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
                 names |= {name for n in sub.node for name in n.input}
                 names |= _subgraph_inputs(sub)
     return names
+
+
+# -- run-time shape targets --------------------------------------------------------------
+# A shape-vector element is a known int, a ``_Dim`` (dimension ``axis`` of ``tensor``, read
+# by a Shape node) or ``None`` (computed from dims in a way not tracked: Mul of two dims...).
+class _Dim(tuple):
+    """Dimension ``axis`` of tensor ``tensor`` as read by a ``Shape`` node at run time."""
+
+    __slots__ = ()
+
+    def __new__(cls, tensor: str, axis: int) -> _Dim:
+        return super().__new__(cls, (tensor, axis))
+
+
+_Element = int | _Dim | None
+_INT_TYPES = {
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT64,
+    onnx.TensorProto.UINT32,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.UINT8,
+}
+
+
+def _symbolic_dims(model: ModelProto) -> dict[str, list[int | str | None]]:
+    """Tensor name -> dims (int, dim_param string, or None) from the model's shape info."""
+    table: dict[str, list[int | str | None]] = {}
+    for value in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        tensor_type = value.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            continue
+        dims: list[int | str | None] = []
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                dims.append(int(dim.dim_value))
+            elif dim.dim_param:
+                dims.append(dim.dim_param)
+            else:
+                dims.append(None)
+        table[value.name] = dims
+    return table
+
+
+class _ShapeValues:
+    """Element-wise values of the small integer tensors of a shape computation.
+
+    ``value(name)`` is ``(elements, is_scalar)`` or ``None`` when ``name`` is not a shape
+    computation this evaluator follows (Shape, Gather/Slice/Concat/Unsqueeze/Squeeze/Cast/
+    Identity on 1-D int vectors, Add/Sub/Mul/Div of them, integer constants).
+    """
+
+    MAX_LENGTH = 16
+
+    def __init__(self, model: ModelProto, consts: dict[str, np.ndarray]) -> None:
+        self.consts = consts
+        self.dims = _symbolic_dims(model)
+        self.producer = {out: node for node in model.graph.node for out in node.output if out}
+        self.cache: dict[str, tuple[list[_Element], bool] | None] = {}
+
+    def const_array(self, name: str) -> np.ndarray | None:
+        """Value of initializer or ``Constant`` node output ``name``, else ``None``."""
+        value = self.consts.get(name)
+        if value is None and name in self.producer and self.producer[name].op_type == "Constant":
+            value = _constant_node_value(self.producer[name])
+        return value
+
+    def const_ints(self, name: str) -> list[int] | None:
+        value = self.const_array(name)
+        if value is None or value.dtype.kind not in "iu" or value.size > self.MAX_LENGTH:
+            return None
+        return [int(v) for v in value.reshape(-1).tolist()]
+
+    def value(self, name: str) -> tuple[list[_Element], bool] | None:
+        if not name:
+            return None
+        if name not in self.cache:
+            self.cache[name] = None  # guards against cycles in broken graphs
+            self.cache[name] = self._evaluate(name)
+        return self.cache[name]
+
+    def _evaluate(self, name: str) -> tuple[list[_Element], bool] | None:
+        value = self.consts.get(name)
+        if value is not None:
+            ints = self.const_ints(name)
+            return None if ints is None or value.ndim > 1 else (list(ints), value.ndim == 0)
+        node = self.producer.get(name)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        op = node.op_type
+        if op == "Constant":
+            constant = _constant_node_value(node)
+            if constant is None or constant.dtype.kind not in "iu" or constant.ndim > 1:
+                return None
+            if constant.size > self.MAX_LENGTH:
+                return None
+            return [int(v) for v in constant.reshape(-1).tolist()], constant.ndim == 0
+        if op == "Shape":
+            return self._shape(node)
+        if op in ("Cast", "Identity"):
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            if op == "Cast" and to not in _INT_TYPES:
+                return None
+            return self.value(node.input[0])
+        if op == "Gather":
+            return self._gather(node)
+        if op == "Slice":
+            return self._slice(node)
+        if op == "Concat":
+            parts = [self.value(n) for n in node.input if n]
+            if any(p is None or p[1] for p in parts):
+                return None
+            return [e for p in parts if p is not None for e in p[0]], False
+        if op in ("Unsqueeze", "Squeeze"):
+            source = self.value(node.input[0])
+            if source is None:
+                return None
+            elements, scalar = source
+            if op == "Unsqueeze":
+                return (elements, False) if scalar else None
+            return (elements, True) if not scalar and len(elements) == 1 else None
+        if op in ("Add", "Sub", "Mul", "Div"):
+            return self._arithmetic(node)
+        return None
+
+    def _shape(self, node: onnx.NodeProto) -> tuple[list[_Element], bool] | None:
+        dims = self.dims.get(node.input[0])
+        if dims is None:
+            return None
+        rank = len(dims)
+        start = next((int(a.i) for a in node.attribute if a.name == "start"), 0)
+        end = next((int(a.i) for a in node.attribute if a.name == "end"), rank)
+        start = min(max(start + rank if start < 0 else start, 0), rank)
+        end = min(max(end + rank if end < 0 else end, 0), rank)
+        elements: list[_Element] = []
+        for axis in range(start, end):
+            dim = dims[axis]
+            elements.append(dim if isinstance(dim, int) else _Dim(node.input[0], axis))
+        return elements, False
+
+    def _gather(self, node: onnx.NodeProto) -> tuple[list[_Element], bool] | None:
+        source = self.value(node.input[0])
+        indices = self.const_array(node.input[1])
+        axis = next((int(a.i) for a in node.attribute if a.name == "axis"), 0)
+        if source is None or source[1] or indices is None or axis != 0 or indices.ndim > 1:
+            return None
+        elements = source[0]
+        picked: list[_Element] = []
+        for k in indices.reshape(-1).tolist():
+            k = int(k) + len(elements) if int(k) < 0 else int(k)
+            if not 0 <= k < len(elements):
+                return None
+            picked.append(elements[k])
+        return picked, indices.ndim == 0
+
+    def _slice(self, node: onnx.NodeProto) -> tuple[list[_Element], bool] | None:
+        source = self.value(node.input[0])
+        if source is None or source[1] or len(node.input) < 3:
+            return None
+        bounds = [self.const_ints(n) if n else None for n in list(node.input[1:5])]
+        starts, ends = bounds[0], bounds[1]
+        axes = bounds[2] if len(bounds) > 2 and node.input[3] else [0]
+        steps = bounds[3] if len(bounds) > 3 and node.input[4] else [1]
+        if starts is None or ends is None or axes is None or steps is None:
+            return None
+        if len(starts) != 1 or len(ends) != 1 or axes not in ([0], [-1]) or len(steps) != 1:
+            return None
+        elements = source[0]
+        return elements[slice(starts[0], ends[0], steps[0])], False
+
+    def _arithmetic(self, node: onnx.NodeProto) -> tuple[list[_Element], bool] | None:
+        left, right = self.value(node.input[0]), self.value(node.input[1])
+        if left is None or right is None:
+            return None
+        (a, a_scalar), (b, b_scalar) = left, right
+        if len(a) != len(b):
+            if len(a) == 1:
+                a = a * len(b)
+            elif len(b) == 1:
+                b = b * len(a)
+            else:
+                return None
+        result: list[_Element] = []
+        for x, y in zip(a, b, strict=True):
+            if isinstance(x, int) and isinstance(y, int) and not isinstance(x, _Dim):
+                if node.op_type == "Add":
+                    result.append(x + y)
+                elif node.op_type == "Sub":
+                    result.append(x - y)
+                elif node.op_type == "Mul":
+                    result.append(x * y)
+                else:
+                    result.append(None if y == 0 else int(np.trunc(x / y)))
+            elif node.op_type in ("Mul", "Div") and y == 1 and not isinstance(y, _Dim):
+                result.append(x)
+            elif node.op_type in ("Add", "Sub") and y == 0 and not isinstance(y, _Dim):
+                result.append(x)
+            else:
+                result.append(None)
+        return result, a_scalar and b_scalar
+
+
+def _same_dim(dims: dict[str, list[int | str | None]], element: _Dim, data: str, axis: int) -> bool:
+    """True if ``element`` is provably dimension ``axis`` of tensor ``data``."""
+    if element == (data, axis):
+        return True
+    source, data_dims = dims.get(element[0]), dims.get(data)
+    if source is None or data_dims is None or axis >= len(data_dims):
+        return False
+    mine, theirs = source[element[1]], data_dims[axis]
+    return isinstance(mine, str) and mine == theirs
+
+
+def static_reshape_targets(model: ModelProto, consts: dict[str, np.ndarray] | None = None) -> int:
+    """Give every ``Reshape`` whose shape is computed at run time from ``Shape`` nodes a
+    constant shape with the same value; returns how many were rewritten (in place).
+
+    Each element of the run-time shape vector is evaluated symbolically (:class:`_ShapeValues`):
+    a known int stays; dimension ``k`` of the data input at position ``k`` becomes ``0`` (copy,
+    requires ``allowzero=0``); at most one remaining element (a symbolic dim elsewhere, or a
+    product of dims) becomes ``-1``, which Reshape infers from the element count, so the
+    value is the same for every input the original graph accepts. Anything else is left as
+    is (the analysis then freezes the channels the Shape reads, with a reason).
+    ``consts`` (initializer values by name; default: the model's integer initializers) gains
+    the new shape constants. Needs shape information in the model (run shape inference first).
+    """
+    if consts is None:
+        consts = {
+            t.name: numpy_helper.to_array(t)
+            for t in model.graph.initializer
+            if t.data_type in _INT_TYPES and int(np.prod(t.dims)) <= _ShapeValues.MAX_LENGTH
+        }
+    values = _ShapeValues(model, consts)
+    rewritten = 0
+    taken = {t.name for t in model.graph.initializer} | {
+        out for node in model.graph.node for out in node.output
+    }
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        if node.input[1] in consts:
+            continue
+        value = values.value(node.input[1])
+        if value is None or value[1]:
+            continue
+        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        target: list[int | None] = []
+        for position, element in enumerate(value[0]):
+            if isinstance(element, _Dim):
+                if not allowzero and _same_dim(values.dims, element, node.input[0], position):
+                    target.append(0)
+                else:
+                    target.append(None)
+            elif element is None:
+                target.append(None)
+            else:
+                target.append(int(element))
+        if allowzero and 0 in target:
+            continue
+        open_positions = [k for k, v in enumerate(target) if v is None]
+        if len(open_positions) > 1 or (open_positions and -1 in target):
+            continue
+        shape = np.array([-1 if v is None else v for v in target], dtype=np.int64)
+        base = f"{node.input[1]}__static"
+        name, suffix = base, 1
+        while name in taken:
+            name, suffix = f"{base}_{suffix}", suffix + 1
+        taken.add(name)
+        model.graph.initializer.append(numpy_helper.from_array(shape, name))
+        consts[name] = shape
+        node.input[1] = name
+        rewritten += 1
+    return rewritten
+
+
+def resolve_reshape_targets(
+    model: ModelProto, consts: dict[str, np.ndarray] | None = None, rounds: int = 8
+) -> tuple[ModelProto, int]:
+    """Apply :func:`static_reshape_targets` and re-infer shapes until nothing changes (a
+    rewritten Reshape gives later Shape nodes a known input shape). ``model`` must already
+    carry inferred shapes; returns the (re-inferred) model and the number of rewrites."""
+    total = 0
+    for _ in range(rounds):
+        count = static_reshape_targets(model, consts)
+        if not count:
+            break
+        total += count
+        del model.graph.value_info[:]
+        model = infer_model_shapes(model)
+    return model, total
+
+
+def _drop_dead_nodes(model: ModelProto) -> None:
+    """Remove default-domain nodes none of whose outputs is used (repeat to a fixed point)."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {name for node in graph.node for name in node.input} | outputs
+        used |= _subgraph_inputs(graph)
+        dead = [
+            node
+            for node in graph.node
+            if node.domain in ("", "ai.onnx")
+            and node.op_type not in ("If", "Loop", "Scan")
+            and not any(out in used for out in node.output if out)
+        ]
+        if not dead:
+            return
+        for node in dead:
+            graph.node.remove(node)
+
+
+def _shape_conflicts(declared: onnx.TypeProto, inferred: onnx.TypeProto) -> bool:
+    if not declared.tensor_type.HasField("shape"):
+        return False
+    mine = declared.tensor_type.shape.dim
+    if any(d.HasField("dim_value") and d.dim_value < 0 for d in mine):
+        return True
+    if not inferred.tensor_type.HasField("shape"):
+        return False
+    theirs = inferred.tensor_type.shape.dim
+    if len(mine) != len(theirs):
+        return True
+    return any(
+        a.HasField("dim_value") and b.HasField("dim_value") and a.dim_value != b.dim_value
+        for a, b in zip(mine, theirs, strict=True)
+    )
+
+
+def _reconcile_output_shapes(model: ModelProto) -> None:
+    """Replace declared graph-output shapes that shape inference contradicts (in place)."""
+    probe = ModelProto()
+    probe.CopyFrom(model)
+    for output in probe.graph.output:
+        if output.type.HasField("tensor_type"):
+            output.type.tensor_type.ClearField("shape")
+    probe = infer_model_shapes(probe)
+    inferred = {o.name: o.type for o in probe.graph.output}
+    inferred.update({v.name: v.type for v in probe.graph.value_info})
+    for output in model.graph.output:
+        found = inferred.get(output.name)
+        if found is None or not output.type.HasField("tensor_type"):
+            continue
+        if _shape_conflicts(output.type, found):
+            output.type.tensor_type.ClearField("shape")
+            if found.tensor_type.HasField("shape"):
+                output.type.tensor_type.shape.CopyFrom(found.tensor_type.shape)

@@ -46,13 +46,7 @@ PLANS_PER_FIXTURE = 4
 
 # Analysis gaps in code this suite does not own; strict, so a fix is noticed.
 # fixture name -> reason (details and the proposed fix in tests/fixtures/tf/ISSUES.md)
-KNOWN_ANALYSIS_GAPS: dict[str, str] = {
-    "flatten_dense_nhwc": (
-        "ISSUES.md #1: dynamic-batch Flatten computes its Reshape shape from Shape(x), so "
-        "deps freezes conv2's 12 channels ('reads the channel count at runtime') although "
-        "only the batch dimension of that Shape is used (Slice [0:1])"
-    ),
-}
+KNOWN_ANALYSIS_GAPS: dict[str, str] = {}
 
 
 def _stage(name: str, attr: str):

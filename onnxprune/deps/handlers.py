@@ -736,9 +736,70 @@ def resize(state: State, i: int) -> set[int]:
     return slots
 
 
+def _shape_reader(state: State, tensor: str, positions: set[int], depth: int = 0) -> str | None:
+    """Follow element ``positions`` of the 1-D int shape vector ``tensor`` downstream; return
+    the label of the first node that uses one of them as a value (``None`` if every path drops
+    them). Understood: Cast/Identity (same positions), Gather on axis 0 and Slice with
+    constant indices (positions that survive), Concat on axis 0 (offsets), Unsqueeze/Squeeze."""
+    index = state.index
+    if not positions:
+        return None
+    if depth > 32 or tensor in index.graph_outputs:
+        return f"graph output '{tensor}'"
+    for node_index, slot in index.consumers.get(tensor, []):
+        node = index.nodes[node_index]
+        label = _label(state, node_index)
+        op = node.op_type if node.domain in ("", "ai.onnx") else ""
+        out = node.output[0] if node.output else ""
+        if op in ("Cast", "Identity", "Unsqueeze", "Squeeze") and slot == 0:
+            found = _shape_reader(state, out, positions, depth + 1)
+        elif op == "Gather" and slot == 0 and int(attr(node, "axis", 0)) == 0:
+            picked = _slot_const(state, node_index, 1)
+            if picked is None:
+                return label
+            length = index.shape(tensor)
+            size = length[0] if length and length[0] is not None else None
+            taken = [int(k) for k in picked.reshape(-1).tolist()]
+            if size is not None:
+                taken = [k + size if k < 0 else k for k in taken]
+            elif any(k < 0 for k in taken):
+                return label
+            found = _shape_reader(
+                state, out, {j for j, k in enumerate(taken) if k in positions}, depth + 1
+            )
+        elif op == "Slice" and slot == 0:
+            bounds = [_ints(_slot_const(state, node_index, k)) for k in (1, 2, 3, 4)]
+            length = index.shape(tensor)
+            size = length[0] if length and length[0] is not None else None
+            axes_ok = not _has_slot(state, node_index, 3) or bounds[2] in ([0], [-1])
+            steps = bounds[3] if _has_slot(state, node_index, 4) else [1]
+            if bounds[0] is None or bounds[1] is None or steps is None or not axes_ok:
+                return label
+            if size is None or len(bounds[0]) != 1 or len(steps) != 1:
+                return label
+            kept = list(range(size))[slice(bounds[0][0], bounds[1][0], steps[0])]
+            found = _shape_reader(
+                state, out, {j for j, k in enumerate(kept) if k in positions}, depth + 1
+            )
+        elif op == "Concat" and int(attr(node, "axis", 0)) in (0, -1):
+            offset = 0
+            for name in node.input[:slot]:
+                length = index.shape(name) if name else [0]
+                if not length or length[0] is None:
+                    return label
+                offset += int(length[0])
+            found = _shape_reader(state, out, {p + offset for p in positions}, depth + 1)
+        else:
+            return label
+        if found is not None:
+            return found
+    return None
+
+
 @handler("Shape")
 def shape_op(state: State, i: int) -> set[int]:
-    """Shape reading only non-channel dims is harmless; reading the channel count freezes."""
+    """Shape is harmless when the channel count it reads is dropped downstream (e.g. only
+    the batch dim survives a ``Slice [0:1]``); if the count is used as a value, freeze."""
     index = state.index
     node = index.nodes[i]
     info = state.chan.get(node.input[0])
@@ -749,8 +810,12 @@ def shape_op(state: State, i: int) -> set[int]:
         return _freeze_inputs(state, i, "input rank unknown")
     start = int(attr(node, "start", 0))
     end = int(attr(node, "end", rank))
-    start = start + rank if start < 0 else start
-    end = end + rank if end < 0 else min(end, rank)
+    start = min(max(start + rank if start < 0 else start, 0), rank)
+    end = min(max(end + rank if end < 0 else end, 0), rank)
     if start <= info.axis < end:
-        return _freeze_inputs(state, i, "reads the channel count at runtime")
+        reader = _shape_reader(state, node.output[0], {info.axis - start})
+        if reader is not None:
+            return _freeze_inputs(
+                state, i, f"reads the channel count at runtime and {reader} uses it"
+            )
     return {0}
