@@ -106,6 +106,9 @@ EXPECTED: dict[str, Expect] = {
     # conv1 and conv3; conv2 feeds the Softmax over channels.
     "softmax_channels": Expect(2, [(_inputs_of("Softmax"), re.compile(r"softmax", re.I))]),
     "no_prunable": Expect(0, [(_inputs_of("Softmax"), re.compile(r"softmax|output", re.I))]),
+    # conv1 (through InstanceNorm, HardSwish), conv2 (Div/Sub, scale/shift constants, SiLU),
+    # conv3 -> GAP -> Linear.
+    "misc_ops": Expect(3),
     # conv1 (Mul/Add BN, Clip, Pad), conv2 + depthwise, conv4 -> Transpose -> ReduceMean -> MatMul.
     "tf_nhwc_pool": Expect(3),
     # conv1, conv2 -> NHWC Reshape -> MatMul rows (interleaved), hidden MatMul.

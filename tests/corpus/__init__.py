@@ -50,6 +50,7 @@ CORPUS: dict[str, Callable[[Path], Path]] = {
     "channel_split": _torch("channel_split", tm.ChannelSplit, 13),
     "softmax_channels": _torch("softmax_channels", tm.SoftmaxChannels, 14),
     "no_prunable": _torch("no_prunable", tm.NoPrunable, 15, shape=(2, 3, 8, 8)),
+    "misc_ops": _torch("misc_ops", tm.MiscOps, 16),
     "tf_nhwc_pool": build_tf_nhwc_pool,
     "tf_nhwc_flatten": build_tf_nhwc_flatten,
 }
@@ -70,6 +71,7 @@ DESCRIPTIONS: dict[str, str] = {
     "channel_split": "Split on the channel axis, residual in one branch, concat",
     "softmax_channels": "Softmax over channels in the middle of the network",
     "no_prunable": "Conv -> Softmax over channels -> output: nothing to prune",
+    "misc_ops": "InstanceNorm, HardSwish, SiLU, scalar Div/Sub, per-channel Mul/Add constants",
     "tf_nhwc_pool": "tf2onnx-style NHWC graph, ReduceMean head, Pad + auto_pad, depthwise",
     "tf_nhwc_flatten": "tf2onnx-style NHWC graph, interleaved NHWC Reshape -> MatMul head",
 }

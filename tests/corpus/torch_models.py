@@ -497,3 +497,32 @@ class NoPrunable(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.conv(x), dim=1)
+
+
+class MiscOps(nn.Module):
+    """Channel-wise ops in between convs: InstanceNorm (affine), HardSwish, SiLU (x*sigmoid(x)),
+    scalar Div/Sub, a learned per-channel scale (Mul by a [1,C,1,1] constant), a per-channel
+    shift on a broadcast [C,1,1] constant, MaxPool, GlobalAveragePool, Dropout, Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.InstanceNorm2d(8, affine=True)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
+        self.scale = nn.Parameter(torch.rand(1, 12, 1, 1) + 0.5)
+        self.shift = nn.Parameter(torch.randn(12, 1, 1) * 0.1)
+        self.conv3 = nn.Conv2d(12, 8, 1)
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.Linear(8, 10)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.bias.normal_(0.0, 0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.hardswish(self.norm(self.conv1(x)))
+        x = self.conv2(x) / 2.0 - 0.1
+        x = F.silu(x * self.scale + self.shift)
+        x = F.max_pool2d(x, 2)
+        x = F.relu(self.conv3(x))
+        x = self.drop(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return self.fc(x)
