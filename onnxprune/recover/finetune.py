@@ -6,7 +6,7 @@ onnxruntime on the same (augmented) batch. The loss is knowledge distillation (H
 al. 2015): ``T^2 * KL(softmax(t/T) || softmax(s/T))``, mixed with cross-entropy on the labels
 when the data has them (``kd_weight * KD + (1 - kd_weight) * CE``), label-free otherwise.
 Outputs that are not ``[batch, classes]`` logits are matched with a mean squared error.
-Optimiser: SGD with Nesterov momentum (or Adam), cosine learning-rate decay to zero over the
+Optimiser: Adam (or SGD with Nesterov momentum), gradient clipping, cosine learning-rate decay to zero over the
 run. The trained values are written back into the same graph (:func:`write_back`).
 """
 
@@ -131,10 +131,11 @@ def distill(
     dataset: Any,
     *,
     epochs: float = 1.0,
-    lr: float = 0.01,
+    lr: float = 1e-3,
     batch: int = 64,
-    optimizer: str = "sgd",
-    weight_decay: float = 5e-4,
+    optimizer: str = "adam",
+    weight_decay: float | None = None,
+    max_grad_norm: float | None = 5.0,
     temperature: float = 4.0,
     kd_weight: float = 0.9,
     bn: str = "train",
@@ -151,7 +152,12 @@ def distill(
         epochs: passes over the data (fractions allowed).
         lr: peak learning rate (cosine decay to 0).
         batch: images per step.
-        optimizer: ``'sgd'`` (Nesterov momentum 0.9) or ``'adam'``.
+        optimizer: ``'adam'`` (default) or ``'sgd'`` (Nesterov momentum 0.9). Exported
+            models often have BatchNormalization folded into the convolutions; plain SGD on
+            such unnormalised weights diverges at ordinary learning rates (measured on the
+            CIFAR ResNets: NaN within 5 steps at lr 1e-3), Adam's per-weight step does not.
+        weight_decay: L2 penalty; default 0 for Adam, 5e-4 for SGD.
+        max_grad_norm: gradient-norm clipping (None: off).
         bn: ``'train'`` (batch statistics, running stats updated and written back) or
             ``'freeze'`` (running statistics fixed; BN scale/bias still train).
         augment: random flip (+ pad-4 crop for images up to 64 px) on 3-channel image inputs.
@@ -192,6 +198,8 @@ def distill(
     params = list(student.parameters())
     if not params:
         raise OnnxPruneError("the pruned model has no trainable float initializers")
+    if weight_decay is None:
+        weight_decay = 5e-4 if optimizer == "sgd" else 0.0
     if optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
             params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
@@ -228,6 +236,8 @@ def distill(
         loss = distillation_loss(output, teacher_logits, labels, temperature, kd_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         opt.step()
         lr_sched.step()
         step += 1
@@ -259,7 +269,7 @@ def finetune(
     reference_model: ModelProto,
     dataset: Any,
     epochs: float = 1.0,
-    lr: float = 0.01,
+    lr: float = 1e-3,
     batch: int = 64,
     **options: Any,
 ) -> ModelProto:
