@@ -330,16 +330,16 @@ def test_resize_nearest_modes_match_onnxruntime() -> None:
 
 
 try:
-    from corpus import CORPUS
-    from corpus.fixtures import corpus_paths  # noqa: F401  (session fixture)
+    from tests.corpus import CORPUS
+    from tests.corpus.fixtures import corpus_model  # noqa: F401  (session fixture)
 except ImportError:  # the corpus helper's package has not landed
     CORPUS = {}
 
 
 @pytest.mark.skipif(not CORPUS, reason="tests/corpus has not landed yet")
 @pytest.mark.parametrize("name", sorted(CORPUS))
-def test_matches_onnxruntime_on_corpus(name: str, corpus_paths) -> None:  # noqa: F811
-    model = onnx.load(str(corpus_paths[name]))
+def test_matches_onnxruntime_on_corpus(name: str, corpus_model) -> None:  # noqa: F811
+    model = onnx.load(str(corpus_model(name)))
     feeds = {}
     init_names = {t.name for t in model.graph.initializer}
     for graph_input in model.graph.input:
