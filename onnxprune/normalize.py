@@ -14,6 +14,9 @@ Contract of :func:`normalize` (input not mutated, a new model returned):
   (written ``0``, only with ``allowzero=0``) and at most one other dim (written ``-1``).
   The ``Shape`` chain then becomes dead and is dropped, so the analysis sees an ordinary
   static Reshape (see :func:`static_reshape_targets`).
+- ``Expand(c, shape)`` of a constant ``c`` feeding a broadcasting binary op whose other
+  operand already has the expanded shape is replaced by ``c`` itself (broadcasting gives the
+  same values), so per-channel constants stay sliceable.
 - ``MatMul(A, W) + Add(b)`` with 2-D ``A``, constant 2-D ``W`` and constant bias of shape
   ``[N]``/``[1, N]`` becomes ``Gemm(A, W, b)`` (the MatMul node's name, the Add's output).
 - Nodes get a unique name where they have none (or a duplicate); existing unique names and
@@ -153,6 +156,7 @@ def normalize(model: ModelProto) -> ModelProto:
     _name_nodes(graph)
     out = infer_model_shapes(out)
     out, rewritten = resolve_reshape_targets(out, consts)
+    rewritten += _drop_redundant_expands(out, consts)
     if rewritten:
         _drop_dead_nodes(out)
         del out.graph.value_info[:]
@@ -607,3 +611,33 @@ def _reconcile_output_shapes(model: ModelProto) -> None:
             output.type.tensor_type.ClearField("shape")
             if found.tensor_type.HasField("shape"):
                 output.type.tensor_type.shape.CopyFrom(found.tensor_type.shape)
+
+
+_BROADCASTING = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum")
+
+
+def _drop_redundant_expands(model: ModelProto, consts: dict[str, np.ndarray]) -> int:
+    """Feed a constant straight into binary broadcasting ops where it was ``Expand``-ed to the
+    other operand's exact shape; returns the number of inputs rewired (in place)."""
+    dims = _symbolic_dims(model)
+    producer = {out: node for node in model.graph.node for out in node.output if out}
+    rewired = 0
+    for node in model.graph.node:
+        if node.op_type not in _BROADCASTING or node.domain not in ("", "ai.onnx"):
+            continue
+        if len(node.input) != 2:
+            continue
+        for slot in (0, 1):
+            expand = producer.get(node.input[slot])
+            if expand is None or expand.op_type != "Expand" or expand.input[0] not in consts:
+                continue
+            mine, other = dims.get(node.input[slot]), dims.get(node.input[1 - slot])
+            if mine is None or other is None or len(mine) != len(other):
+                continue
+            if any(d is None or d != e for d, e in zip(mine, other, strict=True)):
+                continue
+            if consts[expand.input[0]].ndim > len(mine):
+                continue
+            node.input[slot] = expand.input[0]
+            rewired += 1
+    return rewired

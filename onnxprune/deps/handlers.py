@@ -78,7 +78,8 @@ def _has_slot(state: State, i: int, slot: int) -> bool:
 UNARY = (
     "Relu LeakyRelu Sigmoid HardSigmoid HardSwish Tanh Elu Selu Celu Softplus Softsign Gelu "
     "Erf Abs Neg Exp Log Sqrt Reciprocal Floor Ceil Round Sin Cos Mish Identity Dropout Cast "
-    "CastLike Clip ThresholdedRelu Shrink Sign IsNaN IsInf Not Relu6 Swish"
+    "CastLike Clip ThresholdedRelu Shrink Sign IsNaN IsInf Not Relu6 Swish Tan Asin Acos Atan "
+    "Sinh Cosh Asinh Acosh Atanh BitwiseNot"
 ).split()
 
 
@@ -165,6 +166,78 @@ def elementwise(state: State, i: int) -> set[int]:
     return claimed
 
 
+@handler("QuantizeLinear", "DequantizeLinear")
+def quantize(state: State, i: int) -> set[int]:
+    """QDQ activations: (de)quantization is elementwise, so channels pass. Per-tensor scale and
+    zero point are untouched; per-axis ones on the channel axis are sliced with it; per-axis
+    on another axis, or block quantization, freezes. (Weight-path DequantizeLinear nodes
+    carry no channels in; their consumers slice them, see :func:`_slice_param`.)"""
+    index = state.index
+    node = index.nodes[i]
+    info = state.chan.get(node.input[0])
+    if info is None:
+        return {0, 1, 2}
+    if int(attr(node, "block_size", 0)):
+        return _freeze_inputs(state, i, "block quantization is not supported")
+    rank = index.rank(node.input[0]) or info.axis + 1
+    quant_axis = int(attr(node, "axis", 1)) % rank
+    for slot in (1, 2):
+        if not _has_slot(state, i, slot):
+            continue
+        value = _slot_const(state, i, slot)
+        if value is None:
+            return _freeze_inputs(state, i, f"scale/zero point '{node.input[slot]}' is computed")
+        if value.size > 1:
+            if quant_axis != info.axis or value.shape[0] != len(info.atoms):
+                return _freeze_inputs(
+                    state, i, f"quantized per axis {quant_axis}, channels are on {info.axis}"
+                )
+            state.actions.append(ParamSlice(i, slot, 0, node.output[0], "param"))
+    state.chan[node.output[0]] = ChanInfo(info.axis, info.atoms)
+    return {0, 1, 2}
+
+
+QOPERATOR = (
+    "QLinearConv QLinearMatMul ConvInteger MatMulInteger QLinearAdd QLinearMul "
+    "QLinearGlobalAveragePool QLinearAveragePool QLinearConcat QLinearLeakyRelu QLinearSigmoid"
+).split()
+
+
+@handler(*QOPERATOR)
+def qoperator(state: State, i: int) -> set[int]:
+    """QOperator-format quantized ops are not rewritten: their channels freeze, with a hint."""
+    return _freeze_inputs(
+        state,
+        i,
+        "quantized operator (QOperator format) is not supported; quantize in QDQ format "
+        "(onnxruntime.quantization QuantFormat.QDQ) to prune, or prune the float model first",
+    )
+
+
+@handler("Expand")
+def expand(state: State, i: int) -> set[int]:
+    """Expand of a channel tensor to a constant shape: the channel entry of the shape must be
+    1 (broadcast) or the channel count (rewritten to the kept count)."""
+    index = state.index
+    node = index.nodes[i]
+    info = state.chan.get(node.input[0])
+    if info is None:
+        return {0, 1}
+    target = _ints(_slot_const(state, i, 1))
+    rank = index.rank(node.input[0])
+    if target is None or rank is None:
+        return _freeze_inputs(state, i, "target shape computed at runtime or input rank unknown")
+    out_rank = max(rank, len(target))
+    out_axis = info.axis + out_rank - rank
+    entry = out_axis - (out_rank - len(target))
+    if entry >= 0 and target[entry] not in (1, len(info.atoms)):
+        return _freeze_inputs(state, i, f"expands the channel axis to {target[entry]}")
+    if entry >= 0 and target[entry] == len(info.atoms) and len(info.atoms) != 1:
+        state.actions.append(ShapeEntry(i, 1, entry, node.output[0]))
+    state.chan[node.output[0]] = ChanInfo(out_axis, info.atoms)
+    return {0, 1}
+
+
 @handler("BatchNormalization", "InstanceNormalization")
 def normalization(state: State, i: int) -> set[int]:
     """Per-channel normalisation on axis 1: scale/bias (and BN mean/var) sliced with it."""
@@ -223,6 +296,63 @@ def softmax(state: State, i: int) -> set[int]:
 
 
 # -- weighted producers / consumers -------------------------------------------------------
+def _dq_weight(state: State, name: str) -> int | None:
+    """Index of the ``DequantizeLinear`` node computing ``name`` from initializers only (a
+    QDQ-quantized weight, per-tensor or per-axis, no block quantization) when ``name`` has
+    exactly one consumer; else ``None``."""
+    index = state.index
+    producer = index.producer.get(name)
+    if producer is None:
+        return None
+    node = index.nodes[producer]
+    if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+        return None
+    if int(attr(node, "block_size", 0)):
+        return None
+    if not all(index.const(n) is not None for n in node.input if n):
+        return None
+    if len(index.consumers.get(name, [])) != 1:
+        return None
+    return producer
+
+
+def _weight(state: State, i: int, slot: int) -> np.ndarray | None:
+    """Constant input ``slot`` of node ``i``: an initializer, or for a QDQ weight the quantized
+    values behind its ``DequantizeLinear`` (same shape as the float weight); else ``None``."""
+    value = _slot_const(state, i, slot)
+    if value is not None or not _has_slot(state, i, slot):
+        return value
+    dq = _dq_weight(state, state.index.nodes[i].input[slot])
+    return None if dq is None else state.index.const(state.index.nodes[dq].input[0])
+
+
+def _slice_param(state: State, i: int, slot: int, axis: int, tensor: str, role: str) -> None:
+    """Record that input ``slot`` of node ``i`` is sliced along ``axis`` with ``tensor``'s
+    channels. For a QDQ weight (ONNX ``DequantizeLinear``: ``y = (q - zero_point) * scale``
+    with per-axis scale/zero point along ``axis`` attribute) the quantized tensor is sliced
+    along ``axis``; per-axis scale and zero point only when their axis is ``axis``
+    (per-tensor ones, and per-axis ones on another axis, apply unchanged to every kept
+    element), so the dequantized kept weights are bit-identical."""
+    index = state.index
+    name = index.nodes[i].input[slot]
+    if index.const(name) is not None:
+        state.actions.append(ParamSlice(i, slot, axis, tensor, role))
+        return
+    dq = _dq_weight(state, name)
+    if dq is None:
+        raise AssertionError(f"input '{name}' is neither a constant nor a quantized weight")
+    dq_node = index.nodes[dq]
+    quantized = index.const(dq_node.input[0])
+    assert quantized is not None
+    rank = max(quantized.ndim, 1)
+    state.actions.append(ParamSlice(dq, 0, axis, tensor, role))
+    quant_axis = int(attr(dq_node, "axis", 1)) % rank
+    for param_slot in (1, 2):
+        value = _slot_const(state, dq, param_slot)
+        if value is not None and value.size > 1 and quant_axis == axis % rank:
+            state.actions.append(ParamSlice(dq, param_slot, 0, tensor, role))
+
+
 @handler("Conv")
 def conv(state: State, i: int) -> set[int]:
     """Conv: output channels are new (rows of W); input channels are columns of W.
@@ -231,10 +361,10 @@ def conv(state: State, i: int) -> set[int]:
     index = state.index
     node = index.nodes[i]
     x, out = node.input[0], node.output[0]
-    weight = _slot_const(state, i, 1)
+    weight = _weight(state, i, 1)
     if weight is None:
         return _freeze_inputs(state, i, f"weight '{node.input[1]}' is not a constant")
-    if _has_slot(state, i, 2) and _slot_const(state, i, 2) is None:
+    if _has_slot(state, i, 2) and _weight(state, i, 2) is None:
         return _freeze_inputs(state, i, f"bias '{node.input[2]}' is not a constant")
     groups = int(attr(node, "group", 1))
     c_out, c_in_per_group = int(weight.shape[0]), int(weight.shape[1])
@@ -244,12 +374,12 @@ def conv(state: State, i: int) -> set[int]:
     bias_slots = [2] if _has_slot(state, i, 2) else []
     if groups == 1:
         if info is not None:
-            state.actions.append(ParamSlice(i, 1, 1, x, "consumer"))
+            _slice_param(state, i, 1, 1, x, "consumer")
             state.actions.append(MaskSlot(i, 0, x))
         atoms = state.new_atoms(c_out, i, out)
         state.chan[out] = ChanInfo(1, atoms)
         for slot in [1, *bias_slots]:
-            state.actions.append(ParamSlice(i, slot, 0, out, "producer"))
+            _slice_param(state, i, slot, 0, out, "producer")
         return {0, 1, 2}
     if c_in_per_group == 1 and c_out == groups:
         # depthwise, multiplier 1: channel c in -> channel c out
@@ -257,18 +387,20 @@ def conv(state: State, i: int) -> set[int]:
             return {0, 1, 2}
         state.chan[out] = ChanInfo(1, info.atoms)
         for slot in [1, *bias_slots]:
-            state.actions.append(ParamSlice(i, slot, 0, out, "param"))
+            _slice_param(state, i, slot, 0, out, "param")
         state.actions.append(DepthwiseGroup(i, out))
         return {0, 1, 2}
     if c_out % groups:
         return _freeze_inputs(
             state, i, f"{c_out} output channels do not split into {groups} groups"
         )
+    if _slot_const(state, i, 1) is None:
+        return _freeze_inputs(state, i, "grouped Conv with a quantized weight is not supported")
     atoms = state.new_atoms(c_out, i, out)
     state.chan[out] = ChanInfo(1, atoms)
     state.block_ties.append((out, groups, f"grouped Conv {_label(state, i)} output"))
     for slot in bias_slots:
-        state.actions.append(ParamSlice(i, slot, 0, out, "producer"))
+        _slice_param(state, i, slot, 0, out, "producer")
     if info is not None:
         state.block_ties.append((x, groups, f"grouped Conv {_label(state, i)} input"))
         state.actions.append(MaskSlot(i, 0, x))
@@ -281,10 +413,10 @@ def conv_transpose(state: State, i: int) -> set[int]:
     """ConvTranspose: W is [C_in, C_out/group, k...]; rows are inputs, columns outputs."""
     node = state.index.nodes[i]
     x, out = node.input[0], node.output[0]
-    weight = _slot_const(state, i, 1)
+    weight = _weight(state, i, 1)
     if weight is None:
         return _freeze_inputs(state, i, f"weight '{node.input[1]}' is not a constant")
-    if _has_slot(state, i, 2) and _slot_const(state, i, 2) is None:
+    if _has_slot(state, i, 2) and _weight(state, i, 2) is None:
         return _freeze_inputs(state, i, f"bias '{node.input[2]}' is not a constant")
     if int(attr(node, "group", 1)) != 1:
         return _freeze_inputs(state, i, "grouped ConvTranspose is not supported")
@@ -292,13 +424,13 @@ def conv_transpose(state: State, i: int) -> set[int]:
     if info is not None:
         if info.axis != 1:
             return _freeze_inputs(state, i, f"channels on axis {info.axis}, expects axis 1")
-        state.actions.append(ParamSlice(i, 1, 0, x, "consumer"))
+        _slice_param(state, i, 1, 0, x, "consumer")
         state.actions.append(MaskSlot(i, 0, x))
     atoms = state.new_atoms(int(weight.shape[1]), i, out)
     state.chan[out] = ChanInfo(1, atoms)
-    state.actions.append(ParamSlice(i, 1, 1, out, "producer"))
+    _slice_param(state, i, 1, 1, out, "producer")
     if _has_slot(state, i, 2):
-        state.actions.append(ParamSlice(i, 2, 0, out, "producer"))
+        _slice_param(state, i, 2, 0, out, "producer")
     return {0, 1, 2}
 
 
@@ -308,26 +440,29 @@ def gemm(state: State, i: int) -> set[int]:
     are new. A flattened ``C*H*W`` feature vector slices every column of a removed channel."""
     node = state.index.nodes[i]
     a, out = node.input[0], node.output[0]
-    weight = _slot_const(state, i, 1)
+    weight = _weight(state, i, 1)
     if weight is None or weight.ndim != 2:
         return _freeze_inputs(state, i, f"weight '{node.input[1]}' is not a constant matrix")
     trans_b = int(attr(node, "transB", 0))
+    feature_axis = 0 if int(attr(node, "transA", 0)) else 1
     info = state.chan.get(a)
     if info is not None:
-        if int(attr(node, "transA", 0)) or info.axis != 1:
-            state.freeze_tensor(a, f"node {_label(state, i)}: features are not on axis 1 of A")
+        if info.axis != feature_axis:
+            state.freeze_tensor(
+                a, f"node {_label(state, i)}: features are not on axis {feature_axis} of A"
+            )
         else:
-            state.actions.append(ParamSlice(i, 1, 1 if trans_b else 0, a, "consumer"))
+            _slice_param(state, i, 1, 1 if trans_b else 0, a, "consumer")
             state.actions.append(MaskSlot(i, 0, a))
     n_out = int(weight.shape[0] if trans_b else weight.shape[1])
     atoms = state.new_atoms(n_out, i, out)
-    state.actions.append(ParamSlice(i, 1, 0 if trans_b else 1, out, "producer"))
+    _slice_param(state, i, 1, 0 if trans_b else 1, out, "producer")
     if _has_slot(state, i, 2):
-        bias = _slot_const(state, i, 2)
+        bias = _weight(state, i, 2)
         if bias is None:
             state.freeze(atoms, f"node {_label(state, i)}: bias '{node.input[2]}' is computed")
         elif bias.ndim >= 1 and bias.shape[-1] == n_out and n_out > 1:
-            state.actions.append(ParamSlice(i, 2, bias.ndim - 1, out, "producer"))
+            _slice_param(state, i, 2, bias.ndim - 1, out, "producer")
     state.chan[out] = ChanInfo(1, atoms)
     return {0, 1, 2}
 
@@ -339,7 +474,7 @@ def matmul(state: State, i: int) -> set[int]:
     index = state.index
     node = index.nodes[i]
     a, out = node.input[0], node.output[0]
-    weight = _slot_const(state, i, 1)
+    weight = _weight(state, i, 1)
     if weight is None or weight.ndim != 2:
         return _freeze_inputs(state, i, "right operand is not a constant matrix")
     rank = index.rank(a)
@@ -352,7 +487,7 @@ def matmul(state: State, i: int) -> set[int]:
         if info.axis != rank - 1:
             state.freeze_tensor(a, f"node {_label(state, i)}: contracts a non-channel axis")
         else:
-            state.actions.append(ParamSlice(i, 1, 0, a, "consumer"))
+            _slice_param(state, i, 1, 0, a, "consumer")
             state.actions.append(MaskSlot(i, 0, a))
     atoms = state.new_atoms(int(weight.shape[1]), i, out)
     state.chan[out] = ChanInfo(max(rank, 2) - 1 if rank > 1 else 0, atoms)
@@ -360,7 +495,7 @@ def matmul(state: State, i: int) -> set[int]:
         state.chan.pop(out)
         state.freeze(atoms, f"node {_label(state, i)}: 1-D MatMul")
         return {0, 1}
-    state.actions.append(ParamSlice(i, 1, 1, out, "producer"))
+    _slice_param(state, i, 1, 1, out, "producer")
     return {0, 1}
 
 
