@@ -410,10 +410,9 @@ def _spatial_pads(ctx: NodeContext, x: Tensor, kernel: list[int], strides: list[
                 0, (out - 1) * strides[axis] + (kernel[axis] - 1) * dilations[axis] + 1 - size
             )
             small, large = total // 2, total - total // 2
-            if auto_pad == "SAME_UPPER":
-                pads_begin.append(small), pads_end.append(large)
-            else:
-                pads_begin.append(large), pads_end.append(small)
+            begin, end = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+            pads_begin.append(begin)
+            pads_end.append(end)
         return pads_begin + pads_end
     if auto_pad == "VALID":
         return [0] * (2 * rank)
@@ -484,10 +483,10 @@ def _conv_transpose(ctx: NodeContext, inputs: list[Tensor | None]) -> list[Tenso
         pads_begin, pads_end = [], []
         for a in range(rank):
             total = full[a] - target[a]
-            if auto_pad == "SAME_LOWER":
-                pads_begin.append(total - total // 2), pads_end.append(total // 2)
-            else:
-                pads_begin.append(total // 2), pads_end.append(total - total // 2)
+            low, high = total // 2, total - total // 2
+            begin, end = (high, low) if auto_pad == "SAME_LOWER" else (low, high)
+            pads_begin.append(begin)
+            pads_end.append(end)
         pads = pads_begin + pads_end
     else:
         pads = list(ctx.attr("pads", [0] * (2 * rank)))
@@ -609,7 +608,9 @@ def _prelu(ctx: NodeContext, inputs: list[Tensor | None]) -> list[Tensor]:
 @handler("HardSigmoid")
 def _hard_sigmoid(ctx: NodeContext, inputs: list[Tensor | None]) -> list[Tensor]:
     alpha, beta = float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5))
-    return [torch.clamp(alpha * inputs[0] + beta, 0.0, 1.0)]  # type: ignore[operator]
+    x = inputs[0]
+    assert x is not None
+    return [torch.clamp(alpha * x + beta, 0.0, 1.0)]
 
 
 @handler("Clip")
@@ -929,7 +930,7 @@ def _resize(ctx: NodeContext, inputs: list[Tensor | None]) -> list[Tensor]:
     mode = ctx.attr("mode", "nearest")
     if ctx.op_type == "Upsample" or ctx.opset < 11:
         scales_t = inputs[1] if len(inputs) > 1 else None
-        scales = [
+        scales: list[float] | None = [
             float(s) for s in (scales_t.tolist() if scales_t is not None else ctx.attr("scales"))
         ]
         sizes = None
