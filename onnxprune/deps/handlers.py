@@ -203,15 +203,35 @@ QOPERATOR = (
 ).split()
 
 
+_QOPERATOR_WEIGHT_SLOT = {
+    "QLinearConv": 3,
+    "ConvInteger": 1,
+    "QLinearMatMul": 3,
+    "MatMulInteger": 1,
+}
+
+
 @handler(*QOPERATOR)
 def qoperator(state: State, i: int) -> set[int]:
-    """QOperator-format quantized ops are not rewritten: their channels freeze, with a hint."""
-    return _freeze_inputs(
-        state,
-        i,
+    """QOperator-format quantized ops are not rewritten: their input channels freeze, and a
+    weighted one (QLinearConv, QLinearMatMul, ...) makes a frozen group of its output
+    channels, so the user sees why nothing in the model is prunable."""
+    node = state.index.nodes[i]
+    reason = (
         "quantized operator (QOperator format) is not supported; quantize in QDQ format "
-        "(onnxruntime.quantization QuantFormat.QDQ) to prune, or prune the float model first",
+        "(onnxruntime.quantization QuantFormat.QDQ) to prune, or prune the float model first"
     )
+    claimed = _freeze_inputs(state, i, reason)
+    slot = _QOPERATOR_WEIGHT_SLOT.get(node.op_type)
+    weight = _slot_const(state, i, slot) if slot is not None else None
+    rank = state.index.rank(node.output[0])
+    if weight is None or weight.ndim < 2 or rank is None:
+        return claimed
+    conv = node.op_type in ("QLinearConv", "ConvInteger")
+    atoms = state.new_atoms(int(weight.shape[0] if conv else weight.shape[-1]), i, node.output[0])
+    state.chan[node.output[0]] = ChanInfo(1 if conv else rank - 1, atoms)
+    state.freeze(atoms, f"node {_label(state, i)}: {reason}")
+    return claimed
 
 
 @handler("Expand")
