@@ -7,20 +7,23 @@ One episode is one compression of the model, in up to ``steps_per_episode`` prun
   is built from it on demand by ``observe(record)``: the hierarchical computational graph
   with the current keep-ratios in its features (``Hierarchy.to_pyg(keep_ratios)``), so the
   graph is updated after every pruning step as in section 3.2.2.
-* **Action.** One prune ratio in ``[0, 1]`` per action group, ``[n_groups]``. A step turns
-  the keep-ratios ``k`` into ``k * (1 - a)``.
+* **Action.** One prune ratio in ``[0, 1]`` per action group, ``[n_groups]``: the *shape*
+  of this step's pruning. A step turns the keep-ratios ``k`` into ``k * (1 - a)``, rescaled
+  by the wall below so the step lands on its share of the budget.
+* **Steps.** With ``T = steps_per_episode``, step ``t`` must bring the MACs to
+  ``1 - (1 - flops) * t / T`` of the original, so the model shrinks in ``T`` equal steps
+  and the agent sees the pruned graph after each one (paper: "continuously compress the
+  DNN until it satisfies the constraint"; the graph is rebuilt after every step).
 * **FLOPs wall (hard guarantee).** Kept channel counts are rounded (``round_to``,
   ``min_channels``, grouped-conv blocks) and priced with :class:`onnxprune.cost.PlanCost`.
-  A step whose result is still above the MACs budget is taken as proposed and the episode
-  continues. The step that reaches the budget, or the last allowed step in any case, is
-  rescaled along the path ``u in [0, 2]``: prune ``u * a`` for ``u <= 1`` (shrinks an
-  overshooting step back so the budget is used fully), and ``a + (u - 1) * (1 - a)`` for
-  ``u > 1`` (prunes further, in proportion to what each group has left, down to the minimum
-  channel counts at ``u = 2``). MACs are monotone in ``u``, so bisection finds the smallest
-  ``u`` whose MACs fit the budget; since the construction checked that the all-minimum
-  plan fits, every episode ends inside the budget.
-* **Episode end.** When the budget is met (the paper's "model size evaluator"), at the
-  latest after ``steps_per_episode`` steps.
+  Every step is rescaled along the path ``u in [0, 2]``: prune ``u * a`` for ``u <= 1``
+  (shrinks an overshooting action back so the step's budget is used fully), and
+  ``a + (u - 1) * (1 - a)`` for ``u > 1`` (prunes further, in proportion to what each group
+  has left, down to the minimum channel counts at ``u = 2``). MACs are monotone in ``u``, so
+  bisection finds the smallest ``u`` whose MACs fit the step's target; since the
+  construction checked that the all-minimum plan fits the final budget, every episode ends
+  inside it.
+* **Episode end.** After ``T`` steps (earlier if rounding already met the final budget).
 * **Reward.** Zero for intermediate steps; at the end ``reward_fn(kept)`` (eq. 8: minus the
   top-1 error on the reward split, or a fidelity score without labels - the caller decides).
   Results are cached by kept counts: keep-indices are a fixed function of the counts (the
@@ -265,24 +268,34 @@ class PruningEnv:
     def _record(self) -> np.ndarray:
         return np.concatenate([self._keep, [self._step / self.steps_per_episode]])
 
-    def wall(self, keep: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, float]:
-        """Smallest ``u in [0, 2]`` on the wall path whose kept counts fit the budget.
+    def step_target(self, step: int) -> float:
+        """MACs fraction step ``step`` (1-based) must reach: the budget in equal steps."""
+        return 1.0 - (1.0 - self.flops_target) * min(step, self.steps_per_episode) / (
+            self.steps_per_episode
+        )
+
+    def wall(
+        self, keep: np.ndarray, action: np.ndarray, target_macs: float | None = None
+    ) -> tuple[np.ndarray, float]:
+        """Smallest ``u in [0, 2]`` on the wall path whose kept counts fit ``target_macs``
+        (default: the episode's budget).
 
         ``keep [n]``: keep-ratios before this step; ``action [n]``: prune ratios.
         Returns ``(counts [n], u)``.
         """
+        target = self.target_macs if target_macs is None else target_macs
         action = np.clip(action, 0.0, 1.0)
 
         def counts_at(u: float) -> np.ndarray:
             prune = u * action if u <= 1 else action + (u - 1) * (1 - action)
             return self.rounding.counts(keep * (1 - prune))
 
-        if self._macs(counts_at(0.0)) <= self.target_macs:
+        if self._macs(counts_at(0.0)) <= target:
             return counts_at(0.0), 0.0
         low, high = 0.0, 2.0  # macs(low) > target >= macs(high)
         for _ in range(WALL_ITERATIONS):
             mid = 0.5 * (low + high)
-            if self._macs(counts_at(mid)) <= self.target_macs:
+            if self._macs(counts_at(mid)) <= target:
                 high = mid
             else:
                 low = mid
@@ -300,17 +313,14 @@ class PruningEnv:
             raise OnnxPruneError(f"action contains non-finite ratios: {action.tolist()}")
         action = np.clip(action, 0.0, 1.0)
         self._step += 1
-        proposed = self._keep * (1 - action)
-        counts = self.rounding.counts(proposed)
         last = self._step >= self.steps_per_episode
-        wall_u = None
-        if last or self._macs(counts) <= self.target_macs:
-            counts, wall_u = self.wall(self._keep, action)
-            self._keep = counts / self._sizes
-            done = True
-        else:
-            self._keep = proposed
-            done = False
+        target = (
+            self.target_macs if last else self.step_target(self._step) * self.plan_cost.full_macs
+        )
+        counts, wall_u = self.wall(self._keep, action, target)
+        self._keep = counts / self._sizes
+        # a rounding overshoot may already meet the final budget before the last step
+        done = last or self._macs(counts) <= self.target_macs
         kept = self.kept_dict(counts)
         fraction = self.macs_fraction(counts)
         reward, cached = 0.0, False

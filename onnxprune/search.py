@@ -11,7 +11,10 @@
 3. Builds the :class:`onnxprune.env.PruningEnv` whose reward is, after the paper (eq. 8),
    ``-error = top1/100 - 1`` on the reward split when the data has labels; without labels,
    the fidelity ``agreement/100 - 1`` (top-1 agreement with the unpruned model) or ``-KL``
-   (``reward = "kl"``). The report names the reward used.
+   (``reward = "kl"``). The report names the reward used. With ``reward_recover = "ls"``
+   each candidate is first repaired by least-squares reconstruction
+   (:mod:`onnxprune.recover.lsq`, ``recover_images`` images of the reward split), so the
+   search optimises the accuracy the recovered model will have.
 4. Runs the strategy's agent for ``episodes`` episodes (see :data:`AGENTS`): ``warmup``
    episodes of uniform random actions, then the actor's action with truncated-normal noise
    whose sigma decays by ``noise.decay`` per episode (paper 002, section 5). Every step of an
@@ -97,6 +100,8 @@ class Strategy:
     eval_samples: int = 0
     batch_size: int = 250
     recover: str = "none"
+    reward_recover: str = "none"
+    recover_images: int = 250
     encoder_dim: int = 64
     noise: NoiseSettings = field(default_factory=NoiseSettings)
     ddpg: DDPGSettings = field(default_factory=DDPGSettings)
@@ -121,12 +126,14 @@ _INT_KEYS = {
     "eval_samples": 0,
     "batch_size": 1,
     "encoder_dim": 1,
+    "recover_images": 1,
 }
 _CHOICE_KEYS = {
     "agent": AGENTS,
     "criterion": CRITERIA,
     "reward": REWARDS,
     "recover": RECOVERY,
+    "reward_recover": ("none", "ls"),
 }
 
 
@@ -153,7 +160,7 @@ def _check_number(source: str, key: str, value: Any, kind: type, minimum: float 
 def _table(source: str, name: str, data: Any, cls: type) -> Any:
     if not isinstance(data, dict):
         raise OnnxPruneError(f"{source}: '{name}' must be a table ([{name}]), got {data!r}")
-    known = {f for f in cls.__dataclass_fields__}
+    known = set(getattr(cls, "__dataclass_fields__", {}))
     values = {}
     for key, value in data.items():
         if key not in known:
@@ -384,6 +391,7 @@ class PlanEvaluator:
         device: str,
         batch_size: int,
         threads: int | None = None,
+        recover_images: int | None = None,
     ) -> None:
         self.analysis = analysis
         self.scores = scores
@@ -393,6 +401,7 @@ class PlanEvaluator:
         self.device = device
         self.batch_size = batch_size
         self.threads = threads
+        self.recover_images = recover_images
         self.seconds = 0.0
         self.calls = 0
 
@@ -403,9 +412,23 @@ class PlanEvaluator:
         return plan_from_counts(self.analysis, kept, self.scores, meta=meta)
 
     def model(self, kept: Mapping[int, int]) -> Any:
+        """The pruned model; with ``recover_images`` its pruned-input layers are refit by
+        least squares on (at most that many images of) the reward split first."""
         from onnxprune.surgery import apply_plan
 
-        return apply_plan(self.analysis, self.plan(kept))
+        pruned = apply_plan(self.analysis, self.plan(kept))
+        if self.recover_images:
+            from onnxprune.recover.lsq import reconstruct
+
+            pruned = reconstruct(
+                pruned,
+                self.analysis.model,
+                self.split,
+                max_images=self.recover_images,
+                positions_per_image=16,
+                seed=0,
+            ).model
+        return pruned
 
     def __call__(self, kept: Mapping[int, int]) -> float:
         from onnxprune.evaluate import accuracy_from_logits, make_session, predict
@@ -624,8 +647,21 @@ def run_search(
         )
     scores = channel_scores(analysis, strat.criterion, data=reward_split)
     evaluator = PlanEvaluator(
-        analysis, scores, reward_split, metric, reference, device, strat.batch_size, threads
+        analysis,
+        scores,
+        reward_split,
+        metric,
+        reference,
+        device,
+        strat.batch_size,
+        threads,
+        recover_images=strat.recover_images if strat.reward_recover == "ls" else None,
     )
+    if strat.reward_recover == "ls":
+        notes.append(
+            "reward measured after least-squares recovery of each candidate (fit on "
+            f"{min(strat.recover_images, len(reward_split))} reward-split images)"
+        )
     steps = strat.steps_per_episode if strat.agent in ("gnn-rl", "agmc") else 1
     env = PruningEnv(
         action_groups,
@@ -940,9 +976,7 @@ def _finalize(
                 "size": group.size,
                 "kept": int(count),
                 "keep_ratio": count / group.size,
-                "tensor": (plan.tensors.get(group.id) or [None])[0]
-                if hasattr(plan, "tensors")
-                else None,
+                "tensor": next(iter(plan.tensors.get(group.id) or []), None),
             }
         )
     result = SearchResult(

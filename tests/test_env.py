@@ -125,17 +125,21 @@ def test_overshooting_step_is_shrunk_back() -> None:
     assert 0.45 < result.macs_fraction <= 0.5
 
 
-def test_multi_step_episode_updates_state_and_ends_at_budget() -> None:
-    env = _env(0.3, steps=3, round_to=1)
+def test_multi_step_episode_shrinks_in_equal_steps_and_updates_state() -> None:
+    env = _env(0.4, steps=3, round_to=1)
     record = env.reset()
     np.testing.assert_array_equal(record, [1, 1, 1, 1, 0])
-    first = env.step(np.full(4, 0.1))
-    assert not first.done and first.reward == 0.0
-    np.testing.assert_allclose(first.record, [0.9, 0.9, 0.9, 0.9, 1 / 3])
-    second = env.step(np.full(4, 0.1))
-    assert not second.done
-    third = env.step(np.full(4, 0.1))  # the last step: the wall forces the budget
-    assert third.done and third.macs_fraction <= 0.3 and third.wall_u > 1
+    targets = [0.8, 0.6, 0.4]  # 1 - 0.6 * t / 3
+    for t, target in enumerate(targets, start=1):
+        result = env.step(np.array([0.1, 0.6, 0.6, 0.1]))
+        assert env.step_target(t) == pytest.approx(target)
+        assert target - 0.05 < result.macs_fraction <= target
+        assert result.done == (t == 3) and (result.reward == 0.0) == (t < 3)
+        # the state is the rounded keep-ratio after this step, plus the step fraction
+        kept = np.array([result.kept[i] / w for i, w in enumerate(WIDTHS)])
+        np.testing.assert_allclose(result.record, [*kept, t / 3])
+    # the action shape is respected: groups 1 and 2 lost more than groups 0 and 3
+    assert kept[1] < kept[0] and kept[2] < kept[3]
 
 
 def test_rounding_is_monotone_and_respects_blocks() -> None:
