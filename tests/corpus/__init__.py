@@ -51,6 +51,8 @@ CORPUS: dict[str, Callable[[Path], Path]] = {
     "softmax_channels": _torch("softmax_channels", tm.SoftmaxChannels, 14),
     "no_prunable": _torch("no_prunable", tm.NoPrunable, 15, shape=(2, 3, 8, 8)),
     "misc_ops": _torch("misc_ops", tm.MiscOps, 16),
+    "shared_weights": _torch("shared_weights", tm.SharedWeights, 17),
+    "channel_slices": _torch("channel_slices", tm.ChannelSlices, 18),
     "tf_nhwc_pool": build_tf_nhwc_pool,
     "tf_nhwc_flatten": build_tf_nhwc_flatten,
 }
@@ -72,6 +74,8 @@ DESCRIPTIONS: dict[str, str] = {
     "softmax_channels": "Softmax over channels in the middle of the network",
     "no_prunable": "Conv -> Softmax over channels -> output: nothing to prune",
     "misc_ops": "InstanceNorm, HardSwish, SiLU, scalar Div/Sub, per-channel Mul/Add constants",
+    "shared_weights": "one Conv weight read by two Conv nodes (weight sharing)",
+    "channel_slices": "overlapping channel slices, self-concat, depthwise multiplier 2",
     "tf_nhwc_pool": "tf2onnx-style NHWC graph, ReduceMean head, Pad + auto_pad, depthwise",
     "tf_nhwc_flatten": "tf2onnx-style NHWC graph, interleaved NHWC Reshape -> MatMul head",
 }

@@ -526,3 +526,48 @@ class MiscOps(nn.Module):
         x = F.relu(self.conv3(x))
         x = self.drop(F.adaptive_avg_pool2d(x, 1).flatten(1))
         return self.fc(x)
+
+
+class SharedWeights(nn.Module):
+    """One Conv module applied to two different tensors: both Conv nodes read the same weight
+    initializer, so pruning one node's output rows must not slice the other's weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.branch = nn.Conv2d(8, 8, 3, padding=1)
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.stem(x))
+        b = F.relu(self.branch(a))
+        left = F.relu(self.shared(a))
+        right = F.relu(self.shared(b))
+        x = torch.cat((left, right), dim=1)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class ChannelSlices(nn.Module):
+    """Overlapping channel slices x[:, :8] and x[:, 4:], a tensor concatenated with itself,
+    and a depthwise conv with channel multiplier 2 (groups=C, 2C outputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(3, 12)
+        self.left = conv_bn(8, 8)
+        self.right = conv_bn(8, 8)
+        self.conv2 = conv_bn(8, 6)
+        self.dw2 = nn.Conv2d(6, 12, 3, padding=1, groups=6)
+        self.conv3 = nn.Conv2d(12, 8, 1)
+        self.fc = nn.Linear(16 + 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        left = F.relu(self.left(x[:, :8]))
+        right = F.relu(self.right(x[:, 4:]))
+        y = F.relu(self.conv2(left + right))
+        twice = torch.cat((right, right), dim=1)
+        z = F.relu(self.conv3(F.relu(self.dw2(y))))
+        pooled = torch.cat((F.adaptive_avg_pool2d(twice, 1), F.adaptive_avg_pool2d(z, 1)), dim=1)
+        return self.fc(pooled.flatten(1))
