@@ -556,6 +556,14 @@ def _batchnorm(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
             b.add(index, _PARAMS, 1, (x, 1))
 
 
+def _instance_norm(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
+    """5 FLOPs per element; ``scale`` and ``B`` are per-channel (axis 1), like BN's."""
+    b.elementwise(index, node, 5)
+    for name in node.input[1:3]:
+        if b.take_param(name) is not None:
+            b.add(index, _PARAMS, 1, (node.input[0], 1))
+
+
 def _pool(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
     kernel = int(np.prod(_attr(node, "kernel_shape", [1]), dtype=np.int64))
     b.elementwise(index, node, kernel)
@@ -567,6 +575,7 @@ _HANDLERS = {
     "Gemm": _gemm,
     "MatMul": _matmul,
     "BatchNormalization": _batchnorm,
+    "InstanceNormalization": _instance_norm,
     "MaxPool": _pool,
     "AveragePool": _pool,
     "LpPool": _pool,

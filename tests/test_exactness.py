@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.corpus import CORPUS
-from tests.corpus.fixtures import corpus_model, corpus_paths  # noqa: F401  (pytest fixtures)
+from tests.corpus.fixtures import corpus_model  # noqa: F401  (pytest fixture)
 
 deps = pytest.importorskip("onnxprune.deps", reason="deps stage not built yet")
 surgery = pytest.importorskip("onnxprune.surgery", reason="surgery stage not built yet")
@@ -119,14 +119,26 @@ EXPECTED: dict[str, Expect] = {
     "tf_nhwc_pool": Expect(3),
     # conv1, conv2 -> NHWC Reshape -> MatMul rows (interleaved), hidden MatMul.
     "tf_nhwc_flatten": Expect(3),
+    # conv1 (NHWC bias/gain), conv2 (NHWC Resize), both concatenated on axis 3; conv3 -> MatMul.
+    "tf_nhwc_mixed": Expect(3),
 }
 
 
 # Models whose PlanCost *params* disagree with the pruned model for a known reason (see
 # tests/corpus/KNOWN_FAILURES.md); MACs/FLOPs and outputs are still checked for them.
-KNOWN_PARAM_MISMATCH = {
-    "misc_ops": "cost.py counts InstanceNormalization scale/B as fixed params (KNOWN_FAILURES #1)",
-    "shared_weights": "a shared Conv weight gets two slicings; PlanCost counts it once (#2)",
+KNOWN_PARAM_MISMATCH: dict[str, tuple[str, dict[int, list[int]]]] = {
+    "misc_ops": (
+        "cost.py counts InstanceNormalization scale/B as fixed params (KNOWN_FAILURES #1)",
+        {0: [0]},
+    ),
+    "shared_weights": (
+        "a shared Conv weight gets two slicings; PlanCost counts it once (#2)",
+        {0: [0]},
+    ),
+    "tf_nhwc_mixed": (
+        "cost.py counts Resize scales [1,2,2,1] as per-channel params (#3)",
+        {1: [0]},
+    ),
 }
 
 
@@ -154,9 +166,9 @@ class _Case:
 _CASES: dict[str, _Case] = {}
 
 
-def _case(name: str, paths) -> _Case:
+def _case(name: str, corpus_model) -> _Case:
     if name not in _CASES:
-        _CASES[name] = _Case(name, paths[name])
+        _CASES[name] = _Case(name, corpus_model(name))
     return _CASES[name]
 
 
@@ -218,8 +230,8 @@ def random_keep(draw, groups) -> dict[int, list[int]]:
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
-def test_group_counts_and_frozen_reasons(name, corpus_paths):  # noqa: F811
-    case = _case(name, corpus_paths)
+def test_group_counts_and_frozen_reasons(name, corpus_model):  # noqa: F811
+    case = _case(name, corpus_model)
     analysis = case.analysis
     expect = EXPECTED[name]
     prunable = analysis.prunable_groups()
@@ -245,9 +257,9 @@ def test_group_counts_and_frozen_reasons(name, corpus_paths):  # noqa: F811
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
-def test_full_plan_reference_is_the_model(name, corpus_paths):  # noqa: F811
+def test_full_plan_reference_is_the_model(name, corpus_model):  # noqa: F811
     """With nothing removed, the masked reference and the pruned model equal the original."""
-    case = _case(name, corpus_paths)
+    case = _case(name, corpus_model)
     plan = PruningPlan.full(case.analysis)
     original = run(case.analysis.model, case.feeds)
     for model in (
@@ -259,9 +271,9 @@ def test_full_plan_reference_is_the_model(name, corpus_paths):  # noqa: F811
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
-def test_extreme_plans_are_exact(name, corpus_paths):  # noqa: F811
+def test_extreme_plans_are_exact(name, corpus_model):  # noqa: F811
     """Every prunable group at one channel per block, and every group at every other channel."""
-    case = _case(name, corpus_paths)
+    case = _case(name, corpus_model)
     groups = case.analysis.prunable_groups()
     if not groups:
         pytest.skip(f"{name} has no prunable group")
@@ -278,8 +290,8 @@ def test_extreme_plans_are_exact(name, corpus_paths):  # noqa: F811
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
-def test_random_plans_are_exact(name, corpus_paths):  # noqa: F811
-    case = _case(name, corpus_paths)
+def test_random_plans_are_exact(name, corpus_model):  # noqa: F811
+    case = _case(name, corpus_model)
     groups = case.analysis.prunable_groups()
     if not groups:
         pytest.skip(f"{name} has no prunable group")
@@ -298,12 +310,12 @@ def test_random_plans_are_exact(name, corpus_paths):  # noqa: F811
 
 
 @pytest.mark.parametrize("name", sorted(KNOWN_PARAM_MISMATCH))
-def test_known_param_mismatch_still_fails(name, corpus_paths):  # noqa: F811
+def test_known_param_mismatch_still_fails(name, corpus_model):  # noqa: F811
     """Strict xfail: passes (and so fails the suite) once the cost model is fixed."""
-    case = _case(name, corpus_paths)
-    first = case.analysis.prunable_groups()[0]
+    case = _case(name, corpus_model)
+    reason, failing_plan = KNOWN_PARAM_MISMATCH[name]
     try:
-        check_plan(case, {first.id: [0]}, strict_params=True)
+        check_plan(case, failing_plan, strict_params=True)
     except AssertionError:
-        pytest.xfail(KNOWN_PARAM_MISMATCH[name])
+        pytest.xfail(reason)
     pytest.fail(f"{name}: params now agree; remove it from KNOWN_PARAM_MISMATCH")
