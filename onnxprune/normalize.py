@@ -165,7 +165,13 @@ def normalize(model: ModelProto) -> ModelProto:
     _drop_unused_initializers(out)
     del out.graph.value_info[:]
     out = infer_model_shapes(out)
-    _reconcile_output_shapes(out)
+    negative = any(
+        d.HasField("dim_value") and d.dim_value < 0
+        for o in out.graph.output
+        for d in o.type.tensor_type.shape.dim
+    )
+    if rewritten or negative:  # only then can declared output shapes contradict inference
+        _reconcile_output_shapes(out)
     return out
 
 
