@@ -112,6 +112,14 @@ def test_flatten_idioms_prune_the_conv_feeding_the_dense(style, batch):
     assert (member.repeat, member.layout) == (16, layout)
 
 
+@pytest.mark.parametrize("style", ["tf2onnx", "paddle2onnx", "torch"])
+def test_cost_of_the_raw_model_resolves_runtime_reshape_targets(style):
+    """model_cost on the un-normalised file: conv 3*4*9*64 + fc1 64*6 + fc2 6*5 MACs."""
+    model = _flatten_model(style)
+    assert model_cost(model).macs == 3 * 4 * 9 * 64 + 64 * 6 + 6 * 5
+    assert model_cost(model).macs == model_cost(analyze(model).model).macs
+
+
 def test_flatten_shape_chain_output_still_matches_original():
     model = _flatten_model("torch")
     x = sample()
