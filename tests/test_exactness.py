@@ -127,10 +127,6 @@ EXPECTED: dict[str, Expect] = {
 # Models whose PlanCost *params* disagree with the pruned model for a known reason (see
 # tests/corpus/KNOWN_FAILURES.md); MACs/FLOPs and outputs are still checked for them.
 KNOWN_PARAM_MISMATCH: dict[str, tuple[str, dict[int, list[int]]]] = {
-    "misc_ops": (
-        "cost.py counts InstanceNormalization scale/B as fixed params (KNOWN_FAILURES #1)",
-        {0: [0]},
-    ),
     "shared_weights": (
         "a shared Conv weight gets two slicings; PlanCost counts it once (#2)",
         {0: [0]},
@@ -166,9 +162,9 @@ class _Case:
 _CASES: dict[str, _Case] = {}
 
 
-def _case(name: str, corpus_model) -> _Case:
+def _case(name: str, build) -> _Case:
     if name not in _CASES:
-        _CASES[name] = _Case(name, corpus_model(name))
+        _CASES[name] = _Case(name, build(name))
     return _CASES[name]
 
 

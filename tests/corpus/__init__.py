@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from . import torch_models as tm
-from .tf_style import build_tf_nhwc_flatten, build_tf_nhwc_pool
+from .tf_style import build_tf_nhwc_flatten, build_tf_nhwc_mixed, build_tf_nhwc_pool
 
 _NCHW16 = (2, 3, 16, 16)
 
@@ -55,6 +55,7 @@ CORPUS: dict[str, Callable[[Path], Path]] = {
     "channel_slices": _torch("channel_slices", tm.ChannelSlices, 18),
     "tf_nhwc_pool": build_tf_nhwc_pool,
     "tf_nhwc_flatten": build_tf_nhwc_flatten,
+    "tf_nhwc_mixed": build_tf_nhwc_mixed,
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -78,6 +79,7 @@ DESCRIPTIONS: dict[str, str] = {
     "channel_slices": "overlapping channel slices, self-concat, depthwise multiplier 2",
     "tf_nhwc_pool": "tf2onnx-style NHWC graph, ReduceMean head, Pad + auto_pad, depthwise",
     "tf_nhwc_flatten": "tf2onnx-style NHWC graph, interleaved NHWC Reshape -> MatMul head",
+    "tf_nhwc_mixed": "ops left in NHWC: bias Add on the last axis, Resize, Concat axis 3, Squeeze",
 }
 
 

@@ -163,3 +163,50 @@ def build_tf_nhwc_flatten(out_dir: Path) -> Path:
     inp = helper.make_tensor_value_info("input_1:0", TensorProto.FLOAT, ["unk__1", 8, 8, 3])
     out = helper.make_tensor_value_info("Identity:0", TensorProto.FLOAT, ["unk__2", 10])
     return g.save(out_dir / "tf_nhwc_flatten.onnx", inp, out, opset=13)
+
+
+def build_tf_nhwc_mixed(out_dir: Path) -> Path:
+    """Ops left in NHWC between Transposes, as tf2onnx does when it cannot push them out:
+    Conv -> Transpose to NHWC -> Add of a [C] bias (broadcast on the last axis) -> Relu ->
+    Mul by a [1,1,1,C] constant; a second branch Conv -> NHWC -> Resize (scales [1,2,2,1]) of
+    a strided conv; Concat on axis 3 (NHWC channels) -> Transpose to NCHW -> 1x1 Conv -> NHWC
+    -> ReduceMean(axes 1,2, keepdims=1) -> Squeeze(1,2) -> MatMul (no bias). Opset 13."""
+    g = _GraphBuilder(seed=303)
+    x = g.node("Transpose", ["input_1:0"], "model/in_nchw:0", perm=[0, 3, 1, 2])
+    w1 = g.hwio_weight("model/conv1/kernel:0", 3, 3, 8)
+    a = g.node("Conv", [x, w1], "model/conv1/Conv2D:0", pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+    a = g.node("Transpose", [a], "model/conv1/Conv2D__7:0", perm=[0, 2, 3, 1])
+    bias1 = g.init("model/conv1/bias:0", (g.rng.standard_normal(8) * 0.1).astype(np.float32))
+    a = g.node("Add", [a, bias1], "model/conv1/BiasAdd:0")
+    a = g.node("Relu", [a], "model/conv1/Relu:0")
+    gain = g.init("model/gain:0", g.rng.uniform(0.5, 1.5, (1, 1, 1, 8)).astype(np.float32))
+    a = g.node("Mul", [a, gain], "model/gain/mul:0")
+    w2 = g.hwio_weight("model/conv2/kernel:0", 3, 3, 4)
+    b = g.node(
+        "Conv",
+        [x, w2],
+        "model/conv2/Conv2D:0",
+        pads=[1, 1, 1, 1],
+        strides=[2, 2],
+        kernel_shape=[3, 3],
+    )
+    b = g.node("Relu", [b], "model/conv2/Relu:0")
+    b = g.node("Transpose", [b], "model/conv2/Relu__9:0", perm=[0, 2, 3, 1])
+    roi = g.init("model/up/roi:0", np.zeros(0, np.float32))
+    scales = g.init("model/up/scales:0", np.array([1, 2, 2, 1], np.float32))
+    b = g.node("Resize", [b, roi, scales], "model/up/resize:0", mode="nearest")
+    c = g.node("Concat", [a, b], "model/concat:0", axis=3)
+    c = g.node("Transpose", [c], "model/concat__12:0", perm=[0, 3, 1, 2])
+    w3 = g.hwio_weight("model/conv3/kernel:0", 1, 12, 16)
+    c = g.node("Conv", [c, w3], "model/conv3/Conv2D:0", kernel_shape=[1, 1])
+    c = g.node("Relu", [c], "model/conv3/Relu:0")
+    c = g.node("Transpose", [c], "model/conv3/Relu__15:0", perm=[0, 2, 3, 1])
+    c = g.node("ReduceMean", [c], "model/gap/Mean:0", axes=[1, 2], keepdims=1)
+    axes = g.init("model/gap/squeeze_axes:0", np.array([1, 2], np.int64))
+    c = g.node("Squeeze", [c, axes], "model/gap/Squeeze:0")
+    w4 = g.init("model/dense/kernel:0", (g.rng.standard_normal((16, 10)) * 0.3).astype(np.float32))
+    c = g.node("MatMul", [c, w4], "model/dense/MatMul:0")
+    g.nodes.append(helper.make_node("Identity", [c], ["Identity:0"], name="Identity"))
+    inp = helper.make_tensor_value_info("input_1:0", TensorProto.FLOAT, ["unk__1", 16, 16, 3])
+    out = helper.make_tensor_value_info("Identity:0", TensorProto.FLOAT, ["unk__2", 10])
+    return g.save(out_dir / "tf_nhwc_mixed.onnx", inp, out, opset=13)
