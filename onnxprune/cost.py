@@ -340,6 +340,13 @@ class _TermBuilder:
         self.float_inits = {
             t.name: list(t.dims) for t in model.graph.initializer if t.data_type in _FLOAT_TYPES
         }
+        # exporters that store weights in Constant nodes (paddle2onnx, some torch versions):
+        # those tensors are parameters just like initializers
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                value = next((a.t for a in node.attribute if a.name == "value"), None)
+                if value is not None and value.data_type in _FLOAT_TYPES:
+                    self.float_inits.setdefault(node.output[0], list(value.dims))
         self.counted_inits: set[str] = set()
         self.conv_depthwise: dict[int, bool] = {}
 

@@ -232,6 +232,18 @@ def test_weights_in_constant_nodes():
     assert group_of(analysis, "conv3").producers == ["conv3"]
 
 
+def test_cost_counts_constant_node_weights_as_params():
+    net = Net()
+    rng = np.random.default_rng(6)
+    w = _constant(net, rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w")
+    b = _constant(net, rng.standard_normal(6).astype(np.float32), "b")
+    y = net.op("Flatten", [net.op("GlobalAveragePool", [net.op("Conv", ["x", w, b])])])
+    model = net.model(net.op("Gemm", [y, net.rand(5, 6), net.rand(5)], transB=1))
+    expected = 6 * 3 * 9 + 6 + 5 * 6 + 5
+    assert model_cost(model).params == expected
+    assert model_cost(analyze(model).model).params == expected
+
+
 # -- quantized graphs ------------------------------------------------------------------------
 def _float_cnn(batch: int | str = "N") -> onnx.ModelProto:
     net = Net(shape=(batch, 3, 8, 8), seed=4)
