@@ -50,6 +50,14 @@ def test_groups_table(resnet_b):
     assert sum(" prunable " in line for line in lines[1:-1]) == 5
 
 
+def test_groups_prunable_only(corpus_model):  # noqa: F811
+    code, out, _ = invoke("groups", corpus_model("softmax_channels"), "--prunable")
+    assert code == 0
+    rows = out.splitlines()[1:-1]
+    assert len(rows) == 2 and all("prunable" in row for row in rows)
+    assert out.splitlines()[-1] == "4 groups: 2 prunable, 2 frozen"
+
+
 def test_groups_json(resnet_b):
     code, out, _ = invoke("groups", resnet_b, "--json")
     assert code == 0

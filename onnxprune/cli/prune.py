@@ -274,11 +274,15 @@ def register(main: click.Group) -> None:
                 "scored by l1",
                 err=True,
             )
-        how = (
-            f"plan file {plan_path}"
-            if plan_path is not None
-            else f"uniform ratio {plan.meta.get('prune_ratio')} ({criterion}, round-to {round_to})"
-        )
+        if plan_path is not None:
+            how = f"plan file {plan_path}"
+        else:
+            how = f"uniform ratio {plan.meta.get('prune_ratio')}"
+            if flops is not None:
+                how = f"MACs target {flops}: {how}" + (
+                    " + budget fill" if plan.meta.get("filled") else ""
+                )
+            how += f" ({criterion}, round-to {round_to}, min-channels {min_channels})"
         click.echo(f"plan     {how}")
         click.echo(
             f"groups   {len(thinned)} of {len(analysis.prunable_groups())} prunable groups thinned, "
