@@ -10,11 +10,18 @@ model is refused on load.
 
 The JSON form (``save``/``to_json``) is meant to be read and edited by a person::
 
-    {"format": "onnxprune-plan/1", "model_sha256": "...", "meta": {...},
-     "groups": [{"id": 3, "channels": 16, "kept": 8, "tensors": ["conv1_out", ...],
-                 "keep": [0, 2, 3, ...]}, ...]}
+    {
+     "format": "onnxprune-plan/1",
+     "model_sha256": "...",
+     "meta": {...},
+     "groups": [
+      {"id": 3, "channels": 16, "kept": 8, "tensors": ["conv1_out", ...], "tensor_count": 5,
+       "keep": [0, 2, 3, ...]},
+      ...
+     ]
+    }
 
-``channels`` and ``tensors`` are informative (they help a person find the group and are used
+(one line per group). ``channels``, ``tensors`` (the first few) and ``tensor_count`` are informative (they help a person find the group and are used
 in error messages); only ``id`` and ``keep`` are read back. :meth:`PruningPlan.load` and
 :func:`validate_plan` raise :class:`~onnxprune.errors.PlanError` naming the group and one of
 its tensors for: unknown group, index out of range, duplicate index, keeping zero channels,
@@ -40,6 +47,8 @@ if TYPE_CHECKING:  # deps is an earlier stage; imported lazily only for typing
     from onnxprune.deps import ChannelGroup, DependencyAnalysis
 
 PLAN_FORMAT = "onnxprune-plan/1"
+# Tensor names written per group in the JSON (all are in ``tensor_count``); for people only.
+_TENSORS_SHOWN = 4
 
 
 def model_sha256(model: onnx.ModelProto) -> str:
@@ -120,7 +129,8 @@ class PruningPlan:
                     "id": group_id,
                     "channels": self.sizes.get(group_id),
                     "kept": len(indices),
-                    "tensors": self.tensors.get(group_id, []),
+                    "tensors": self.tensors.get(group_id, [])[:_TENSORS_SHOWN],
+                    "tensor_count": len(self.tensors.get(group_id, [])),
                     "keep": list(indices),
                 }
             )
@@ -131,8 +141,14 @@ class PruningPlan:
             "groups": groups,
         }
 
-    def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+    def to_json(self) -> str:
+        """The JSON form, one line per group so a keep list is easy to find and edit."""
+        data = self.to_dict()
+        groups = data.pop("groups")
+        head = json.dumps(data, indent=1)[:-2]  # drop the closing "\n}"
+        lines = [f"  {json.dumps(group)}" for group in groups]
+        body = ",\n".join(lines)
+        return f'{head},\n "groups": [\n{body}\n ]\n}}' if lines else f'{head},\n "groups": []\n}}'
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the JSON form atomically (temp file + rename); returns the path."""

@@ -42,8 +42,13 @@ def test_round_trip_through_json(tf_flatten, tmp_path):
         "channels": 8,
         "kept": 3,
         "tensors": entry["tensors"],
+        "tensor_count": len(tf_flatten.group(groups[0].id).members),
         "keep": [1, 2, 5],
     }
+    assert 1 <= len(entry["tensors"]) <= 4
+    # one line per group: the keep list is on the line of its group id
+    line = next(t for t in path.read_text().splitlines() if f'"id": {groups[0].id},' in t)
+    assert line.rstrip(",").endswith('"keep": [1, 2, 5]}')
     assert _first_tensor(tf_flatten, groups[0].id) == entry["tensors"][0]
     loaded = PruningPlan.load(path, tf_flatten)
     assert loaded.keep == plan.keep
