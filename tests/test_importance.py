@@ -223,3 +223,41 @@ def test_plan_for_flops_on_chosen_groups_only(corpus_model):  # noqa: F811
     assert set(plan.keep) <= set(interior) and plan.keep
     assert plan.meta["criterion"] == "given scores"
     assert plan.meta["macs_fraction"] <= 0.8
+
+
+def test_l1_of_grouped_conv_rows_and_columns():
+    """x -> Conv A (4) -> grouped Conv G (2 groups, 4 -> 4) -> Conv C (3) -> y."""
+    rng = np.random.default_rng(3)
+    wa = rng.standard_normal((4, 2, 1, 1)).astype(np.float32)
+    ba = rng.standard_normal(4).astype(np.float32)
+    wg = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    bg = rng.standard_normal(4).astype(np.float32)
+    wc = rng.standard_normal((3, 4, 1, 1)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(v, n)
+        for n, v in [("wa", wa), ("ba", ba), ("wg", wg), ("bg", bg), ("wc", wc)]
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="A"),
+        helper.make_node("Conv", ["a", "wg", "bg"], ["g"], name="G", group=2, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["g", "wc"], ["y"], name="C"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "grouped",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    analysis = analyze(model)
+    groups = {g.members[0].tensor: g for g in analysis.prunable_groups()}
+    assert (groups["a"].block_count, groups["g"].block_count) == (2, 2)
+    scores = importance.channel_scores(analysis, "l1")
+    # input channel c of G feeds the 2 output rows of block c // 2, through column c % 2
+    columns = [np.abs(wg[(c // 2) * 2 : (c // 2) * 2 + 2, c % 2]).sum() for c in range(4)]
+    expected_a = np.abs(wa).reshape(4, -1).sum(1) + np.abs(ba) + np.array(columns)
+    np.testing.assert_allclose(scores[groups["a"].id], expected_a, rtol=1e-6)
+    expected_g = np.abs(wg).reshape(4, -1).sum(1) + np.abs(bg) + np.abs(wc[:, :, 0, 0]).sum(0)
+    np.testing.assert_allclose(scores[groups["g"].id], expected_g, rtol=1e-6)
