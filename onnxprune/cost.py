@@ -29,9 +29,22 @@ the defaults are *per sample*):
     - Any other op counts 0 and is listed in :attr:`CostReport.uncounted_ops`.
 
 ``params``
-    Number of elements of the floating-point initializers that nodes consume, each counted
-    once (at its first consumer). This is the ONNX file's view: BatchNormalization's running
-    mean and variance count, integer shape constants do not.
+    Number of elements of the floating-point initializers (and float ``Constant`` node
+    tensors) that nodes consume as *values*, each counted once (at its first consumer). This
+    is the ONNX file's view: BatchNormalization's running mean and variance count, integer
+    shape constants do not. Operands that only configure an op are not parameters even when
+    stored as floats (``_CONFIG_SLOTS``): the shape/index/axes/scale operands of Reshape,
+    Resize/Upsample (``roi``, ``scales``, ``sizes``), Slice, Pad (incl. the constant pad
+    value), Split, Tile, Expand, ConstantOfShape, (Un)Squeeze and Reduce*, and Clip's
+    ``min``/``max`` bounds (attributes before opset 11).
+
+    Which parameters shrink with a plan: weights and biases of Conv/ConvTranspose/Gemm/MatMul
+    and BN/InstanceNorm's per-channel inputs (their op handlers), and the broadcast constants
+    of the channel-wise elementwise ops in ``_CHANNELWISE_PARAMS`` (Add, Mul, PRelu, ...):
+    a constant dimension > 1 that equals the output's dimension follows that dimension.
+    These are exactly the constants the channel analysis records a ``ParamSlice`` for, so
+    surgery slices the same elements the cost model removes. Any other op's float
+    constant keeps its full size (e.g. a Concat's constant channels).
 
 Shapes come from ONNX shape inference re-run on a copy of the model whose inputs are fixed
 (run-time Reshape targets computed from ``Shape`` nodes are first evaluated to constants on
@@ -92,6 +105,34 @@ _ZERO_COST = frozenset(
     Dropout Resize Upsample DepthToSpace SpaceToDepth ScatterND ScatterElements NonZero
     EyeLike""".split()
 )
+# Ops whose broadcast float constants are sliced per channel with their output (the channel
+# analysis' elementwise handler records a ParamSlice for exactly these).
+_CHANNELWISE_PARAMS = frozenset(
+    "Add Sub Mul Div Pow Sum Max Min Mean PRelu Where Equal Greater Less Mod".split()
+)
+_REDUCE_OPS = (
+    "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
+    "ReduceLogSumExp ReduceSumSquare"
+).split()
+# Operand slots that configure an op (shapes, indices, axes, scales, bounds, pad values):
+# never parameters, whatever their dtype.
+_CONFIG_SLOTS: dict[str, frozenset[int]] = {
+    "Reshape": frozenset({1}),
+    "Resize": frozenset({1, 2, 3}),
+    "Upsample": frozenset({1}),
+    "Slice": frozenset({1, 2, 3, 4}),
+    "Pad": frozenset({1, 2, 3}),
+    "Split": frozenset({1}),
+    "Tile": frozenset({1}),
+    "Expand": frozenset({1}),
+    "ConstantOfShape": frozenset({0}),
+    "Squeeze": frozenset({1}),
+    "Unsqueeze": frozenset({1}),
+    "Clip": frozenset({1, 2}),
+    "CastLike": frozenset({1}),
+    "Range": frozenset({0, 1, 2}),
+    **{op: frozenset({1}) for op in _REDUCE_OPS},
+}
 _FLOAT_TYPES = frozenset(
     {
         onnx.TensorProto.FLOAT,
@@ -419,13 +460,20 @@ class _TermBuilder:
         return self.float_inits[name]
 
     def generic_params(self, index: int, node: onnx.NodeProto) -> None:
-        """Initializers not handled by an op handler: broadcast against output 0 (right-aligned).
+        """Float constants not taken by an op handler.
 
-        A dimension that matches the output's dimension (and is > 1) follows that output's
-        channel expression, e.g. a per-channel ``[C, 1, 1]`` scale of a ``Mul``.
+        Configuration operands (``_CONFIG_SLOTS``) are not parameters. Constants of the
+        channel-wise ops in ``_CHANNELWISE_PARAMS`` broadcast against output 0 (right-aligned):
+        a dimension > 1 that matches the output's dimension follows that output's channel
+        expression, e.g. a per-channel ``[C, 1, 1]`` scale of a ``Mul`` (the channel analysis
+        slices exactly these). Any other op's constant keeps its full size.
         """
-        out_shape = self.shapes.get(node.output[0]) if node.output else None
-        for name in node.input:
+        config = _CONFIG_SLOTS.get(node.op_type, frozenset())
+        channelwise = node.op_type in _CHANNELWISE_PARAMS
+        out_shape = self.shapes.get(node.output[0]) if node.output and channelwise else None
+        for slot, name in enumerate(node.input):
+            if slot in config:
+                continue
             init_shape = self.take_param(name)
             if init_shape is None:
                 continue

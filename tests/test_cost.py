@@ -311,3 +311,70 @@ def test_plan_cost_matches_surgery_on_resnet20(resnet20_path):
         real = model_cost(pruned)
         priced = plan_cost.cost({g: len(k) for g, k in keep.items()})
         assert (priced.macs, priced.flops, priced.params) == (real.macs, real.flops, real.params)
+
+
+# ------------------------------------------------------------------ configuration operands
+
+
+def _nhwc_resize_model(c: int) -> onnx.ModelProto:
+    """Conv(c) -> NHWC -> Resize(scales [1, 2, 2, 1], length == c when c == 4) -> Mul by a
+    per-channel [c] gain -> Pad (constant value 0.5, float) -> Clip(0, 6) -> NCHW -> Conv(2)."""
+    rng = np.random.default_rng(0)
+    inits = [
+        _init("w", rng.normal(size=(c, 3, 3, 3)).astype(np.float32)),
+        _init("roi", np.zeros(0, np.float32)),
+        _init("scales", np.array([1, 2, 2, 1], np.float32)),
+        _init("gain", rng.uniform(0.5, 1.5, c).astype(np.float32)),
+        _init("pads", np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64)),
+        _init("pad_value", np.array(0.5, np.float32)),
+        _init("lo", np.array(0.0, np.float32)),
+        _init("hi", np.array(6.0, np.float32)),
+        _init("w2", rng.normal(size=(2, c, 1, 1)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], "conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["a"], ["a_nhwc"], "to_nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("Resize", ["a_nhwc", "roi", "scales"], ["up"], "up", mode="nearest"),
+        helper.make_node("Mul", ["up", "gain"], ["g"], "gain_mul"),
+        helper.make_node("Pad", ["g", "pads", "pad_value"], ["p"], "pad"),
+        helper.make_node("Clip", ["p", "lo", "hi"], ["clip"], "clip"),
+        helper.make_node("Transpose", ["clip"], ["b"], "to_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["b", "w2"], ["y"], "conv2"),
+    ]
+    return finish_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
+        inits,
+    )
+
+
+def test_config_operands_are_not_params():
+    """Resize roi/scales, Pad's pads and value and Clip's bounds configure the op: not params.
+    The params are the two Conv weights and the per-channel gain."""
+    report = model_cost(_nhwc_resize_model(4))
+    assert report.params == 4 * 27 + 4 + 2 * 4
+    by_node = {n.name: n.params for n in report.per_node}
+    assert by_node["up"] == 0 and by_node["pad"] == 0 and by_node["clip"] == 0
+    assert by_node["gain_mul"] == 4
+
+
+def test_resize_scales_do_not_follow_the_channel_count():
+    """KNOWN_FAILURES #3: scales [1,2,2,1] has as many entries as the NHWC Resize output has
+    channels (4); only the Mul gain shrinks with the plan, so plan cost == pruned cost."""
+    deps = pytest.importorskip("onnxprune.deps")
+    surgery = pytest.importorskip("onnxprune.surgery")
+    plan_module = pytest.importorskip("onnxprune.plan")
+    analysis = deps.analyze(_nhwc_resize_model(4))
+    (group,) = analysis.prunable_groups()
+    assert group.size == 4
+    plan_cost = PlanCost(analysis.model, analysis.channel_exprs(), analysis.group_sizes())
+    for keep in ([0], [1, 3], [0, 1, 2]):
+        plan = plan_module.PruningPlan.from_keep(analysis, {group.id: keep})
+        pruned = surgery.apply_plan(analysis, plan)
+        real = model_cost(pruned)
+        priced = plan_cost.cost({group.id: len(keep)})
+        assert (priced.macs, priced.flops, priced.params) == (real.macs, real.flops, real.params)
+        assert real.params == len(keep) * 27 + len(keep) + 2 * len(keep)
+        scales = {t.name: t for t in pruned.graph.initializer}["scales"]
+        assert list(scales.dims) == [4]

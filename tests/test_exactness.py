@@ -131,10 +131,6 @@ KNOWN_PARAM_MISMATCH: dict[str, tuple[str, dict[int, list[int]]]] = {
         "a shared Conv weight gets two slicings; PlanCost counts it once (#2)",
         {0: [0]},
     ),
-    "tf_nhwc_mixed": (
-        "cost.py counts Resize scales [1,2,2,1] as per-channel params (#3)",
-        {1: [0]},
-    ),
 }
 
 
