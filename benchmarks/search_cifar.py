@@ -83,7 +83,8 @@ def main() -> int:
         test = load_data(Path(args.data_dir) / "test.npz", model_path, preprocess)
         if args.test_samples:
             test = test.split(args.test_samples, seed=0)[0]
-        reference = analyze(load_model(model_path)).model
+        analysis = analyze(load_model(model_path))
+        reference = analysis.model
         unpruned = _test_top1(reference, test)
         print(f"resnet{depth}: unpruned top-1 {unpruned:.2f} % on {len(test)} test images")
         for strategy in args.strategies.split(","):
@@ -106,7 +107,7 @@ def main() -> int:
                     elapsed = time.perf_counter() - t0
                     row = {
                         "model": f"resnet{depth}",
-                        "strategy": strategy,
+                        "strategy": Path(strategy).stem if strategy.endswith(".toml") else strategy,
                         "seed": seed,
                         "episodes": len(result.episodes),
                         "evaluations": result.evaluations,
@@ -121,7 +122,15 @@ def main() -> int:
                         "seconds": elapsed,
                         "kept": {str(k): v for k, v in result.kept.items()},
                     }
-                    if args.recover == "ls":
+                    if result.recover == "ls":
+                        # the strategy already recovered the final model: also score the raw cut
+                        from onnxprune.plan import PruningPlan
+                        from onnxprune.surgery import apply_plan
+
+                        row["test_top1_ls"] = row["test_top1"]
+                        plan = PruningPlan.load(Path(tmp) / "plan.json", analysis)
+                        row["test_top1"] = _test_top1(apply_plan(analysis, plan), test)
+                    elif args.recover == "ls":
                         from onnxprune.recover.lsq import least_squares_recover
 
                         pruned = load_model(Path(tmp) / "pruned.onnx")

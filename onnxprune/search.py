@@ -931,7 +931,7 @@ def _finalize(
     pruned = apply_plan(analysis, plan)
     recover_fn = _recover_function(strategy.recover)
     if recover_fn is not None:
-        pruned = recover_fn(pruned, analysis.model, reward_split, plan=plan, analysis=analysis)
+        pruned = recover_fn(pruned, analysis.model, reward_split)
         notes.append(f"recovery '{strategy.recover}' used the reward split as calibration data")
     pruned_cost = model_cost(pruned)
     if pruned_cost.macs > flops * original_cost.macs + 1e-9:

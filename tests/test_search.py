@@ -196,3 +196,43 @@ def test_cli_same_seed_same_plan(tiny_model: Path, tiny_data: Dataset, tmp_path:
         str(tmp_path / "c"),
     ]
     assert run_guarded(main, bad) == 2
+
+
+def test_least_squares_recovery_inside_reward_and_on_final_model(
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path
+) -> None:
+    strategy = load_strategy(_strategy(tmp_path, "random", 3, 3))
+    strategy.reward_recover, strategy.recover, strategy.recover_images = "ls", "ls", 30
+    result = _run(tiny_model, tiny_data, tmp_path / "ls", strategy)
+    assert result.recover == "ls"
+    assert any("least-squares recovery of each candidate" in note for note in result.notes)
+    # the reward of the best plan is the top-1 of its *recovered* model on the reward split
+    from onnxprune.deps import analyze
+    from onnxprune.importance import channel_scores, plan_from_counts
+    from onnxprune.recover.lsq import reconstruct
+    from onnxprune.surgery import apply_plan
+
+    analysis = analyze(onnx.load(str(tiny_model)))
+    reward_split = tiny_data.subset(result.reward_indices)
+    plan = plan_from_counts(analysis, result.kept, channel_scores(analysis, "l1"))
+    fitted = reconstruct(
+        apply_plan(analysis, plan),
+        analysis.model,
+        reward_split,
+        max_images=30,
+        positions_per_image=16,
+        seed=0,
+    ).model
+    logits = predict(make_session(fitted, device="cpu"), reward_split.x)
+    assert result.best_reward == pytest.approx(np.mean(logits.argmax(1) == reward_split.y) - 1)
+
+
+def test_unavailable_recovery_is_a_clear_error(
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxprune.recover.finetune") is not None:
+        pytest.skip("finetune recovery is available in this build")
+    with pytest.raises(OnnxPruneError, match="--recover finetune is not available"):
+        _run(tiny_model, tiny_data, tmp_path, _strategy(tmp_path), recover="finetune")
