@@ -121,6 +121,8 @@ EXPECTED: dict[str, Expect] = {
     "tf_nhwc_flatten": Expect(3),
     # conv1 (NHWC bias/gain), conv2 (NHWC Resize), both concatenated on axis 3; conv3 -> MatMul.
     "tf_nhwc_mixed": Expect(3),
+    # conv1+conv2+conv3 tied by the Sum residual; conv4; hidden Gemm.
+    "onnx_ops": Expect(3),
 }
 
 

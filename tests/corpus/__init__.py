@@ -7,7 +7,8 @@
 Torch models are exported with the dynamo exporter (opset 18, dynamic batch axis) and its
 optimiser minus the Conv+BN fusion, so BatchNormalization nodes stay in the graph, except
 ``resnet_b_folded`` (exporter default: BN folded into Conv). The ``tf_*`` models are written
-with ``onnx.helper`` in tf2onnx's style (NHWC, see :mod:`tf_style`). Every model's inputs
+with ``onnx.helper`` in tf2onnx's style (NHWC, see :mod:`tf_style`); ``onnx_ops`` is written
+with ``onnx.helper`` to cover ops the exporters above do not emit. Every model's inputs
 are 4-D float32 with a dynamic first axis.
 
 See ``DESCRIPTIONS`` for what each model exercises.
@@ -20,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from . import torch_models as tm
+from .onnx_ops import build_onnx_ops
 from .tf_style import build_tf_nhwc_flatten, build_tf_nhwc_mixed, build_tf_nhwc_pool
 
 _NCHW16 = (2, 3, 16, 16)
@@ -56,6 +58,7 @@ CORPUS: dict[str, Callable[[Path], Path]] = {
     "tf_nhwc_pool": build_tf_nhwc_pool,
     "tf_nhwc_flatten": build_tf_nhwc_flatten,
     "tf_nhwc_mixed": build_tf_nhwc_mixed,
+    "onnx_ops": build_onnx_ops,
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -80,6 +83,7 @@ DESCRIPTIONS: dict[str, str] = {
     "tf_nhwc_pool": "tf2onnx-style NHWC graph, ReduceMean head, Pad + auto_pad, depthwise",
     "tf_nhwc_flatten": "tf2onnx-style NHWC graph, interleaved NHWC Reshape -> MatMul head",
     "tf_nhwc_mixed": "ops left in NHWC: bias Add on the last axis, Resize, Concat axis 3, Squeeze",
+    "onnx_ops": "onnx.helper graph: Sum residual, PRelu, Cast, Dropout, Max, GAP, Flatten, Gemm",
 }
 
 
