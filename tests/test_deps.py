@@ -387,3 +387,88 @@ def test_group_to_dict_roundtrip_fields():
     data = group.to_dict()
     assert data["size"] == 8 and data["prunable"] and data["producers"] == ["conv1"]
     assert data["members"][0]["tensor"] == "conv1"
+
+
+# -- shared weights (KNOWN_FAILURES #2) ------------------------------------------------------
+def shared_weights(shared_input_is_graph_input: bool = False) -> onnx.ModelProto:
+    """stem(8) -> branch(8); one Conv weight ``shared_w`` (+ bias) applied to the stem output
+    and to the branch output; both results concatenated into the head. With
+    ``shared_input_is_graph_input`` the shared 3->3 Conv reads the graph input and a 3-channel
+    conv output instead."""
+    net = Net()
+    if shared_input_is_graph_input:
+        mid = net.op("Relu", [net.conv("x", 3, 3, name="mid")])
+        weight, bias = net.const(net.rng.standard_normal((6, 3, 3, 3)).astype(np.float32)), None
+        inputs = ("x", mid)
+    else:
+        stem = net.op("Relu", [net.conv("x", 3, 8, name="stem")])
+        branch = net.op("Relu", [net.conv(stem, 8, 8, name="branch")])
+        weight = net.const(net.rng.standard_normal((6, 8, 3, 3)).astype(np.float32), "shared_w")
+        bias = net.const(net.rng.standard_normal(6).astype(np.float32), "shared_b")
+        inputs = (stem, branch)
+    outs = []
+    for k, x in enumerate(inputs):
+        ins = [x, weight] + ([bias] if bias else [])
+        outs.append(net.op("Relu", [net.op("Conv", ins, name=f"apply{k}", pads=[1] * 4)]))
+    y = net.op("Concat", outs, axis=1, name="cat")
+    return net.model(head(net, y, 12))
+
+
+def test_shared_weight_ties_outputs_and_inputs():
+    """Both applications' outputs form one group, and so do their inputs (stem + branch)."""
+    analysis = analyze(shared_weights())
+    inputs = group_of(analysis, "stem")
+    assert group_of(analysis, "branch").id == inputs.id
+    assert inputs.prunable and inputs.size == 8
+    assert sorted(inputs.producers) == ["branch", "stem"]
+    assert sorted(inputs.consumers) == ["apply0", "apply1", "branch"]
+    outputs = group_of(analysis, "apply0")
+    assert group_of(analysis, "apply1").id == outputs.id
+    assert outputs.prunable and outputs.size == 6
+    assert sorted(outputs.producers) == ["apply0", "apply1"]
+    assert len(analysis.prunable_groups()) == 2
+    cat = next(m for m in outputs.members if m.tensor == "cat")
+    assert (cat.repeat, cat.layout, cat.period) == (2, "interleaved", 6)
+
+
+def test_shared_weight_stays_one_initializer_and_cost_is_honest():
+    from onnxprune.cost import PlanCost, model_cost
+
+    analysis = analyze(shared_weights())
+    plan_cost = PlanCost(analysis.model, analysis.channel_exprs(), analysis.group_sizes())
+    rng = np.random.default_rng(11)
+    for trial in range(4):
+        plan = random_plan(analysis, rng)
+        pruned = apply_plan(analysis, plan)
+        kept = {gid: len(keep) for gid, keep in plan.keep.items()}
+        inits = {t.name: list(t.dims) for t in pruned.graph.initializer}
+        convs = [n for n in pruned.graph.node if n.name in ("apply0", "apply1")]
+        assert [n.input[1] for n in convs] == ["shared_w", "shared_w"]
+        assert [n.input[2] for n in convs] == ["shared_b", "shared_b"]
+        assert not [name for name in inits if name.startswith("shared_w__")]
+        out_id = group_of(analysis, "apply0").id
+        in_id = group_of(analysis, "stem").id
+        assert inits["shared_w"] == [kept[out_id], kept[in_id], 3, 3]
+        real = model_cost(pruned)
+        priced = plan_cost.cost(kept)
+        assert (priced.macs, priced.flops, priced.params) == (real.macs, real.flops, real.params)
+        assert_exact(analysis, plan, sample(seed=trial))
+
+
+def test_shared_weight_read_by_graph_input_freezes_the_other_input():
+    """The shared Conv also reads the graph input, whose 3 channels cannot be removed, so the
+    other input's channels (conv 'mid') cannot slice the shared weight's columns: frozen."""
+    analysis = analyze(shared_weights(shared_input_is_graph_input=True))
+    mid = group_of(analysis, "mid")
+    assert not mid.prunable
+    assert "weight 'c" in mid.frozen_reason and "'apply0' (Conv)" in mid.frozen_reason
+    assert "axis 1" in mid.frozen_reason
+    outputs = group_of(analysis, "apply0")
+    assert outputs.prunable and group_of(analysis, "apply1").id == outputs.id
+    rng = np.random.default_rng(2)
+    for trial in range(2):
+        plan = random_plan(analysis, rng)
+        pruned = apply_plan(analysis, plan)
+        weights = {n.input[1] for n in pruned.graph.node if n.name.startswith("apply")}
+        assert len(weights) == 1
+        assert_exact(analysis, plan, sample(seed=trial))

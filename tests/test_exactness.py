@@ -128,12 +128,7 @@ EXPECTED: dict[str, Expect] = {
 
 # Models whose PlanCost *params* disagree with the pruned model for a known reason (see
 # tests/corpus/KNOWN_FAILURES.md); MACs/FLOPs and outputs are still checked for them.
-KNOWN_PARAM_MISMATCH: dict[str, tuple[str, dict[int, list[int]]]] = {
-    "shared_weights": (
-        "a shared Conv weight gets two slicings; PlanCost counts it once (#2)",
-        {0: [0]},
-    ),
-}
+KNOWN_PARAM_MISMATCH: dict[str, tuple[str, dict[int, list[int]]]] = {}
 
 
 class _Case:

@@ -13,6 +13,7 @@ from onnxprune.cost import PlanCost, model_cost
 from onnxprune.deps import analyze
 from onnxprune.errors import PlanError
 from onnxprune.surgery import apply_plan, masked_reference
+from tests.corpus.fixtures import corpus_model  # noqa: F401  (pytest fixture)
 from tests.test_deps import (
     TINY,
     Net,
@@ -154,3 +155,33 @@ def test_bundled_resnet56_half_plan_exact_and_honest(resnets):
     x = sample((4, 3, 32, 32))
     want = run(masked_reference(analysis, plan), x)[0]
     np.testing.assert_allclose(run(pruned, x)[0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_corpus_shared_weights_stay_shared(corpus_model):  # noqa: F811
+    """KNOWN_FAILURES #2 on the torch-exported corpus model: one ``nn.Conv2d`` applied to two
+    tensors. Random plans are exact, the two Conv nodes still read one (sliced) weight and
+    one bias initializer, and PlanCost == cost of the pruned model (params included)."""
+    from onnxprune.model import load_model
+
+    analysis = analyze(load_model(corpus_model("shared_weights")))
+    model = analysis.model
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            readers.setdefault(node.input[1], []).append(node.name)
+    (shared,) = [w for w, nodes in readers.items() if len(nodes) == 2]
+    shared_nodes = readers[shared]
+    plan_cost = PlanCost(model, analysis.channel_exprs(), analysis.group_sizes())
+    rng = np.random.default_rng(4)
+    for trial in range(3):
+        plan = random_plan(analysis, rng)
+        pruned = apply_plan(analysis, plan)
+        onnx.checker.check_model(pruned, full_check=True)
+        convs = {n.name: n for n in pruned.graph.node if n.name in shared_nodes}
+        assert {n.input[1] for n in convs.values()} == {shared}
+        assert len({n.input[2] for n in convs.values()}) == 1
+        assert sum(1 for t in pruned.graph.initializer if t.name.startswith(shared)) == 1
+        kept = {gid: len(keep) for gid, keep in plan.keep.items()}
+        real, priced = model_cost(pruned), plan_cost.cost(kept)
+        assert (priced.macs, priced.flops, priced.params) == (real.macs, real.flops, real.params)
+        assert_exact(analysis, plan, sample((2, 3, 16, 16), seed=trial))

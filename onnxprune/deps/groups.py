@@ -24,7 +24,7 @@ from onnx import ModelProto
 
 from onnxprune.deps.graph import GraphIndex
 from onnxprune.deps.handlers import HANDLERS
-from onnxprune.deps.state import MaskSlot, ParamSlice, State
+from onnxprune.deps.state import GroupedConv, MaskSlot, ParamSlice, State
 from onnxprune.errors import PlanError
 
 
@@ -148,6 +148,57 @@ def _describe_positions(positions: np.ndarray, channel: np.ndarray, length: int)
     return repeat, "scattered", 0
 
 
+_WEIGHT_SLOTS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "DequantizeLinear": 0}
+
+
+def _tie_shared_weights(state: State) -> None:
+    """Tie the channels of every node that reads the same weight initializer (Torch-Pruning's
+    rule for shared modules): along each weight axis, the tensors whose channels slice it
+    (output rows of every consumer, input columns of every consumer) are tied position by
+    position, so one slicing serves all consumers and the weight stays one shared
+    initializer. If some reader of the weight does not slice an axis (e.g. it reads a graph
+    input, or is not a weighted op), the channels slicing that axis are frozen instead.
+
+    Only weight slots count (Conv/ConvTranspose/Gemm/MatMul input 1, the quantized tensor of
+    a QDQ weight): biases and BN constants are often shared only because an optimiser merged
+    equal values (zeros, ones), which must not tie unrelated layers."""
+    index = state.index
+    uses: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+    for action in state.actions:
+        if isinstance(action, ParamSlice):
+            node = index.nodes[action.node]
+            if _WEIGHT_SLOTS.get(node.op_type) == action.slot and action.role != "param":
+                uses[node.input[action.slot]].append((action.node, action.axis, action.tensor))
+        elif isinstance(action, GroupedConv):
+            weight = index.nodes[action.node].input[1]
+            uses[weight].append((action.node, 0, action.output))
+            if action.input:
+                uses[weight].append((action.node, 1, action.input))
+    for weight, slices in uses.items():
+        readers = sorted({node for node, _slot in index.consumers.get(weight, [])})
+        if len(readers) < 2:
+            continue
+        by_axis: dict[int, list[tuple[int, str]]] = defaultdict(list)
+        for node, axis, tensor in slices:
+            if tensor in state.chan:
+                by_axis[axis].append((node, tensor))
+        for axis, entries in by_axis.items():
+            missing = [r for r in readers if r not in {node for node, _ in entries}]
+            lengths = {len(state.chan[tensor].atoms) for _, tensor in entries}
+            if missing or len(lengths) > 1:
+                other = index.node_label(missing[0]) if missing else "another reader"
+                for _, tensor in entries:
+                    state.freeze_tensor(
+                        tensor,
+                        f"weight '{weight}' is shared with node {other}, which cannot slice its "
+                        f"axis {axis} the same way",
+                    )
+                continue
+            first = state.chan[entries[0][1]].atoms
+            for _, tensor in entries[1:]:
+                state.union(first, state.chan[tensor].atoms)
+
+
 class DependencyAnalysis:
     """Result of :func:`analyze`: the normalised ``model``, its ``groups`` and the channel
     layout of every tensor (for surgery, the masked reference and the cost model)."""
@@ -162,6 +213,7 @@ class DependencyAnalysis:
     # -- construction --------------------------------------------------------------------
     def _build(self) -> None:
         state, index = self.state, self.index
+        _tie_shared_weights(state)
         for name in index.graph_outputs:
             state.freeze_tensor(name, f"channels reach the graph output '{name}'")
         for tensor, root_node in ((t, n) for n, t in state.roots):
