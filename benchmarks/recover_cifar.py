@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--minutes", type=float, default=None, help="fine-tune budget per run")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--ls-images", type=int, default=1000)
     parser.add_argument("--test-limit", type=int, default=0, help="0 = the full 10,000")

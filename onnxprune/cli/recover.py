@@ -59,7 +59,7 @@ def _preprocess_for(data: Path) -> Any:
     default=None,
     help="Wall-clock budget for fine-tuning (shortens the cosine schedule).",
 )
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak learning rate.")
 @click.option("--batch", type=int, default=64, show_default=True, help="Fine-tuning batch size.")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
 @click.option(

@@ -131,7 +131,7 @@ def distill(
     dataset: Any,
     *,
     epochs: float = 1.0,
-    lr: float = 1e-3,
+    lr: float = 3e-4,
     batch: int = 64,
     optimizer: str = "adam",
     weight_decay: float | None = None,
@@ -156,6 +156,8 @@ def distill(
             models often have BatchNormalization folded into the convolutions; plain SGD on
             such unnormalised weights diverges at ordinary learning rates (measured on the
             CIFAR ResNets: NaN within 5 steps at lr 1e-3), Adam's per-weight step does not.
+            Adam at 1e-3 still undoes least squares on the 56-layer ResNet (56 % -> 35 %
+            top-1 after 3 epochs) while 3e-4 with warm-up improves it.
         weight_decay: L2 penalty; default 0 for Adam, 5e-4 for SGD.
         max_grad_norm: gradient-norm clipping (None: off).
         bn: ``'train'`` (batch statistics, running stats updated and written back) or
@@ -209,9 +211,15 @@ def distill(
     steps_per_epoch = max(1, math.ceil(len(x_all) / batch))
     total_steps = max(1, int(round(epochs * steps_per_epoch)))
     schedule = {"total": total_steps}
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step / schedule["total"], 1.0)))
-    )
+    warmup = max(1, min(100, total_steps // 20))
+
+    def lr_factor(step: int) -> float:
+        # Linear warm-up (the first full-size steps would undo least squares' solution),
+        # then cosine decay to zero at the (possibly budget-shortened) last step.
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(step / schedule["total"], 1.0)))
+        return min(1.0, (step + 1) / warmup) * cosine
+
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     result = FinetuneResult(model=pruned_model)
     student.train()
     step, epoch_loss, epoch_count = 0, 0.0, 0
@@ -269,7 +277,7 @@ def finetune(
     reference_model: ModelProto,
     dataset: Any,
     epochs: float = 1.0,
-    lr: float = 1e-3,
+    lr: float = 3e-4,
     batch: int = 64,
     **options: Any,
 ) -> ModelProto:
