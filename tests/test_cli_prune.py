@@ -158,6 +158,19 @@ def test_bad_plan_names_group(resnet_b, tmp_path):
     assert not out_path.exists()
 
 
+def test_model_without_prunable_groups(corpus_model, tmp_path):  # noqa: F811
+    code, out, err = invoke(
+        "prune", corpus_model("no_prunable"), "--ratio", "0.5", "-o", tmp_path / "same.onnx"
+    )
+    assert code == 0
+    assert "has no prunable channel group" in err
+    assert "0 of 0 prunable groups thinned" in out
+    code, _, err = invoke(
+        "prune", corpus_model("no_prunable"), "--flops", "0.5", "-o", tmp_path / "x.onnx"
+    )
+    assert code == 2 and "smallest reachable fraction is 1.0000" in err
+
+
 def test_refuses_to_overwrite_input(resnet_b, tmp_path):
     copy = tmp_path / "model.onnx"
     copy.write_bytes(resnet_b.read_bytes())

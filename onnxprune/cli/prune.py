@@ -219,6 +219,12 @@ def register(main: click.Group) -> None:
                 f"--ratio {ratio} must be in [0, 1): the fraction of channels removed"
             )
         original, analysis = _analyze(model)
+        if not analysis.prunable_groups() and plan_path is None:
+            click.echo(
+                f"note: '{model}' has no prunable channel group; `onnxprune groups {model}` "
+                "shows why",
+                err=True,
+            )
         calib = None
         if criterion == "activation" and plan_path is None:
             calib = _calibration(data, model, calib_samples)  # type: ignore[arg-type]
