@@ -128,7 +128,9 @@ def register(main: click.Group) -> None:
     @click.argument("model", type=click.Path(path_type=Path))
     @click.option("--ratio", type=float, help="Remove round(R*C) channels of every prunable group.")
     @click.option(
-        "--flops", type=float, help="Keep at most this fraction of the MACs (uniform ratio)."
+        "--flops",
+        type=float,
+        help="Keep at most this fraction of the MACs (uniform ratio + budget fill).",
     )
     @click.option(
         "--plan",
@@ -195,7 +197,8 @@ def register(main: click.Group) -> None:
         \b
         One of:
           --ratio R   uniform: remove round(R*C) channels of every prunable group
-          --flops F   uniform ratio found by bisection so at most F of the MACs remain
+          --flops F   at most F of the MACs remain: uniform ratio by bisection, then the
+                      budget left by rounding regrows the thinnest groups
           --plan P    keep exactly the channels listed in a plan JSON
         The input model is never modified; OUTPUT is written atomically.
         """
