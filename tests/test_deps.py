@@ -472,3 +472,42 @@ def test_shared_weight_read_by_graph_input_freezes_the_other_input():
         weights = {n.input[1] for n in pruned.graph.node if n.name.startswith("apply")}
         assert len(weights) == 1
         assert_exact(analysis, plan, sample(seed=trial))
+
+
+# -- grouped Conv with one channel per group ------------------------------------------------
+def depthwise_multiplier(multiplier: int = 2, out_groups: int = 6) -> onnx.ModelProto:
+    """conv(6) -> depthwise with channel multiplier (group 6, 6*m outputs) -> grouped 1x1
+    Conv (group ``out_groups``, 6 outputs: one output channel per group when 6) -> head."""
+    net = Net()
+    y = net.op("Relu", [net.conv("x", 3, 6, name="pre")])
+    y = net.op("Relu", [net.conv(y, 6, 6 * multiplier, group=6, name="dwm")])
+    y = net.conv(y, 6 * multiplier, 6, k=1, group=out_groups, name="gout")
+    return net.model(head(net, y, 6))
+
+
+def test_one_channel_per_group_is_frozen_with_reason():
+    """The input of a multiplier-2 depthwise Conv has 6 blocks of 1 channel (no channel can go
+    without changing ``group``): frozen, with a reason naming the Conv. Its output (6 blocks
+    of 2) stays prunable; the 6-group 1x1 Conv's output (one channel per group) is frozen."""
+    analysis = analyze(depthwise_multiplier())
+    pre = group_of(analysis, "pre")
+    assert not pre.prunable and pre.block_count == 6
+    assert pre.frozen_reason == (
+        "grouped Conv 'dwm' (Conv) input 'relu4' has one channel per group (6 groups); "
+        "removing any would change the group structure"
+    )
+    dwm = group_of(analysis, "dwm")
+    assert dwm.prunable and (dwm.size, dwm.block_count) == (12, 6)
+    gout = group_of(analysis, "gout")
+    assert not gout.prunable and "'gout' (Conv) output" in gout.frozen_reason
+    assert [g.id for g in analysis.prunable_groups()] == [dwm.id]
+    rng = np.random.default_rng(1)
+    for trial in range(3):
+        assert_exact(analysis, random_plan(analysis, rng), sample(seed=trial))
+
+
+def test_two_channels_per_group_stays_prunable():
+    analysis = analyze(depthwise_multiplier(out_groups=3))
+    gout = group_of(analysis, "gout")
+    assert gout.prunable and (gout.size, gout.block_count) == (6, 3)
+    assert not group_of(analysis, "pre").prunable

@@ -293,6 +293,12 @@ class DependencyAnalysis:
         return self._class_group[self._cls[self.state.chan[tensor].atoms]]
 
     def _apply_block_ties(self) -> None:
+        """Grouped Conv block structure: a group whose channels all sit in one grouped Conv
+        tensor in order gets ``block_count`` (lcm over such ties); a group spread over several
+        blocks in another layout is frozen. A group with one channel per block (e.g. the input
+        of a depthwise Conv with channel multiplier > 1) can never lose a channel without
+        changing the Conv's group count, so it is frozen too, with the reason."""
+        last_tie: dict[int, tuple[str, str]] = {}
         for tensor, blocks, why in self.state.block_ties:
             info = self.state.chan.get(tensor)
             if info is None:
@@ -312,6 +318,7 @@ class DependencyAnalysis:
             if ok:
                 group = self.groups[gid]
                 group.block_count = math.lcm(group.block_count, blocks)
+                last_tie[gid] = (why, tensor)
                 continue
             for g in gids:
                 if g >= 0 and self.groups[g].prunable:
@@ -320,6 +327,13 @@ class DependencyAnalysis:
                     ].frozen_reason = (
                         f"{why} '{tensor}' mixes several groups in its {blocks} blocks"
                     )
+        for gid, (why, tensor) in last_tie.items():
+            group = self.groups[gid]
+            if group.prunable and group.block_count > 1 and group.block_count == group.size:
+                group.frozen_reason = (
+                    f"{why} '{tensor}' has one channel per group ({group.size} groups); "
+                    "removing any would change the group structure"
+                )
 
     def _fill_members(self) -> None:
         state, index = self.state, self.index
