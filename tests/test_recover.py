@@ -314,7 +314,8 @@ def test_cli_recover_ls_reports_accuracy_before_and_after(tmp_path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
-    assert record["method"] == "ls" and record["held_out"] > 0
+    assert record["method"] == "ls" and record["held_out"] == 40
+    assert [layer["node"] for layer in record["least_squares"]["layers"]] == ["conv2", "dw", "fc"]
     assert record["after"]["agreement"] >= record["before"]["agreement"]
     assert out.exists()
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)

@@ -113,7 +113,7 @@ def recover(
     from onnxprune.evaluate import evaluate, make_session, predict
     from onnxprune.model import load_model, save_model
     from onnxprune.recover.finetune import distill
-    from onnxprune.recover.lsq import reconstruct
+    from onnxprune.recover.lsq import layers_to_refit, reconstruct
 
     if plan_path is not None and not plan_path.exists():
         raise OnnxPruneError(f"plan file '{plan_path}' does not exist; check --plan")
@@ -146,7 +146,8 @@ def recover(
     }  # fmt: skip
     model = pruned_model
     if method in ("ls", "ls+finetune"):
-        with progress("least squares", None, enabled=not as_json) as task:
+        total = len(layers_to_refit(model, reference_model))
+        with progress("least squares", total, enabled=not as_json) as task:
             result = reconstruct(
                 model, reference_model, train, max_images=ls_images, seed=seed,
                 on_layer=lambda fit: task.advance(1, status=fit.node),

@@ -457,6 +457,15 @@ def _as_array(dataset: Any) -> np.ndarray:
     return x
 
 
+def layers_to_refit(
+    pruned_model: ModelProto, reference_model: ModelProto, all_layers: bool = False
+) -> list[str]:
+    """Names of the nodes :func:`reconstruct` would refit, in the order it refits them."""
+    pruned_module = OnnxModule(pruned_model, train_bn=False, fallback="onnxruntime")
+    reference_module = OnnxModule(reference_model, train_bn=False, fallback="onnxruntime")
+    return [layer.name for layer in _find_layers(pruned_module, reference_module, all_layers)]
+
+
 def reconstruct(
     pruned_model: ModelProto,
     reference_model: ModelProto,
