@@ -228,11 +228,13 @@ def test_least_squares_recovery_inside_reward_and_on_final_model(
 
 
 def test_unavailable_recovery_is_a_clear_error(
-    tiny_model: Path, tiny_data: Dataset, tmp_path: Path
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importlib.util
+    import onnxprune.search as search_module
 
-    if importlib.util.find_spec("onnxprune.recover.finetune") is not None:
-        pytest.skip("finetune recovery is available in this build")
+    monkeypatch.setitem(
+        search_module._RECOVER_FUNCTIONS, "finetune", ("onnxprune.recover.no_such_module", "x")
+    )
     with pytest.raises(OnnxPruneError, match="--recover finetune is not available"):
         _run(tiny_model, tiny_data, tmp_path, _strategy(tmp_path), recover="finetune")
+    assert not (tmp_path / "checkpoint.pt").exists()  # failed before any search work
