@@ -16,7 +16,9 @@ The converted graph keeps tf2onnx's idioms (NHWC Transposes, ``Clip`` for ReLU6,
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import io
 import os
 import subprocess
 import sys
@@ -129,9 +131,18 @@ def _convert_keras(src: Path, opset: int, inputs_as_nchw: list[str] | None):
         tf.TensorSpec((None, *tuple(t.shape)[1:]), t.dtype, name=_keras_input_name(t, i))
         for i, t in enumerate(model.inputs)
     )
-    model_proto, _ = tf2onnx.convert.from_keras(
-        model, input_signature=signature, opset=opset, inputs_as_nchw=inputs_as_nchw
-    )
+    try:
+        model_proto, _ = tf2onnx.convert.from_keras(
+            model, input_signature=signature, opset=opset, inputs_as_nchw=inputs_as_nchw
+        )
+    except Exception:
+        # tf2onnx's Keras path fails on some Keras 3 models (e.g. Sequential ones, with a
+        # KeyError on a keras_tensor name); the SavedModel route handles them.
+        with tempfile.TemporaryDirectory(prefix="onnxprune-keras-") as workdir:
+            saved = Path(workdir) / "saved_model"
+            with contextlib.redirect_stdout(io.StringIO()):  # export prints its signature
+                model.export(str(saved))
+            return _convert_saved_model(saved, opset, inputs_as_nchw)
     return model_proto
 
 

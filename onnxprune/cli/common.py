@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -109,3 +110,29 @@ def iter_progress(items: Iterable[Any], description: str, total: int, enabled: b
         for item in items:
             yield item
             task.advance()
+
+
+def resolve_model_path(path: Path) -> Path:
+    """The ONNX file behind a command's MODEL argument.
+
+    TensorFlow SavedModel folders, Keras ``.keras``/``.h5`` and ``.tflite`` files are
+    converted (through ``onnxprune.convert``, extra ``[tf]``) into a temporary folder that
+    lives as long as the running command; the user is told so on stderr.
+    """
+    import tempfile
+
+    from onnxprune.convert import SourceKind, detect_source_kind, ensure_onnx
+
+    try:
+        kind = detect_source_kind(Path(path))
+    except OnnxPruneError:
+        kind = SourceKind.ONNX  # let the ONNX loader explain what is wrong with the file
+    if kind is SourceKind.ONNX:
+        return Path(path)
+    tmpdir = click.get_current_context().with_resource(
+        tempfile.TemporaryDirectory(prefix="onnxprune-convert-")
+    )
+    onnx_path, converted = ensure_onnx(path, tmpdir)
+    if converted:
+        click.echo(f"converted {path} to a temporary ONNX model ({onnx_path})", err=True)
+    return Path(onnx_path)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 import numpy as np
 
-from onnxprune.cli.common import echo_json
+from onnxprune.cli.common import echo_json, resolve_model_path
 from onnxprune.errors import OnnxPruneError
 
 # Width of the member columns in the `groups` table before abbreviation.
@@ -110,7 +110,7 @@ def register(main: click.Group) -> None:
         Each group lists the nodes whose output rows (producers) and input columns
         (consumers) lose a removed channel and the tensors that carry it.
         """
-        _, analysis = _analyze(model)
+        _, analysis = _analyze(resolve_model_path(model))
         if as_json:
             groups = [g.to_dict() for g in analysis.groups if g.prunable or not prunable_only]
             echo_json(
@@ -221,6 +221,7 @@ def register(main: click.Group) -> None:
             raise OnnxPruneError(
                 f"--ratio {ratio} must be in [0, 1): the fraction of channels removed"
             )
+        model = resolve_model_path(model)
         original, analysis = _analyze(model)
         if not analysis.prunable_groups() and plan_path is None:
             click.echo(
