@@ -39,7 +39,8 @@ the defaults are *per sample*):
     ``min``/``max`` bounds (attributes before opset 11).
 
     Which parameters shrink with a plan: weights and biases of Conv/ConvTranspose/Gemm/MatMul
-    and BN/InstanceNorm's per-channel inputs (their op handlers), and the broadcast constants
+    and BN/InstanceNorm's per-channel inputs (their op handlers), the per-axis scales of
+    (De)QuantizeLinear (incl. those of QDQ weights), and the broadcast constants
     of the channel-wise elementwise ops in ``_CHANNELWISE_PARAMS`` (Add, Mul, PRelu, ...):
     a constant dimension > 1 that equals the output's dimension follows that dimension.
     These are exactly the constants the channel analysis records a ``ParamSlice`` for, so
@@ -619,6 +620,24 @@ def _instance_norm(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
             b.add(index, _PARAMS, 1, (node.input[0], 1))
 
 
+def _quantize_linear(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
+    """(De)QuantizeLinear: a 1-D per-axis float scale follows output dimension ``axis`` (the
+    channel analysis slices it with the channels, or with a QDQ weight's rows/columns);
+    per-tensor and blocked scales keep their size. Zero points are integers (not params)."""
+    out = node.output[0]
+    out_shape = b.shapes.get(out)
+    for name in node.input[1:3]:
+        shape = b.take_param(name)
+        if shape is None:
+            continue
+        if out_shape is not None and len(shape) == 1 and shape[0] > 1:
+            axis = int(_attr(node, "axis", 1)) % len(out_shape)
+            if out_shape[axis] == shape[0]:
+                b.add(index, _PARAMS, 1, (out, axis))
+                continue
+        b.add(index, _PARAMS, 1, *shape)
+
+
 def _pool(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
     kernel = int(np.prod(_attr(node, "kernel_shape", [1]), dtype=np.int64))
     b.elementwise(index, node, kernel)
@@ -631,6 +650,8 @@ _HANDLERS = {
     "MatMul": _matmul,
     "BatchNormalization": _batchnorm,
     "InstanceNormalization": _instance_norm,
+    "QuantizeLinear": _quantize_linear,
+    "DequantizeLinear": _quantize_linear,
     "MaxPool": _pool,
     "AveragePool": _pool,
     "LpPool": _pool,

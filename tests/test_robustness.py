@@ -315,12 +315,17 @@ def test_qdq_model_prunes_exactly(tmp_path, per_channel):
     )
     step = float(np.max(analysis.index.const(final_dq.input[1])))
     rng = np.random.default_rng(3)
+    plan_cost = PlanCost(analysis.model, analysis.channel_exprs(), analysis.group_sizes())
     for _ in range(3):
         plan = random_plan(analysis, rng)
         pruned = apply_plan(analysis, plan)
         onnx.checker.check_model(pruned, full_check=True)
         got, want = _run_plain(pruned, x), _run_plain(masked_reference(analysis, plan), x)
         np.testing.assert_allclose(got, want, rtol=0, atol=step * 1.01)
+        # invariant 2, params included: per-channel weight scales shrink with the weight rows
+        kept = {gid: len(keep) for gid, keep in plan.keep.items()}
+        priced, real = plan_cost.cost(kept), model_cost(pruned)
+        assert (priced.macs, priced.flops, priced.params) == (real.macs, real.flops, real.params)
         # with onnxruntime's QDQ fusion (int8 QLinearConv) the pruned model runs too
         assert run(pruned, x)[0].shape == (1, 5)
     weights = [

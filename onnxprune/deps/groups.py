@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import ModelProto
 
-from onnxprune.deps.graph import GraphIndex
+from onnxprune.deps.graph import GraphIndex, attr
 from onnxprune.deps.handlers import HANDLERS
 from onnxprune.deps.state import GroupedConv, MaskSlot, ParamSlice, State
 from onnxprune.errors import PlanError
@@ -175,15 +175,15 @@ def _tie_shared_weights(state: State) -> None:
             if action.input:
                 uses[weight].append((action.node, 1, action.input))
     for weight, slices in uses.items():
-        readers = sorted({node for node, _slot in index.consumers.get(weight, [])})
+        readers = sorted({reader for reader, _slot in index.consumers.get(weight, [])})
         if len(readers) < 2:
             continue
         by_axis: dict[int, list[tuple[int, str]]] = defaultdict(list)
-        for node, axis, tensor in slices:
+        for reader, axis, tensor in slices:
             if tensor in state.chan:
-                by_axis[axis].append((node, tensor))
+                by_axis[axis].append((reader, tensor))
         for axis, entries in by_axis.items():
-            missing = [r for r in readers if r not in {node for node, _ in entries}]
+            missing = [r for r in readers if r not in {reader for reader, _ in entries}]
             lengths = {len(state.chan[tensor].atoms) for _, tensor in entries}
             if missing or len(lengths) > 1:
                 other = index.node_label(missing[0]) if missing else "another reader"
@@ -432,6 +432,21 @@ class DependencyAnalysis:
                 for g, c in zip(gids.tolist(), counts.tolist(), strict=True)
             )
             exprs[tensor] = ChannelExpr(info.axis, const, terms)
+        # A QDQ weight (DequantizeLinear of an int8 initializer) with per-axis scales: its
+        # float output shrinks on the quantisation axis like the tensor slicing that axis.
+        for action in self.state.actions:
+            if not isinstance(action, ParamSlice) or action.slot not in (1, 2):
+                continue
+            node = self.index.nodes[action.node]
+            out = node.output[0]
+            if node.op_type != "DequantizeLinear" or out in self.state.chan:
+                continue
+            expr = exprs.get(action.tensor)
+            rank = self.index.rank(out) or self.index.rank(node.input[0])
+            if expr is None or rank is None:
+                continue
+            axis = int(attr(node, "axis", 1)) % rank
+            exprs[out] = ChannelExpr(axis, expr.const, expr.terms)
         return exprs
 
     def removed_classes(self, keep: dict[int, list[int]]) -> np.ndarray:
