@@ -109,7 +109,7 @@ def plot_rewards(result: Any, path: Path) -> Path:
     for r in rewards:
         running = max(running, r)
         best.append(running)
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(8.5, 3.5), dpi=110)
     if result.strategy.warmup and result.strategy.agent not in ("random", "uniform"):
         ax.axvspan(-0.5, result.strategy.warmup - 0.5, color="0.9", label="warm-up (random)")
     ax.plot(episodes, rewards, "o", ms=3, color="tab:blue", label="episode reward")
@@ -117,7 +117,7 @@ def plot_rewards(result: Any, path: Path) -> Path:
     ax.set_xlabel("episode")
     ax.set_ylabel("reward")
     ax.set_title(f"{result.strategy.name}: reward per episode (seed {result.seed})")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
