@@ -262,7 +262,8 @@ class DDPG:
 
         policy_actions = self._embed_batch(self.actor, records)
         self.critic.requires_grad_(False)
-        critic_g = self._embed_batch(self.critic.embed, records)
+        with torch.no_grad():  # the state embedding does not depend on the action
+            critic_g = self._embed_batch(self.critic.embed, records)
         actor_loss = -self.critic.q(critic_g, policy_actions).mean()
         self.actor_optim.zero_grad()
         actor_loss.backward()
@@ -277,10 +278,10 @@ class DDPG:
     @torch.no_grad()
     def _soft_update(self, target: nn.Module, source: nn.Module) -> None:
         tau = self.config.tau
-        for t, s in zip(target.parameters(), source.parameters(), strict=True):
-            t.mul_(1 - tau).add_(s, alpha=tau)
-        for t, s in zip(target.buffers(), source.buffers(), strict=True):
-            t.copy_(s)
+        for target_param, param in zip(target.parameters(), source.parameters(), strict=True):
+            target_param.mul_(1 - tau).add_(param, alpha=tau)
+        for target_buffer, buffer in zip(target.buffers(), source.buffers(), strict=True):
+            target_buffer.copy_(buffer)
 
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimisers, buffer (incl. its generator) and update count (a deep copy)."""
