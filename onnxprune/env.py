@@ -186,7 +186,7 @@ class PruningEnv:
         self.cache: dict[tuple[int, ...], float] = {}
         self.n_evaluations = 0
         self._sizes = self.rounding.sizes
-        self._group_macs = self._marginal_macs()
+        self.removable_macs = self._marginal_macs()  # [n] MACs fraction each group can remove alone
         self.reset()
 
     def __str__(self) -> str:
@@ -248,7 +248,7 @@ class PruningEnv:
                 record[:n],
                 np.full(n, record[n]),
                 np.log2(self._sizes) / 10.0,
-                self._group_macs,
+                self.removable_macs,
             ],
             axis=1,
         )

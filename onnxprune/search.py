@@ -503,9 +503,16 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 def _fingerprint(
     model_sha: str, strategy: Strategy, seed: int, flops: float, n_reward: int
 ) -> dict:
+    """What must match for ``--resume``. The episode count may grow (extend a finished run);
+    for ``random`` the warm-up follows it, so it may too; the final recovery may differ."""
+    settings = strategy.to_dict()
+    for free in ("episodes", "recover", "eval_samples", "name", "source"):
+        settings.pop(free)
+    if strategy.agent == "random":
+        settings.pop("warmup")
     return {
         "model_sha": model_sha,
-        "strategy": strategy.to_dict(),
+        "strategy": settings,
         "seed": seed,
         "flops": flops,
         "reward_samples": n_reward,
@@ -689,7 +696,7 @@ def run_search(
         shapes = layer_shapes(
             analysis.model, [g.producers for g in groups], [g.size for g in groups]
         )
-        amc_state = AMCState(shapes, env._group_macs)
+        amc_state = AMCState(shapes, env.removable_macs)
         agent = make_amc_agent(amc_state, DDPGConfig(**asdict(strat.ddpg)), seed=seed)
 
     log: list[EpisodeRecord] = []

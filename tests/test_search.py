@@ -127,6 +127,18 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     assert resumed.kept == full.kept and resumed.best_episode == full.best_episode
 
 
+def test_resume_can_extend_a_finished_run(
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path
+) -> None:
+    strategy = _strategy(tmp_path, "gnn-rl", episodes=6, warmup=2)
+    full = _run(tiny_model, tiny_data, tmp_path / "full", strategy)
+    _run(tiny_model, tiny_data, tmp_path / "short", strategy, episodes=4)
+    extended = _run(tiny_model, tiny_data, tmp_path / "short", strategy, resume=True)
+    assert extended.resumed_from == 4 and len(extended.episodes) == 6
+    assert [e.reward for e in extended.episodes] == [e.reward for e in full.episodes]
+    assert extended.kept == full.kept
+
+
 def test_resume_refuses_other_arguments(
     tiny_model: Path, tiny_data: Dataset, tmp_path: Path
 ) -> None:
