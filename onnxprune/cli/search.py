@@ -59,9 +59,13 @@ def register(main: click.Group) -> None:
 @click.option(
     "--recover",
     type=click.Choice(["none", "ls", "finetune"]),
-    help="Accuracy recovery on the final model (preset: none); uses the reward split.",
+    help="Accuracy recovery on the final model (presets: ls); fits on the reward split.",
 )
-@click.option("--resume", is_flag=True, help="Continue from OUTDIR/checkpoint.pt.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue from OUTDIR/checkpoint.pt (same arguments; --episodes may grow).",
+)
 @click.option(
     "--latency-runs",
     type=int,
