@@ -335,3 +335,12 @@ def test_cli_recover_refuses_to_overwrite_input_and_names_file(tmp_path) -> None
          "--data", str(tmp_path / "data.npz"), "-o", str(tmp_path / "pruned.onnx")],
     )  # fmt: skip
     assert code == 2
+
+
+def test_finetune_time_budget_shortens_the_schedule() -> None:
+    weights = _weights(4)
+    reference, pruned = _cnn(weights), _cnn(_prune(weights, [0]))
+    result = distill(pruned, reference, _images(64), epochs=200, batch=32, augment=False,
+                     max_minutes=0.2 / 60)  # fmt: skip
+    assert result.stopped_by_budget
+    assert 6 <= result.steps < 400

@@ -255,12 +255,15 @@ def distill(
         epoch_loss, epoch_count = epoch_loss + value, epoch_count + 1
         if on_step is not None:
             on_step(step, schedule["total"], value)
-        if max_minutes is not None and step >= 3:
-            elapsed = time.perf_counter() - start
-            affordable = int(step * (max_minutes * 60.0) / max(elapsed, 1e-9))
-            if affordable < schedule["total"]:
-                schedule["total"] = max(step, affordable)
-                result.stopped_by_budget = True
+        if step == 1:
+            loop_start = time.perf_counter()  # setup and the first step are not typical
+        elif max_minutes is not None and step >= 6:
+            now = time.perf_counter()
+            per_step = (now - loop_start) / (step - 1)
+            left = max_minutes * 60.0 - (now - start)
+            affordable = step + int(max(left, 0.0) / per_step)
+            schedule["total"] = max(step, min(total_steps, affordable))
+            result.stopped_by_budget = schedule["total"] < total_steps
     if epoch_count:
         result.epoch_losses.append(epoch_loss / epoch_count)
     result.last_loss = result.epoch_losses[-1] if result.epoch_losses else float("nan")
