@@ -129,6 +129,10 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         else:
             model, info = _in_child(method, pruned, reference, calib, args)
         info["top1"] = accuracy(model)
+        info["run"] = {
+            "epochs": args.epochs, "minutes": args.minutes, "lr": args.lr, "batch": args.batch,
+            "ls_images": args.ls_images, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        }  # fmt: skip
         record["methods"][method] = info
         print(f"  {method:12s} top-1 {info['top1']:6.2f} %  {json.dumps(info)}", flush=True)
     return record
@@ -154,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-limit", type=int, default=0, help="0 = the full 10,000")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tag", default="", help="label of this run's records (e.g. 'long')")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep other (model, tag, method) results already in --out",
+    )
     args = parser.parse_args(argv)
 
     import onnxruntime
@@ -161,6 +171,26 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     records = [bench_model(name, args) for name in args.models.split(",")]
+    for record in records:
+        record["tag"] = args.tag
+        record["settings"] = {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+        }
+    if args.merge and args.out.exists():
+        previous = json.loads(args.out.read_text())["results"]
+        for old in previous:
+            new = next(
+                (
+                    r
+                    for r in records
+                    if (r["model"], r["tag"]) == (old["model"], old.get("tag", ""))
+                ),
+                None,
+            )
+            if new is None:
+                records.append(old)
+            else:  # keep methods this run did not repeat
+                new["methods"] = {**old["methods"], **new["methods"]}
     out = {
         "benchmark": "recover_cifar",
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
