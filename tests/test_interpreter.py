@@ -452,3 +452,16 @@ def test_unsupported_op_error_names_node_and_op() -> None:
     message = str(info.value)
     assert "weird_norm" in message and "LpNormalization" in message
     assert "least-squares" in message
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+def test_resize_on_nhwc_axes_matches_onnxruntime(mode: str) -> None:
+    nodes = [
+        helper.make_node(
+            "Resize", ["x", "", "sc"], ["y"], mode=mode,
+            coordinate_transformation_mode="half_pixel",
+        )
+    ]  # fmt: skip
+    inits = [_init("sc", np.array([1, 2, 1.5, 1], np.float32))]
+    model = _helper_model(nodes, inits, (2, 4, 6, 3), opset=18)
+    _assert_matches_ort(model, RNG.standard_normal((2, 4, 6, 3)).astype(np.float32))

@@ -952,14 +952,12 @@ def _resize(ctx: NodeContext, inputs: list[Tensor | None]) -> list[Tensor]:
     else:
         assert scales is not None
         out_sizes = [int(math.floor(i * s)) for i, s in zip(x.shape, scales, strict=True)]
-    if out_sizes[:2] != list(x.shape[:2]):
-        raise UnsupportedOpError(
-            f"node '{ctx.name}': Resize of batch/channel axes is not supported"
-        )
+    # Resized axes may be anywhere (tf2onnx resizes NHWC on axes 1, 2).
+    resized = [a for a in range(rank) if out_sizes[a] != x.shape[a] or abs(scales[a] - 1.0) > 1e-12]
     if mode == "nearest":
         nearest = ctx.attr("nearest_mode", "round_prefer_floor")
         y = x
-        for axis in range(2, rank):
+        for axis in resized:
             n_in, n_out, scale = x.shape[axis], out_sizes[axis], scales[axis]
             out_idx = torch.arange(n_out, dtype=torch.float64)
             if coord == "asymmetric":
@@ -985,19 +983,33 @@ def _resize(ctx: NodeContext, inputs: list[Tensor | None]) -> list[Tensor]:
             idx = idx.clamp(0, n_in - 1).long()
             y = y.index_select(axis, idx.to(x.device))
         return [y]
-    if mode == "linear" and rank in (3, 4, 5):
-        torch_mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[rank]
+    if mode == "linear" and 1 <= len(resized) <= 3 and rank - len(resized) >= 1:
+        # Move the resized axes last and fold the others into (batch, channel) for interpolate.
+        kept_axes = [a for a in range(rank) if a not in resized]
+        moved = x.permute(*kept_axes, *resized)
+        kept_shape = [x.shape[a] for a in kept_axes]
+        folded = moved.reshape(1, -1, *[x.shape[a] for a in resized])
+        torch_mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(resized)]
+        size = [out_sizes[a] for a in resized]
         if coord == "align_corners":
-            return [F.interpolate(x, size=out_sizes[2:], mode=torch_mode, align_corners=True)]
-        if coord in ("half_pixel", "pytorch_half_pixel"):
-            if sizes is not None:
-                return [F.interpolate(x, size=out_sizes[2:], mode=torch_mode, align_corners=False)]
-            return [
-                F.interpolate(
-                    x, scale_factor=scales[2:], mode=torch_mode, align_corners=False,
-                    recompute_scale_factor=False,
-                )
-            ]  # fmt: skip
+            resized_y: Tensor | None = F.interpolate(
+                folded, size=size, mode=torch_mode, align_corners=True
+            )
+        elif coord in ("half_pixel", "pytorch_half_pixel") and sizes is not None:
+            resized_y = F.interpolate(folded, size=size, mode=torch_mode, align_corners=False)
+        elif coord in ("half_pixel", "pytorch_half_pixel"):
+            resized_y = F.interpolate(
+                folded, scale_factor=[scales[a] for a in resized], mode=torch_mode,
+                align_corners=False, recompute_scale_factor=False,
+            )  # fmt: skip
+        else:
+            resized_y = None
+        if resized_y is not None:
+            y = resized_y.reshape(*kept_shape, *size)
+            inverse = [0] * rank
+            for position, axis in enumerate([*kept_axes, *resized]):
+                inverse[axis] = position
+            return [y.permute(*inverse)]
     raise UnsupportedOpError(
         f"node '{ctx.name}': Resize mode '{mode}' with coordinate mode '{coord}' is not supported"
     )
