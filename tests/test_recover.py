@@ -344,3 +344,31 @@ def test_finetune_time_budget_shortens_the_schedule() -> None:
                      max_minutes=0.2 / 60)  # fmt: skip
     assert result.stopped_by_budget
     assert 6 <= result.steps < 400
+
+
+try:
+    from tests.corpus import CORPUS
+    from tests.corpus.fixtures import corpus_model  # noqa: F401  (session fixture)
+except ImportError:  # the corpus helper's package has not landed
+    CORPUS = {}
+
+
+@pytest.mark.skipif(not CORPUS, reason="tests/corpus has not landed yet")
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_least_squares_lowers_output_error_on_corpus(name: str, corpus_model) -> None:  # noqa: F811
+    deps = pytest.importorskip("onnxprune.deps")
+    importance = pytest.importorskip("onnxprune.importance")
+    surgery = pytest.importorskip("onnxprune.surgery")
+    analysis = deps.analyze(onnx.load(str(corpus_model(name))))
+    if not analysis.prunable_groups():
+        pytest.skip(f"{name}: nothing prunable")
+    pruned = surgery.apply_plan(analysis, importance.plan_from_ratios(analysis, 0.5, round_to=1))
+    dims = [d.dim_value or 48 for d in analysis.model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(0).normal(size=dims).astype(F32)
+    result = reconstruct(pruned, analysis.model, x)
+    assert result.layers, f"{name}: no layer refit"
+    target = _run(analysis.model, x)
+    mse_before = float(np.mean((_run(pruned, x) - target) ** 2))
+    mse_after = float(np.mean((_run(result.model, x) - target) ** 2))
+    assert mse_after < 0.5 * mse_before
+    onnx.checker.check_model(result.model, full_check=True)

@@ -23,6 +23,8 @@ constant weight are solved over their last axis. The normal equations are accumu
 batch by batch (float64), so memory is bounded by the live activations of the graph at the
 calibration size plus one im2col batch.
 
+Layers whose weight (or bias) initializer is shared with another node are left as they are.
+
 Channel correspondence between the pruned and the original layer comes from the weights
 themselves: surgery copies kept weight rows/columns unchanged, so the kept output rows and
 input columns are found by exact (sorted-subsequence) matching. No name of a layer or a
@@ -170,6 +172,10 @@ def _weight_matrix(op_type: str, attrs: dict[str, Any], weight: np.ndarray) -> n
 
 def _find_layers(pruned: OnnxModule, reference: OnnxModule, all_layers: bool) -> list[_Layer]:
     ref_nodes = {ctx.name: (ctx, ins, outs) for ctx, ins, outs in reference._nodes}
+    uses: dict[str, int] = {}
+    for _, inputs, _ in pruned._nodes:
+        for name in set(inputs):
+            uses[name] = uses.get(name, 0) + 1
     layers = []
     for index, (ctx, inputs, outputs) in enumerate(pruned._nodes):
         if ctx.op_type not in ("Conv", "Gemm", "MatMul") or ctx.name not in ref_nodes:
@@ -184,6 +190,8 @@ def _find_layers(pruned: OnnxModule, reference: OnnxModule, all_layers: bool) ->
         weight = inputs[slot]
         if weight not in pruned.initializer_names() or ref_inputs[slot] not in reference._slots:
             continue
+        if uses.get(weight, 0) > 1 or (len(inputs) > 2 and uses.get(inputs[2], 0) > 1):
+            continue  # a weight shared by several nodes: refitting it for one breaks the others
         w_pruned = pruned.tensor(weight).detach().numpy()
         w_ref = reference.tensor(ref_inputs[slot]).detach().numpy()
         if ctx.op_type == "MatMul" and w_pruned.ndim != 2:
