@@ -152,9 +152,11 @@ def propose(
         record = state.vector(t, actions)
         states.append(record)
         if warmup:
+            if noise is None:
+                raise ValueError("warm-up actions need a noise object (its seeded generator)")
             action = float(noise.uniform(1)[0])
         else:
-            action = agent.act(record)
-            action = float(noise.sample(action)[0]) if noise is not None else float(action[0])
+            greedy = agent.act(record)
+            action = float(noise.sample(greedy)[0]) if noise is not None else float(greedy[0])
         actions.append(action)
     return states, np.array(actions, dtype=np.float32)
