@@ -116,10 +116,15 @@ def make_session(
     model_or_path: onnx.ModelProto | str | os.PathLike[str] | bytes,
     device: str = "auto",
     threads: int | None = None,
+    spin: bool = True,
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` on ``device`` (``auto``: CUDA when it works, else CPU).
 
     ``threads`` sets intra-op threads (``None``: onnxruntime's default, one per core).
+    ``spin=False`` stops idle worker threads from busy-waiting: the right choice for
+    throughput work (search rewards, recovery statistics) on a machine whose cores are shared,
+    where spinning threads steal the cycles the other threads need. Latency measurements keep
+    onnxruntime's default (spinning).
     Raises :class:`OnnxPruneError` for an unknown device, ``cuda`` without a working CUDA
     provider, or a model onnxruntime rejects (naming the model).
     """
@@ -140,6 +145,8 @@ def make_session(
     if threads is not None:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = (
         ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
     )

@@ -33,11 +33,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -435,7 +436,10 @@ class PlanEvaluator:
 
         start = time.perf_counter()
         session = make_session(
-            self.model(kept).SerializeToString(), device=self.device, threads=self.threads
+            self.model(kept).SerializeToString(),
+            device=self.device,
+            threads=self.threads,
+            spin=False,
         )
         logits = predict(session, self.split.x, self.batch_size)
         result = accuracy_from_logits(logits, self.split.y, self.reference)
@@ -729,7 +733,14 @@ def run_search(
     search_start = time.perf_counter()
     from onnxprune.cli.common import progress
 
-    with progress(f"search {strat.name}", strat.episodes, enabled=show_progress) as bar:
+    # The agent's networks are tiny: one torch thread is fastest, and a second one only
+    # busy-waits for cycles the onnxruntime reward sessions need (restored before recovery).
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with (
+        _restore_torch_threads(torch_threads),
+        progress(f"search {strat.name}", strat.episodes, enabled=show_progress) as bar,
+    ):
         if start_episode:
             bar.advance(start_episode, status="resumed")
         try:
@@ -839,6 +850,16 @@ def run_search(
         groups=groups,
         split_indices=(reward_indices, heldout_indices),
     )
+
+
+@contextlib.contextmanager
+def _restore_torch_threads(count: int) -> Iterator[None]:
+    import torch
+
+    try:
+        yield
+    finally:
+        torch.set_num_threads(count)
 
 
 def _amc_rollout(
