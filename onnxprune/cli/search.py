@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from onnxprune.cli.common import echo_json
+from onnxprune.cli.common import echo_json, resolve_model_path
 
 
 def register(main: click.Group) -> None:
@@ -113,7 +113,7 @@ def search_command(
     from onnxprune.search import run_search
 
     result = run_search(
-        model,
+        resolve_model_path(model),
         data,
         flops,
         strategy,
