@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
@@ -12,7 +11,14 @@ from typing import Any
 import click
 import numpy as np
 
-from onnxprune.cli.common import EXIT_FAIL, EXIT_OK, echo_json, progress
+from onnxprune.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    echo_json,
+    load_cli_data,
+    preprocess_options,
+    progress,
+)
 from onnxprune.errors import OnnxPruneError
 
 _DEVICE = click.Choice(["auto", "cpu", "cuda"])
@@ -30,64 +36,6 @@ def _input_shape_option(func: Any) -> Any:
         metavar="NAME:DxD...",
         help="Fix a dynamic input shape, e.g. input:1x3x224x224 (repeat per input).",
     )(func)
-
-
-def _preprocess_options(func: Any) -> Any:
-    options = [
-        click.option("--scale", type=float, help="Multiply uint8 pixels by this (default 1/255)."),
-        click.option("--mean", help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406."),
-        click.option("--std", help="Per-channel std after scaling, e.g. 0.229,0.224,0.225."),
-        click.option(
-            "--layout",
-            type=click.Choice(["NCHW", "NHWC"], case_sensitive=False),
-            help="Model input layout (default: inferred from the model input shape).",
-        ),
-        click.option(
-            "--resize", metavar="HxW", help="Resize images to HxW (default: model's H, W)."
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise OnnxPruneError(f"{flag} '{text}' is not a comma-separated list of numbers") from None
-
-
-def _preprocess(data: Path, scale, mean, std, layout, resize):
-    """A Preprocess from flags (over ``preprocess.json`` next to the data), or None for defaults."""
-    from onnxprune.data import PREPROCESS_FILE, Preprocess
-
-    if all(v is None for v in (scale, mean, std, layout, resize)):
-        return None
-    folder = data if data.is_dir() else data.parent
-    spec = (
-        Preprocess.from_json(folder / PREPROCESS_FILE)
-        if (folder / PREPROCESS_FILE).exists()
-        else Preprocess()
-    )
-    changes: dict[str, Any] = {}
-    if scale is not None:
-        changes["scale"] = scale
-    if mean is not None:
-        changes["mean"] = _floats(mean, "--mean")
-    if std is not None:
-        changes["std"] = _floats(std, "--std")
-    if layout is not None:
-        changes["layout"] = layout.upper()
-    if resize is not None:
-        try:
-            h, w = (int(v) for v in resize.lower().split("x"))
-        except ValueError:
-            raise OnnxPruneError(f"--resize '{resize}' is not HxW, e.g. --resize 224x224") from None
-        changes["resize"] = (h, w)
-    return dataclasses.replace(spec, **changes)
 
 
 def _shapes(specs: tuple[str, ...]):
@@ -214,7 +162,7 @@ def flops_cmd(
 )
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (default: ORT's).")
-@_preprocess_options
+@preprocess_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def eval_cmd(
     model,
@@ -235,13 +183,14 @@ def eval_cmd(
 
     Preprocessing comes from the flags, else from preprocess.json next to the data.
     """
-    from onnxprune.data import load_data
     from onnxprune.evaluate import accuracy_from_logits, make_session, predict
     from onnxprune.model import load_model
 
     onnx_model = load_model(model, infer_shapes=False)
-    dataset = load_data(
-        data_path, onnx_model, _preprocess(data_path, scale, mean, std, layout, resize)
+    dataset = load_cli_data(
+        data_path,
+        onnx_model,
+        {"scale": scale, "mean": mean, "std": std, "layout": layout, "resize": resize},
     )
     if limit is not None and limit < len(dataset):
         (dataset,) = dataset.split(limit, seed=0)
@@ -375,7 +324,6 @@ def gate_cmd(
     Both models run in this process, timed interleaved (AB/BA alternating rounds); the
     decision is on the ratio of medians, reported with a bootstrap 95 % interval.
     """
-    from onnxprune.data import load_data
     from onnxprune.gate import run_gate
     from onnxprune.model import load_model
 
@@ -387,7 +335,7 @@ def gate_cmd(
         for path in (base, cand):
             if json_out.exists() and json_out.resolve() == path.resolve():
                 raise OnnxPruneError(f"refusing to overwrite model '{path}' with the JSON record")
-    dataset = load_data(data_path, base_model) if data_path is not None else None
+    dataset = load_cli_data(data_path, base_model) if data_path is not None else None
     with progress("gate", runs, enabled=True) as task:
         result = run_gate(
             base_model,

@@ -7,21 +7,13 @@ from typing import Any
 
 import click
 
-from onnxprune.cli.common import echo_json, progress
+from onnxprune.cli.common import echo_json, load_cli_data, progress
 from onnxprune.errors import OnnxPruneError
 
 
 def register(main: click.Group) -> None:
     """Add the ``recover`` command to the CLI group."""
     main.add_command(recover)
-
-
-def _preprocess_for(data: Path) -> Any:
-    try:  # the foundation CLI owns the preprocessing flags' semantics
-        from onnxprune.cli.foundation import _preprocess
-    except ImportError:
-        return None
-    return _preprocess(data, None, None, None, None, None)
 
 
 @click.command()
@@ -109,7 +101,6 @@ def recover(
     Accuracy (top-1 with labels, agreement with the reference always) is measured on a
     seeded held-out part of the data before and after. The output has PRUNED's structure.
     """
-    from onnxprune.data import load_data
     from onnxprune.evaluate import evaluate, make_session, predict
     from onnxprune.model import load_model, save_model
     from onnxprune.recover.finetune import distill
@@ -126,7 +117,7 @@ def recover(
             )
     pruned_model = load_model(pruned)
     reference_model = load_model(reference)
-    dataset = load_data(data_path, reference_model, _preprocess_for(data_path))
+    dataset = load_cli_data(data_path, reference_model)
     held_count = max(1, int(round(holdout * len(dataset))))
     if held_count >= len(dataset):
         raise OnnxPruneError(f"'{data_path}' has only {len(dataset)} samples; need at least 2")

@@ -7,7 +7,12 @@ from typing import Any
 
 import click
 
-from onnxprune.cli.common import echo_json, resolve_model_path
+from onnxprune.cli.common import (
+    echo_json,
+    load_cli_data,
+    preprocess_options,
+    resolve_model_path,
+)
 
 
 def register(main: click.Group) -> None:
@@ -74,6 +79,7 @@ def register(main: click.Group) -> None:
     help="Timed runs for latency p50 at batch 1 (batch 32: half as many); 0 skips timing.",
 )
 @click.option("--threads", type=int, help="onnxruntime intra-op threads (default: all cores).")
+@preprocess_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option(
     "-o",
@@ -98,6 +104,11 @@ def search_command(
     resume: bool,
     latency_runs: int,
     threads: int | None,
+    scale: float | None,
+    mean: str | None,
+    std: str | None,
+    layout: str | None,
+    resize: str | None,
     as_json: bool,
     outdir: Path,
 ) -> int:
@@ -109,12 +120,18 @@ def search_command(
       onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/ --resume
 
     Ctrl-C stops the search and keeps the best plan so far; --resume continues it.
+    Preprocessing of uint8 images comes from the flags, else from preprocess.json next to
+    the data.
     """
     from onnxprune.search import run_search
 
+    model = resolve_model_path(model)
+    flags = {"scale": scale, "mean": mean, "std": std, "layout": layout, "resize": resize}
+    dataset = load_cli_data(data, model, flags)
+    eval_dataset = load_cli_data(eval_data, model, flags) if eval_data is not None else None
     result = run_search(
-        resolve_model_path(model),
-        data,
+        model,
+        dataset,
         flops,
         strategy,
         outdir,
@@ -122,7 +139,7 @@ def search_command(
         episodes=episodes,
         reward_samples=reward_samples,
         eval_samples=eval_samples,
-        eval_data=eval_data,
+        eval_data=eval_dataset,
         device=device,
         recover=recover,
         resume=resume,
