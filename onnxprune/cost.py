@@ -550,13 +550,20 @@ def _conv_transpose(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
             b.add(index, _PARAMS, 1, (y, 1))
 
 
-def _gemm(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
-    a, w = node.input[0], node.input[1]
-    y = node.output[0]
+def _matrix_operands(
+    b: _TermBuilder, node: onnx.NodeProto
+) -> tuple[str, str, str, list[int], list[int], list[int]]:
+    """``(a, w, y, a_shape, w_shape, y_shape)`` of a Gemm/MatMul; shapes are required."""
+    a, w, y = node.input[0], node.input[1], node.output[0]
     a_shape = b.shape(node, a, required=True)
     w_shape = b.shape(node, w, required=True)
     y_shape = b.shape(node, y, required=True)
     assert a_shape is not None and w_shape is not None and y_shape is not None
+    return a, w, y, a_shape, w_shape, y_shape
+
+
+def _gemm(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
+    a, w, y, a_shape, w_shape, y_shape = _matrix_operands(b, node)
     trans_a = int(_attr(node, "transA", 0))
     trans_b = int(_attr(node, "transB", 0))
     k_factor: _Factor = (a, 0 if trans_a else 1)
@@ -576,12 +583,7 @@ def _gemm(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
 
 
 def _matmul(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
-    a, w = node.input[0], node.input[1]
-    y = node.output[0]
-    a_shape = b.shape(node, a, required=True)
-    w_shape = b.shape(node, w, required=True)
-    y_shape = b.shape(node, y, required=True)
-    assert a_shape is not None and w_shape is not None and y_shape is not None
+    a, w, y, a_shape, w_shape, y_shape = _matrix_operands(b, node)
     k_factor: _Factor = (a, len(a_shape) - 1)
     out = b.elements(y, y_shape)
     b.add(index, _MACS, 1, k_factor, *out)
