@@ -443,7 +443,7 @@ def _make_record(
         k_dims = [d or 0 for d in w_shape[2:]]
         kernel = float(np.mean(k_dims)) if k_dims else 1.0
         strides = attrs.get("strides") or [1]
-        stride = float(max(strides))  # type: ignore[arg-type]
+        stride = float(max(strides))  # type: ignore[arg-type, call-overload]
         out_shape = shapes.get(wn.outputs[0], ())
         in_shape = shapes.get(f_in[0], ()) if f_in else ()
         w_elems = int(np.prod([d or 0 for d in w_shape])) if w_shape else 0
@@ -467,7 +467,7 @@ def _make_record(
     elif op_type in ("MaxPool", "AveragePool"):
         k_dims = attrs.get("kernel_shape") or [1]
         kernel = float(np.mean(k_dims))  # type: ignore[arg-type]
-        stride = float(max(attrs.get("strides") or [1]))  # type: ignore[arg-type]
+        stride = float(max(attrs.get("strides") or [1]))  # type: ignore[arg-type, call-overload]
     if len(wn.fused) > 1 and not weighted:
         category = "BN"
     params = 0

@@ -50,6 +50,14 @@ class GCNEncoder(nn.Module):
     ``g`` is the mean over layers ``[D]``; ``group_emb`` is ``[G, D]``.
     """
 
+    # Buffers, declared for type checkers (nn.Module's __getattr__ is untyped).
+    _edge_index: torch.Tensor
+    _features: torch.Tensor
+    _group_rows: torch.Tensor
+    _group_cols: torch.Tensor
+    _group_counts: torch.Tensor
+    convs: nn.ModuleList
+
     def __init__(
         self, hierarchy: Hierarchy, hidden: int = 64, num_layers: int = 2, seed: int = 0
     ) -> None:

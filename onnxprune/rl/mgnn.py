@@ -106,6 +106,8 @@ class AttentionPooling(nn.Module):
 class _Stage(nn.Module):
     """``num_layers`` MGNNConv layers (ReLU between) and one pooling: one hierarchy level."""
 
+    convs: nn.ModuleList
+
     def __init__(self, channels: int, num_layers: int) -> None:
         super().__init__()
         self.convs = nn.ModuleList(MGNNConv(channels) for _ in range(num_layers))
@@ -138,6 +140,14 @@ class MultiStageGNN(nn.Module):
 
     Construction is seeded (``seed``) without touching the global torch RNG.
     """
+
+    # Buffers and sub-modules, declared for type checkers (nn.Module's __getattr__ is untyped).
+    _group_rows: torch.Tensor
+    _group_cols: torch.Tensor
+    _group_counts: torch.Tensor
+    node_proj: nn.Linear
+    edge_proj: nn.Linear
+    stages: nn.ModuleList
 
     def __init__(
         self,
