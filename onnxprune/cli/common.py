@@ -242,6 +242,7 @@ def load_cli_data(data: Path, model: Any, flags: dict[str, Any] | None = None) -
     from onnxprune.data import PREPROCESS_FILE, load_data
 
     spec = preprocess_from_flags(Path(data), **(flags or {}))
+    dataset = load_data(data, model, spec)
     folder = Path(data) if Path(data).is_dir() else Path(data).parent
     if spec is None and not (folder / PREPROCESS_FILE).exists() and _holds_raw_images(Path(data)):
         click.echo(
@@ -250,4 +251,4 @@ def load_cli_data(data: Path, model: Any, flags: dict[str, Any] | None = None) -
             "--mean/--std (and --layout/--resize) or write a preprocess.json there.",
             err=True,
         )
-    return load_data(data, model, spec)
+    return dataset
