@@ -111,6 +111,7 @@ def main() -> int:
                         "seed": seed,
                         "episodes": len(result.episodes),
                         "evaluations": result.evaluations,
+                        "reward_recover": result.strategy.reward_recover,
                         "macs_fraction": result.pruned["macs"] / result.original["macs"],
                         "best_reward": result.best_reward,
                         "reward_top1": 100 * (1 + result.best_reward),
@@ -180,9 +181,9 @@ def _write(path: Path, args: argparse.Namespace, rows: list[dict], started: floa
 def table(rows: list[dict]) -> str:
     """Markdown summary: mean (min-max) over seeds per model and strategy."""
     lines = [
-        "| model | strategy | seeds | plans/run | MACs kept | reward-split top-1 | test top-1 "
-        "| test top-1 after LS | search time |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | strategy | seeds | episodes | distinct plans/run | MACs kept "
+        "| reward-split top-1 | test top-1 (raw cut) | test top-1 after LS | search time |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     keys = sorted({(r["model"], r["strategy"]) for r in rows}, key=lambda k: (k[0], k[1]))
     for model, strategy in keys:
@@ -197,7 +198,8 @@ def table(rows: list[dict]) -> str:
             return f"{fmt.format(np.mean(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
         lines.append(
-            f"| {model} | {strategy} | {len(group)} | {group[0]['evaluations']} "
+            f"| {model} | {strategy} | {len(group)} | {group[0]['episodes']} "
+            f"| {stat('evaluations', '{:.0f}')} "
             f"| {stat('macs_fraction', '{:.3f}')} | {stat('reward_top1', '{:.1f}')} "
             f"| {stat('test_top1')} | {stat('test_top1_ls')} | {stat('search_seconds', '{:.0f}')} s |"
         )

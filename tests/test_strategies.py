@@ -23,6 +23,14 @@ def test_bundled_presets_load_with_paper_settings() -> None:
     for name in ("agmc", "amc", "random"):
         assert presets[name].episodes == gnn.episodes
     assert presets["random"].warmup == presets["random"].episodes
+    # one DDPG and noise configuration for every DDPG agent: no agent is tuned on its own
+    for name in ("agmc", "amc"):
+        assert presets[name].ddpg == gnn.ddpg and presets[name].noise == gnn.noise
+        assert presets[name].warmup == gnn.warmup
+    # every searching preset rewards the LS-repaired candidate (the raw 50 % cut of a CIFAR
+    # ResNet is near chance, so the raw reward cannot rank plans)
+    for name in ("gnn-rl", "agmc", "amc", "random", "fast"):
+        assert presets[name].reward_recover == "ls" and presets[name].recover == "ls", name
     assert presets["fast"].agent == "gnn-rl" and presets["fast"].episodes < gnn.episodes
 
 

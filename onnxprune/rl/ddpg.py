@@ -254,7 +254,8 @@ class DDPG:
                 target[live] += self.config.gamma * (1 - done[live]) * next_q
 
         records = [t.state for t in batch]
-        q = self.critic.q(self._embed_batch(self.critic.embed, records), actions)
+        critic_g = self._embed_batch(self.critic.embed, records)
+        q = self.critic.q(critic_g, actions)
         critic_loss = nn.functional.mse_loss(q, target)
         self.critic_optim.zero_grad()
         critic_loss.backward()
@@ -262,9 +263,10 @@ class DDPG:
 
         policy_actions = self._embed_batch(self.actor, records)
         self.critic.requires_grad_(False)
-        with torch.no_grad():  # the state embedding does not depend on the action
-            critic_g = self._embed_batch(self.critic.embed, records)
-        actor_loss = -self.critic.q(critic_g, policy_actions).mean()
+        # The actor loss reuses the critic's state embedding of this batch, detached: the
+        # actor's gradient flows through the action only, and re-encoding every graph after
+        # the critic step would cost a third of an update (the encoders dominate its time).
+        actor_loss = -self.critic.q(critic_g.detach(), policy_actions).mean()
         self.actor_optim.zero_grad()
         actor_loss.backward()
         self.actor_optim.step()
