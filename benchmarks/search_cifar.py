@@ -2,15 +2,17 @@
 
 Reward split: ``reward_samples`` images of ``calib.npz`` (a seeded shuffle of the
 training-split calibration set); accuracy: the whole ``test.npz`` (10,000 images, never seen
-by the reward). Every searching strategy gets the same number of episodes (evaluated plans);
-``uniform`` evaluates one plan. Accuracy is reported before recovery and, with
-``--recover ls``, after least-squares reconstruction of the final model (calibration data:
-the same reward split).
+by the reward). Every searching strategy gets the same number of episodes; the table also
+counts the *distinct* plans each run evaluated (repeats hit the reward cache). ``uniform``
+evaluates one plan. The presets repair every candidate by least squares before its reward
+(``reward_recover = "ls"``) and the final model too (``recover = "ls"``); the script scores
+the searched plan both as a raw cut and after that final LS (fit on the same reward split).
 
-Full run (about 3-4 h on 2 idle cores)::
+Full matrix (180 episodes = the presets; several hours on 2 idle cores; run per model and
+seed with ``--append`` to split it)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/search_cifar.py \\
-        --models 20,56 --strategies gnn-rl,agmc,amc,random,uniform --seeds 0,1,2 --recover ls
+        --models 20,56 --strategies gnn-rl,agmc,amc,random,uniform --seeds 0,1,2
 
 Writes ``benchmarks/results/search_cifar.json`` and prints a markdown table.
 """
