@@ -124,6 +124,10 @@ def main() -> int:
                         "search_seconds": result.search_seconds,
                         "seconds": elapsed,
                         "kept": {str(k): v for k, v in result.kept.items()},
+                        # does the agent learn? mean reward-split top-1 of the warm-up
+                        # episodes vs the last 30 (random: both are random draws)
+                        "warmup_mean_top1": _mean_top1(result.episodes[: result.strategy.warmup]),
+                        "last30_mean_top1": _mean_top1(result.episodes[-30:]),
                     }
                     if result.recover == "ls":
                         # the strategy already recovered the final model: also score the raw cut
@@ -152,6 +156,10 @@ def main() -> int:
                 _write(out_path, args, rows, started)
     print(table(rows))
     return 0
+
+
+def _mean_top1(episodes: list) -> float | None:
+    return 100 * (1 + float(np.mean([e.reward for e in episodes]))) if episodes else None
 
 
 def _key(row: dict) -> tuple:
