@@ -393,8 +393,13 @@ class PlanEvaluator:
         batch_size: int,
         threads: int | None = None,
         recover_images: int | None = None,
+        fit_split: Any = None,
     ) -> None:
         self.analysis = analysis
+        # Images the per-candidate least squares is fitted on; scoring a candidate on the
+        # images it was fitted to would reward over-fitting, so this is a separate split
+        # whenever the data allows (see run_search).
+        self.fit_split = fit_split if fit_split is not None else split
         self.scores = scores
         self.split = split
         self.metric = metric
@@ -424,7 +429,7 @@ class PlanEvaluator:
             pruned = reconstruct(
                 pruned,
                 self.analysis.model,
-                self.split,
+                self.fit_split,
                 max_images=self.recover_images,
                 positions_per_image=16,
                 seed=0,
@@ -622,6 +627,16 @@ def run_search(
     order = np.random.default_rng(seed).permutation(len(dataset))
     reward_indices = np.sort(order[:n_reward])
     reward_split = dataset.subset(reward_indices)
+    # Per-candidate least squares is fitted on its own split (after the reward split in the
+    # permutation), so the reward scores candidates on images their refit never saw.
+    n_fit = 0
+    if strat.reward_recover == "ls":
+        spare = len(dataset) - n_reward
+        if eval_data is None:  # the held-out split keeps at least half of what remains
+            spare //= 2
+        n_fit = max(0, min(strat.recover_images, spare))
+    fit_split = dataset.subset(np.sort(order[n_reward : n_reward + n_fit])) if n_fit else None
+    order = np.concatenate([order[:n_reward], order[n_reward + n_fit :]])
     if eval_data is not None:
         heldout = eval_data if isinstance(eval_data, Dataset) else load_data(eval_data, model)
         heldout_indices = None
@@ -667,11 +682,17 @@ def run_search(
         strat.batch_size,
         threads,
         recover_images=strat.recover_images if strat.reward_recover == "ls" else None,
+        fit_split=fit_split,
     )
     if strat.reward_recover == "ls":
         notes.append(
-            "reward measured after least-squares recovery of each candidate (fit on "
-            f"{min(strat.recover_images, len(reward_split))} reward-split images)"
+            "reward measured after least-squares recovery of each candidate, fitted on "
+            + (
+                f"{n_fit} images disjoint from the reward and held-out splits"
+                if fit_split is not None
+                else f"{min(strat.recover_images, len(reward_split))} reward-split images "
+                "(too little data for a separate fit split: the reward is optimistic)"
+            )
         )
     steps = strat.steps_per_episode if strat.agent in ("gnn-rl", "agmc") else 1
     env = PruningEnv(

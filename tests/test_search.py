@@ -92,7 +92,11 @@ def test_fast_preset_end_to_end(tiny_model: Path, tiny_data: Dataset, tmp_path: 
     preset.round_to, preset.min_channels = 2, 2
     result = _run(tiny_model, tiny_data, tmp_path, preset, episodes=5, reward_samples=40)
     assert result.strategy.agent == "gnn-rl" and len(result.episodes) == 5
-    assert result.reward_samples == 40 and result.eval_samples == 80
+    # 120 samples: 40 reward, 40 for the per-candidate least-squares fit (half of the rest),
+    # 40 held out -- three disjoint splits
+    assert result.reward_samples == 40 and result.eval_samples == 40
+    assert not set(result.reward_indices) & set(result.heldout_indices)
+    assert any("40 images disjoint from the reward and held-out splits" in n for n in result.notes)
     assert result.pruned["macs"] <= 0.5 * result.original["macs"]
 
 
