@@ -598,7 +598,6 @@ def run_search(
     model_file = Path(model_path)
     if out.exists() and not out.is_dir():
         raise OnnxPruneError(f"output '{out}' exists and is not a folder; pass a folder with -o")
-    out.mkdir(parents=True, exist_ok=True)
 
     model = load_model(model_file)
     analysis = analyze(model)
@@ -731,6 +730,8 @@ def run_search(
     resumed_from = None
     fingerprint = _fingerprint(model_sha256(analysis.model), strat, seed, flops, n_reward)
     checkpoint = out / CHECKPOINT
+    # Created only now, after every input check: a refused run leaves nothing behind.
+    out.mkdir(parents=True, exist_ok=True)
     if resume:
         if not checkpoint.exists():
             raise OnnxPruneError(

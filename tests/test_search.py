@@ -170,9 +170,11 @@ def test_impossible_budget_fails_at_once_with_smallest_fraction(
 ) -> None:
     smallest = tiny_cnn_macs((2, 2)) / tiny_cnn_macs(WIDTHS)
     with pytest.raises(OnnxPruneError) as info:
-        run_search(tiny_model, tiny_data, 0.001, _strategy(tmp_path), tmp_path, show_progress=False)
+        run_search(
+            tiny_model, tiny_data, 0.001, _strategy(tmp_path), tmp_path / "out", show_progress=False
+        )
     assert f"keeps {smallest:.4f} of its MACs" in str(info.value)
-    assert not (tmp_path / "checkpoint.pt").exists()
+    assert not (tmp_path / "out").exists()  # a refused run leaves nothing behind
 
 
 def test_cli_same_seed_same_plan(tiny_model: Path, tiny_data: Dataset, tmp_path: Path) -> None:
