@@ -753,7 +753,7 @@ def run_search(
 
     interrupted = False
     search_start = time.perf_counter()
-    from onnxprune.cli.common import progress
+    from onnxprune.progress import progress
 
     # The agent's networks are tiny: one torch thread is fastest, and a second one only
     # busy-waits for cycles the onnxruntime reward sessions need (restored before recovery).
