@@ -12,13 +12,13 @@ Contract:
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 from onnx import ModelProto, TensorProto, numpy_helper
 
+from onnxprune.atomic import atomic_path
 from onnxprune.errors import OnnxPruneError
 
 # Models above this size are saved with external data (protobuf's 2 GB limit).
@@ -166,7 +166,9 @@ class ModelInfo:
         ]
         lines += [f"input      {t}" for t in self.inputs]
         lines += [f"output     {t}" for t in self.outputs]
-        ops = ", ".join(f"{op}x{n}" for op, n in sorted(self.op_counts.items(), key=lambda kv: -kv[1]))
+        ops = ", ".join(
+            f"{op}x{n}" for op, n in sorted(self.op_counts.items(), key=lambda kv: -kv[1])
+        )
         lines.append(f"ops        {ops}")
         return "\n".join(lines)
 
@@ -245,12 +247,12 @@ def save_model(
                 f"refusing to overwrite the input model '{p}'; choose another output path with -o"
             )
     if target.exists() and target.is_dir():
-        raise OnnxPruneError(f"output path '{target}' is a folder; give a file name ending in .onnx")
-    target.parent.mkdir(parents=True, exist_ok=True)
+        raise OnnxPruneError(
+            f"output path '{target}' is a folder; give a file name ending in .onnx"
+        )
     large = model.ByteSize() >= _EXTERNAL_DATA_THRESHOLD
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target) as tmp:
+        tmp_name = str(tmp)
         if large:
             data_name = target.name + ".data"
             onnx.save_model(
@@ -262,15 +264,6 @@ def save_model(
             )
         else:
             onnx.save_model(model, tmp_name)
-        # mkstemp creates 0600 files; give the result the usual umask-derived mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, target)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
     return target
 
 

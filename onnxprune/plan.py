@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
+from onnxprune.atomic import atomic_path
 from onnxprune.errors import PlanError
 
 if TYPE_CHECKING:  # deps is an earlier stage; imported lazily only for typing
@@ -153,10 +154,8 @@ class PruningPlan:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the JSON form atomically (temp file + rename); returns the path."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(self.to_json() + "\n")
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            tmp.write_text(self.to_json() + "\n")
         return target
 
     @classmethod

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from onnxprune.atomic import atomic_path
+
 _REWARD_TEXT = {
     "top1": "-top-1 error on the reward split (labels)",
     "agreement": "-(1 - top-1 agreement with the unpruned model) on the reward split (no labels)",
@@ -27,9 +29,8 @@ _REWARD_TEXT = {
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -120,10 +121,9 @@ def plot_rewards(result: Any, path: Path) -> Path:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -147,10 +147,9 @@ def plot_ratios(result: Any, path: Path) -> Path:
     ax.set_title(f"kept channels per group (MACs kept {fraction:.3f})")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxprune.atomic import atomic_path
 from onnxprune.errors import OnnxPruneError
 
 AGENTS = ("gnn-rl", "agmc", "amc", "uniform", "random")
@@ -504,9 +505,8 @@ def _graph_agent(kind: str, hierarchy: Any, env: Any, strategy: Strategy, seed: 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _fingerprint(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
+from onnxprune.atomic import atomic_path
 from onnxprune.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
@@ -49,16 +48,8 @@ def _write_json_atomic(obj: Any, path: Path) -> None:
 
     if path.exists() and path.is_dir():
         raise OnnxPruneError(f"--json path '{path}' is a folder; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, default=_json_default)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(obj, handle, indent=2, default=_json_default)
 
 
 # ----------------------------------------------------------------------------------- commands
