@@ -91,6 +91,23 @@ def markdown(result: Any) -> str:
         lines.append(
             f"| {row['id']} | {tensor} | {row['size']} | {row['kept']} | {row['keep_ratio']:.3f} |"
         )
+    selection = getattr(result, "selection", None)
+    if selection:
+        lines += [
+            "",
+            "## Final pick",
+            "",
+            "The plans with the best rewards, re-scored on the selection split; the best "
+            "sample-weighted mean wins.",
+            "",
+            "| rank by reward | reward | selection split | weighted | chosen |",
+            "|---:|---:|---:|---:|:---:|",
+        ]
+        for rank, row in enumerate(selection, 1):
+            lines.append(
+                f"| {rank} | {row['reward']:.4f} | {row['select_reward']:.4f} "
+                f"| {row['combined']:.4f} | {'yes' if row['chosen'] else ''} |"
+            )
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in result.notes]
     lines += ["", "![reward per episode](reward.png)", "", "![keep ratio per group](ratios.png)"]

@@ -81,6 +81,8 @@ class DDPGSettings:
     batch_size: int = 64
     buffer_size: int = 2000
     updates_per_episode: int = 10
+    head: str = "per-group"
+    id_dim: int = 0
 
 
 @dataclass
@@ -105,6 +107,8 @@ class Strategy:
     reward_recover: str = "none"
     recover_images: int = 250
     encoder_dim: int = 64
+    select_top: int = 1
+    select_samples: int = 1000
     noise: NoiseSettings = field(default_factory=NoiseSettings)
     ddpg: DDPGSettings = field(default_factory=DDPGSettings)
 
@@ -129,6 +133,8 @@ _INT_KEYS = {
     "batch_size": 1,
     "encoder_dim": 1,
     "recover_images": 1,
+    "select_top": 1,
+    "select_samples": 1,
 }
 _CHOICE_KEYS = {
     "agent": AGENTS,
@@ -170,6 +176,15 @@ def _table(source: str, name: str, data: Any, cls: type) -> Any:
                 f"{source}: unknown key '{name}.{key}'; known keys: {', '.join(sorted(known))}"
             )
         default = getattr(cls(), key)
+        if isinstance(default, str):
+            from onnxprune.rl.ddpg import HEADS
+
+            if value not in HEADS:
+                raise OnnxPruneError(
+                    f"{source}: key '{name}.{key}' must be one of {', '.join(HEADS)}, got {value!r}"
+                )
+            values[key] = value
+            continue
         values[key] = _check_number(source, f"{name}.{key}", value, type(default), 0)
     settings = cls(**values)
     if isinstance(settings, NoiseSettings):
@@ -302,6 +317,7 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)
     reward_indices: list[int] = field(default_factory=list)
     heldout_indices: list[int] | None = None
+    selection: list[dict[str, Any]] = field(default_factory=list)
 
     def __str__(self) -> str:
         o, p = self.original, self.pruned
@@ -346,6 +362,7 @@ class SearchResult:
             "notes": self.notes,
             "reward_indices": self.reward_indices,
             "heldout_indices": self.heldout_indices,
+            "selection": self.selection,
             "episodes": [e.to_dict() for e in self.episodes],
         }
 
@@ -636,6 +653,19 @@ def run_search(
         n_fit = max(0, min(strat.recover_images, spare))
     fit_split = dataset.subset(np.sort(order[n_reward : n_reward + n_fit])) if n_fit else None
     order = np.concatenate([order[:n_reward], order[n_reward + n_fit :]])
+    # The final pick re-scores the best few plans on a selection split (next in the
+    # permutation): the top reward over many noisy evaluations is optimistic ("winner's
+    # curse"), more images for the last few candidates make the choice less of a lottery.
+    n_select = 0
+    if strat.select_top > 1:
+        spare = len(order) - n_reward
+        if eval_data is None:
+            spare //= 2
+        n_select = max(0, min(strat.select_samples, spare))
+    select_split = (
+        dataset.subset(np.sort(order[n_reward : n_reward + n_select])) if n_select else None
+    )
+    order = np.concatenate([order[:n_reward], order[n_reward + n_select :]])
     if eval_data is not None:
         heldout = eval_data if isinstance(eval_data, Dataset) else load_data(eval_data, model)
         heldout_indices = None
@@ -841,8 +871,22 @@ def run_search(
             notes.append(f"interrupted after {len(log)} episode(s); kept the best plan so far")
             if best is None:
                 raise
-    search_seconds = time.perf_counter() - search_start
     assert best is not None
+    selection: list[dict[str, Any]] = []
+    if select_split is not None and len(env.cache) > 1:
+        best, selection = _select(
+            env, evaluator, best, log, select_split, strat.select_top, metric, original_session
+        )
+        notes.append(
+            f"final plan: the best of the top {len(selection)} plans by reward, re-scored on "
+            f"{len(select_split)} more images disjoint from the reward and held-out splits "
+            f"(weighted with the reward split: {len(reward_split)} + {len(select_split)} images)"
+        )
+    elif strat.select_top > 1:
+        notes.append(
+            "final plan: the top reward (no data left for a selection split, or one plan)"
+        )
+    search_seconds = time.perf_counter() - search_start
 
     return _finalize(
         model_file=model_file,
@@ -871,7 +915,51 @@ def run_search(
         notes=notes,
         groups=groups,
         split_indices=(reward_indices, heldout_indices),
+        selection=selection,
     )
+
+
+def _select(
+    env: Any,
+    evaluator: PlanEvaluator,
+    best: tuple[float, int, dict[int, int]],
+    log: list[EpisodeRecord],
+    split: Any,
+    top: int,
+    metric: str,
+    original_session: Any,
+) -> tuple[tuple[float, int, dict[int, int]], list[dict[str, Any]]]:
+    """Re-score the ``top`` distinct plans with the best rewards on ``split`` and return the
+    one with the best sample-weighted mean of both scores, plus the table of candidates."""
+    from onnxprune.evaluate import predict
+
+    ranked = sorted(env.cache.items(), key=lambda item: -item[1])[:top]
+    reference = None
+    if metric in ("agreement", "kl"):
+        reference = predict(original_session, split.x, evaluator.batch_size)
+    scorer = copy.copy(evaluator)
+    scorer.split, scorer.reference = split, reference
+    n_reward, n_select = len(evaluator.split), len(split)
+    rows = []
+    for key, reward in ranked:
+        kept = env.kept_dict(key)
+        again = scorer(kept)
+        combined = (n_reward * reward + n_select * again) / (n_reward + n_select)
+        rows.append(
+            {
+                "kept": {str(k): v for k, v in kept.items()},
+                "reward": reward,
+                "select_reward": again,
+                "combined": combined,
+            }
+        )
+    winner = max(range(len(rows)), key=lambda i: rows[i]["combined"])
+    for i, row in enumerate(rows):
+        row["chosen"] = i == winner
+    key = ranked[winner][0]
+    kept = env.kept_dict(key)
+    episode = next((e.episode for e in log if e.kept == kept), best[1])
+    return (ranked[winner][1], episode, kept), rows
 
 
 @contextlib.contextmanager
@@ -956,6 +1044,7 @@ def _finalize(
     notes: list[str],
     groups: list[Any],
     split_indices: tuple[np.ndarray, np.ndarray | None],
+    selection: list[dict[str, Any]],
 ) -> SearchResult:
     """Materialise the best plan, recover, evaluate on the held-out split, time, write files."""
     from onnxprune.cost import model_cost
@@ -1056,6 +1145,7 @@ def _finalize(
         notes=notes,
         reward_indices=split_indices[0].tolist(),
         heldout_indices=None if split_indices[1] is None else split_indices[1].tolist(),
+        selection=selection,
     )
     result.files.update(write_report(result, outdir))
     return result

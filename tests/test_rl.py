@@ -138,3 +138,50 @@ def test_amc_layer_state_features_and_rollout() -> None:
     assert len(states) == 2 and actions.shape == (2,) and np.all((actions >= 0) & (actions <= 1))
     _, greedy = propose(agent, state, None, warmup=False)
     np.testing.assert_allclose(greedy[0], agent.act(state.vector(0, [])), rtol=1e-6)
+
+
+def _twin_features(record: np.ndarray) -> torch.Tensor:
+    # 4 groups with *identical* features (isomorphic subgraphs): [4, 2]
+    return torch.as_tensor(np.tile(record, (4, 2)), dtype=torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("head", "id_dim", "distinct"),
+    [("per-group", 0, 1), ("per-group", 8, 4), ("global", 0, 4)],
+)
+def test_actor_head_separates_isomorphic_groups(head: str, id_dim: int, distinct: int) -> None:
+    config = DDPGConfig(hidden=32, head=head, id_dim=id_dim)
+    record = np.array([1.0], dtype=np.float32)
+    agent = DDPG(lambda: MLPEncoder(2, 8), _twin_features, record, 4, config, seed=0)
+    action = agent.act(record)
+    assert action.shape == (4,)
+    assert len(np.unique(np.round(action, 7))) == distinct
+    assert agent.actor.per_group == (head == "per-group")
+
+
+def test_global_head_learns_distinct_ratios_for_isomorphic_groups() -> None:
+    # the per-group head without ids cannot give twins different ratios; eq. 7 (global) can
+    config = DDPGConfig(hidden=64, lr_actor=1e-3, lr_critic=3e-3, tau=0.05, head="global")
+    record = np.array([1.0], dtype=np.float32)
+    agent = DDPG(lambda: MLPEncoder(2, 16), _twin_features, record, 4, config, seed=0)
+    noise = TruncatedNormalNoise(sigma=0.5, decay=0.99, seed=0)
+    for episode in range(250):
+        action = noise.uniform(4) if episode < 30 else noise.sample(agent.act(record))
+        if episode >= 30:
+            noise.step()
+        agent.remember(record, action, -float(np.sum((action - TARGET) ** 2)), None, True)
+        if episode >= 30:
+            for _ in range(5):
+                agent.update()
+    np.testing.assert_allclose(agent.act(record), TARGET, atol=0.12)
+
+
+def test_unknown_actor_head_is_refused() -> None:
+    with pytest.raises(OnnxPruneError, match="actor head must be one of per-group, global"):
+        DDPG(
+            lambda: MLPEncoder(2, 8),
+            _twin_features,
+            np.array([1.0]),
+            4,
+            DDPGConfig(head="attention"),
+        )

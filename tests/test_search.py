@@ -93,11 +93,35 @@ def test_fast_preset_end_to_end(tiny_model: Path, tiny_data: Dataset, tmp_path: 
     result = _run(tiny_model, tiny_data, tmp_path, preset, episodes=5, reward_samples=40)
     assert result.strategy.agent == "gnn-rl" and len(result.episodes) == 5
     # 120 samples: 40 reward, 40 for the per-candidate least-squares fit (half of the rest),
-    # 40 held out -- three disjoint splits
-    assert result.reward_samples == 40 and result.eval_samples == 40
+    # 20 to re-score the final candidates (half of what is left), 20 held out -- disjoint
+    assert result.reward_samples == 40 and result.eval_samples == 20
     assert not set(result.reward_indices) & set(result.heldout_indices)
     assert any("40 images disjoint from the reward and held-out splits" in n for n in result.notes)
     assert result.pruned["macs"] <= 0.5 * result.original["macs"]
+
+
+def test_final_pick_rescores_top_plans_on_a_selection_split(
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path
+) -> None:
+    path = _strategy(tmp_path, "random", 6, 6)
+    path.write_text(path.read_text().replace("encoder_dim", "select_top = 3\nencoder_dim"))
+    result = _run(tiny_model, tiny_data, tmp_path / "out", path)
+    # 120 samples: 60 reward, 30 selection (half of the rest), 30 held out
+    assert result.reward_samples == 60 and result.eval_samples == 30
+    rows = result.selection
+    assert len(rows) == 3 and sum(r["chosen"] for r in rows) == 1
+    assert [r["reward"] for r in rows] == sorted((r["reward"] for r in rows), reverse=True)
+    assert rows[0]["reward"] == max(e.reward for e in result.episodes)
+    for row in rows:
+        assert row["combined"] == pytest.approx((60 * row["reward"] + 30 * row["select_reward"]) / 90)
+    chosen = next(r for r in rows if r["chosen"])
+    assert chosen["combined"] == max(r["combined"] for r in rows)
+    assert {int(k): v for k, v in chosen["kept"].items()} == result.kept
+    assert result.best_reward == chosen["reward"]
+    assert result.episodes[result.best_episode].kept == result.kept
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["selection"] == rows
+    assert "## Final pick" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_heldout_split_is_disjoint_from_reward_split(

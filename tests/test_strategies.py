@@ -62,6 +62,7 @@ def test_custom_file_loads(tmp_path: Path) -> None:
         ('skip = ["conv1"]\n', "structural rules"),
         ("[noise]\nsigma = 0\n", "noise needs sigma > 0"),
         ("[ddpg]\nlr = 0.1\n", "unknown key 'ddpg.lr'"),
+        ('[ddpg]\nhead = "attention"\n', "key 'ddpg.head' must be one of per-group, global"),
         ("episodes = 3\nwarmup = 5\n", "warmup (5) exceeds episodes (3)"),
         ("episodes = [\n", "is not valid TOML"),
     ],

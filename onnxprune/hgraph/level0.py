@@ -456,7 +456,7 @@ def _make_record(
         out_shape = shapes.get(wn.outputs[0], ())
         if const_in:
             w_shape = shapes.get(const_in[0], ())
-            k = 0
+            k: int | None = 0
             if op_type == "Gemm" and len(w_shape) == 2:
                 k = w_shape[1] if attrs.get("transB", 0) else w_shape[0]
             elif len(w_shape) >= 2:
@@ -465,8 +465,8 @@ def _make_record(
             macs = out_elems * int(k or 0)
         kernel = 1.0
     elif op_type in ("MaxPool", "AveragePool"):
-        k_dims = attrs.get("kernel_shape") or [1]
-        kernel = float(np.mean(k_dims))  # type: ignore[arg-type]
+        pool_dims: list[int] = list(attrs.get("kernel_shape") or [1])  # type: ignore[call-overload]
+        kernel = float(np.mean(pool_dims))  # type: ignore[arg-type]
         stride = float(max(attrs.get("strides") or [1]))  # type: ignore[arg-type, call-overload]
     if len(wn.fused) > 1 and not weighted:
         category = "BN"

@@ -50,6 +50,8 @@ class DDPGConfig:
     batch_size: int = 64
     buffer_size: int = 2000
     updates_per_episode: int = 20
+    head: str = "per-group"
+    id_dim: int = 0
 
     def __str__(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self).items())
@@ -97,26 +99,53 @@ class FlatEncoder(nn.Module):
         return x.reshape(-1).float(), None
 
 
-class Actor(nn.Module):
-    """``forward(obs) -> action [n_actions]`` in (0, 1) (sigmoid output, eq. 7)."""
+HEADS = ("per-group", "global")
 
-    def __init__(self, encoder: nn.Module, sample_obs: Any, n_actions: int, hidden: int) -> None:
+
+class Actor(nn.Module):
+    """``forward(obs) -> action [n_actions]`` in (0, 1) (sigmoid output, eq. 7).
+
+    ``head="global"`` is eq. 7 literally: ``A = MLP(g)``, one output unit per action, so
+    every group has its own output weights. ``head="per-group"`` applies one shared MLP to
+    ``[g, group_emb_i, id_i]`` (when the encoder gives one embedding per action); ``id_i`` is
+    a learned ``id_dim``-vector per action (0: none). Without ids, groups whose subgraphs are
+    isomorphic get equal embeddings and therefore equal ratios.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        sample_obs: Any,
+        n_actions: int,
+        hidden: int,
+        head: str = "per-group",
+        id_dim: int = 0,
+    ) -> None:
         super().__init__()
+        if head not in HEADS:
+            raise OnnxPruneError(f"actor head must be one of {', '.join(HEADS)}, got '{head}'")
         self.encoder = encoder
         self.n_actions = n_actions
         with torch.no_grad():
             g, group_emb = encoder(sample_obs)
-        self.per_group = group_emb is not None and group_emb.shape[0] == n_actions
+        self.per_group = (
+            head == "per-group" and group_emb is not None and group_emb.shape[0] == n_actions
+        )
+        self.ids = None
         if self.per_group:
-            self.head = _mlp(g.shape[-1] + group_emb.shape[-1], hidden, 1)
+            if id_dim > 0:
+                self.ids = nn.Parameter(torch.randn(n_actions, id_dim))
+            self.head = _mlp(g.shape[-1] + group_emb.shape[-1] + max(0, id_dim), hidden, 1)
         else:
             self.head = _mlp(g.shape[-1], hidden, n_actions)
 
     def forward(self, obs: Any) -> torch.Tensor:
         g, group_emb = self.encoder(obs)
         if self.per_group:
-            joint = torch.cat([g.expand(group_emb.shape[0], -1), group_emb], dim=-1)
-            return torch.sigmoid(self.head(joint).squeeze(-1))
+            parts = [g.expand(group_emb.shape[0], -1), group_emb]
+            if self.ids is not None:
+                parts.append(self.ids)
+            return torch.sigmoid(self.head(torch.cat(parts, dim=-1)).squeeze(-1))
         return torch.sigmoid(self.head(g))
 
 
@@ -177,7 +206,14 @@ class DDPG:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             sample_obs = observe(sample_record)
-            self.actor = Actor(encoder_factory(), sample_obs, n_actions, self.config.hidden)
+            self.actor = Actor(
+                encoder_factory(),
+                sample_obs,
+                n_actions,
+                self.config.hidden,
+                self.config.head,
+                self.config.id_dim,
+            )
             self.critic = Critic(encoder_factory(), sample_obs, n_actions, self.config.hidden)
         self.actor_target = copy.deepcopy(self.actor)
         self.critic_target = copy.deepcopy(self.critic)

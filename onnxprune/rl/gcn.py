@@ -181,7 +181,7 @@ class GCNEncoder(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             for conv in self.convs:
-                conv.reset_parameters()
+                conv.reset_parameters()  # type: ignore[operator]
 
     def forward(self, keep_ratios: Any = None) -> tuple[Tensor, Tensor]:
         h = self.layer_features(keep_ratios).to(self._edge_index.device)

@@ -115,7 +115,7 @@ class _Stage(nn.Module):
 
     def reset_parameters(self) -> None:
         for conv in self.convs:
-            conv.reset_parameters()
+            conv.reset_parameters()  # type: ignore[operator]
         self.pool.reset_parameters()
 
     def forward(
@@ -196,7 +196,7 @@ class MultiStageGNN(nn.Module):
             self.node_proj.reset_parameters()
             self.edge_proj.reset_parameters()
             for stage in self.stages:
-                stage.reset_parameters()
+                stage.reset_parameters()  # type: ignore[operator]
 
     def forward(
         self,
