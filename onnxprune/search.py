@@ -883,9 +883,7 @@ def run_search(
             f"(weighted with the reward split: {len(reward_split)} + {len(select_split)} images)"
         )
     elif strat.select_top > 1:
-        notes.append(
-            "final plan: the top reward (no data left for a selection split, or one plan)"
-        )
+        notes.append("final plan: the top reward (no data left for a selection split, or one plan)")
     search_seconds = time.perf_counter() - search_start
 
     return _finalize(

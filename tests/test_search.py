@@ -113,7 +113,9 @@ def test_final_pick_rescores_top_plans_on_a_selection_split(
     assert [r["reward"] for r in rows] == sorted((r["reward"] for r in rows), reverse=True)
     assert rows[0]["reward"] == max(e.reward for e in result.episodes)
     for row in rows:
-        assert row["combined"] == pytest.approx((60 * row["reward"] + 30 * row["select_reward"]) / 90)
+        assert row["combined"] == pytest.approx(
+            (60 * row["reward"] + 30 * row["select_reward"]) / 90
+        )
     chosen = next(r for r in rows if r["chosen"])
     assert chosen["combined"] == max(r["combined"] for r in rows)
     assert {int(k): v for k, v in chosen["kept"].items()} == result.kept

@@ -33,7 +33,9 @@ WEIGHT_FILES = {
 
 
 def load_pretrained(depth: int, weights_dir: Path) -> CifarResNet:
-    checkpoint = torch.load(weights_dir / WEIGHT_FILES[depth], map_location="cpu", weights_only=True)
+    checkpoint = torch.load(
+        weights_dir / WEIGHT_FILES[depth], map_location="cpu", weights_only=True
+    )
     state = {k.removeprefix("module."): v for k, v in checkpoint["state_dict"].items()}
     model = CifarResNet(depth)
     model.load_state_dict(state, strict=True)
@@ -75,7 +77,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10"))
     parser.add_argument("--depths", type=int, nargs="+", default=[20, 56])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
-    parser.add_argument("--subsets", action="store_true", help="also write data/calib.npz, data/test.npz")
+    parser.add_argument(
+        "--subsets", action="store_true", help="also write data/calib.npz, data/test.npz"
+    )
     args = parser.parse_args()
     for depth in args.depths:
         model = load_pretrained(depth, args.weights)
