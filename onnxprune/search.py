@@ -83,6 +83,7 @@ class DDPGSettings:
     updates_per_episode: int = 10
     head: str = "per-group"
     id_dim: int = 0
+    critic: str = "joint"
 
 
 @dataclass
@@ -177,11 +178,13 @@ def _table(source: str, name: str, data: Any, cls: type) -> Any:
             )
         default = getattr(cls(), key)
         if isinstance(default, str):
-            from onnxprune.rl.ddpg import HEADS
+            from onnxprune.rl.ddpg import CRITICS, HEADS
 
-            if value not in HEADS:
+            choices = HEADS if key == "head" else CRITICS
+            if value not in choices:
                 raise OnnxPruneError(
-                    f"{source}: key '{name}.{key}' must be one of {', '.join(HEADS)}, got {value!r}"
+                    f"{source}: key '{name}.{key}' must be one of {', '.join(choices)}, "
+                    f"got {value!r}"
                 )
             values[key] = value
             continue

@@ -21,9 +21,11 @@ def _group_features(record: np.ndarray) -> torch.Tensor:
 
 
 def _train_toy(
-    encoder: str, seed: int, episodes: int = 200, updates: int = 5
+    encoder: str, seed: int, episodes: int = 200, updates: int = 5, critic: str = "joint"
 ) -> tuple[DDPG, np.ndarray]:
-    config = DDPGConfig(hidden=64, lr_actor=1e-3, lr_critic=3e-3, batch_size=64, tau=0.05)
+    config = DDPGConfig(
+        hidden=64, lr_actor=1e-3, lr_critic=3e-3, batch_size=64, tau=0.05, critic=critic
+    )
     if encoder == "mlp":
         factory, observe = (lambda: MLPEncoder(5, 16)), _group_features
     else:
@@ -52,6 +54,27 @@ def test_ddpg_learns_known_optimum(encoder: str) -> None:
     # sigmoid heads approach 0.9 slowly; a uniform random policy scores about -0.33
     np.testing.assert_allclose(action, TARGET, atol=0.12)
     assert -float(np.sum((action - TARGET) ** 2)) > -0.02
+
+
+def test_per_group_critic_learns_known_optimum() -> None:
+    agent, action = _train_toy("mlp", seed=0, episodes=250, critic="per-group")
+    assert agent.critic.per_group
+    np.testing.assert_allclose(action, TARGET, atol=0.12)
+
+
+def test_per_group_critic_is_a_mean_of_group_terms() -> None:
+    config = DDPGConfig(hidden=16, critic="per-group")
+    record = np.array([1.0], dtype=np.float32)
+    agent = DDPG(lambda: MLPEncoder(5, 8), _group_features, record, 4, config, seed=0)
+    emb = agent.critic.embed(_group_features(record))
+    assert emb.shape == (4, 16)  # [g, group_emb_i] per group
+    action = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    terms = agent.critic.head(torch.cat([emb, action.unsqueeze(-1)], dim=-1)).squeeze(-1)
+    q = agent.critic(_group_features(record), action)
+    assert float(q) == pytest.approx(float(terms.mean()), rel=1e-6)
+    # a flat encoder has no per-group embeddings: the critic falls back to the joint MLP
+    flat = DDPG(FlatEncoder, lambda r: torch.as_tensor(r), record, 4, config, seed=0)
+    assert not flat.critic.per_group
 
 
 def test_ddpg_same_seed_same_policy() -> None:

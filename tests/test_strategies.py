@@ -63,6 +63,7 @@ def test_custom_file_loads(tmp_path: Path) -> None:
         ("[noise]\nsigma = 0\n", "noise needs sigma > 0"),
         ("[ddpg]\nlr = 0.1\n", "unknown key 'ddpg.lr'"),
         ('[ddpg]\nhead = "attention"\n', "key 'ddpg.head' must be one of per-group, global"),
+        ('[ddpg]\ncritic = "twin"\n', "key 'ddpg.critic' must be one of joint, per-group"),
         ("episodes = 3\nwarmup = 5\n", "warmup (5) exceeds episodes (3)"),
         ("episodes = [\n", "is not valid TOML"),
     ],

@@ -52,6 +52,7 @@ class DDPGConfig:
     updates_per_episode: int = 20
     head: str = "per-group"
     id_dim: int = 0
+    critic: str = "joint"
 
     def __str__(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self).items())
@@ -100,6 +101,7 @@ class FlatEncoder(nn.Module):
 
 
 HEADS = ("per-group", "global")
+CRITICS = ("joint", "per-group")
 
 
 class Actor(nn.Module):
@@ -150,20 +152,48 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """``forward(obs, action [n_actions]) -> Q`` (scalar tensor)."""
+    """``forward(obs, action [n_actions]) -> Q`` (scalar tensor).
 
-    def __init__(self, encoder: nn.Module, sample_obs: Any, n_actions: int, hidden: int) -> None:
+    ``kind="joint"``: an MLP on ``[g, action]`` (paper 002). ``kind="per-group"``: a value
+    decomposition ``Q = mean_i q([g, group_emb_i, a_i])`` with one shared MLP ``q``, so each
+    episode's reward trains the MLP on every group's (embedding, ratio) pair at once; it needs
+    an encoder with one embedding per action and falls back to ``joint`` otherwise.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        sample_obs: Any,
+        n_actions: int,
+        hidden: int,
+        kind: str = "joint",
+    ) -> None:
         super().__init__()
+        if kind not in CRITICS:
+            raise OnnxPruneError(f"critic must be one of {', '.join(CRITICS)}, got '{kind}'")
         self.encoder = encoder
         with torch.no_grad():
-            g, _ = encoder(sample_obs)
-        self.head = _mlp(g.shape[-1] + n_actions, hidden, 1)
+            g, group_emb = encoder(sample_obs)
+        self.per_group = (
+            kind == "per-group" and group_emb is not None and group_emb.shape[0] == n_actions
+        )
+        if self.per_group:
+            self.head = _mlp(g.shape[-1] + group_emb.shape[-1] + 1, hidden, 1)
+        else:
+            self.head = _mlp(g.shape[-1] + n_actions, hidden, 1)
 
     def embed(self, obs: Any) -> torch.Tensor:
-        return self.encoder(obs)[0]
+        """``[D]`` (joint) or ``[n_actions, D + E]`` (per-group) state embedding."""
+        g, group_emb = self.encoder(obs)
+        if self.per_group:
+            return torch.cat([g.expand(group_emb.shape[0], -1), group_emb], dim=-1)
+        return g
 
     def q(self, g: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """``g: [B, D]``, ``action: [B, n_actions]`` -> ``[B]``."""
+        """``g: [B, D]`` (or ``[B, n, D + E]``), ``action: [B, n_actions]`` -> ``[B]``."""
+        if self.per_group:
+            joint = torch.cat([g, action.unsqueeze(-1)], dim=-1)
+            return self.head(joint).squeeze(-1).mean(dim=-1)
         return self.head(torch.cat([g, action], dim=-1)).squeeze(-1)
 
     def forward(self, obs: Any, action: torch.Tensor) -> torch.Tensor:
@@ -214,7 +244,9 @@ class DDPG:
                 self.config.head,
                 self.config.id_dim,
             )
-            self.critic = Critic(encoder_factory(), sample_obs, n_actions, self.config.hidden)
+            self.critic = Critic(
+                encoder_factory(), sample_obs, n_actions, self.config.hidden, self.config.critic
+            )
         self.actor_target = copy.deepcopy(self.actor)
         self.critic_target = copy.deepcopy(self.critic)
         for net in (self.actor_target, self.critic_target):
