@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,14 @@ def test_bundled_presets_load_with_paper_settings() -> None:
     for name in ("agmc", "amc", "random"):
         assert presets[name].episodes == gnn.episodes
     assert presets["random"].warmup == presets["random"].episodes
-    # one DDPG and noise configuration for every DDPG agent: no agent is tuned on its own
+    # one DDPG and noise configuration for every DDPG agent: no agent is tuned on its own;
+    # the only difference is gnn-rl's critic (value decomposition over its per-group
+    # embeddings), the baselines keep their papers' joint critic
+    assert gnn.ddpg.critic == "per-group"
     for name in ("agmc", "amc"):
-        assert presets[name].ddpg == gnn.ddpg and presets[name].noise == gnn.noise
+        assert presets[name].ddpg.critic == "joint"
+        same = dataclasses.replace(presets[name].ddpg, critic=gnn.ddpg.critic)
+        assert same == gnn.ddpg and presets[name].noise == gnn.noise
         assert presets[name].warmup == gnn.warmup
     # every searching preset rewards the LS-repaired candidate (the raw 50 % cut of a CIFAR
     # ResNet is near chance, so the raw reward cannot rank plans)
