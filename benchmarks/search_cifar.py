@@ -192,8 +192,9 @@ def table(rows: list[dict]) -> str:
     """Markdown summary: mean (min-max) over seeds per model and strategy."""
     lines = [
         "| model | strategy | seeds | episodes | distinct plans/run | MACs kept "
-        "| reward-split top-1 | test top-1 (raw cut) | test top-1 after LS | search time |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| reward-split top-1 | last-30 mean reward top-1 | test top-1 (raw cut) "
+        "| test top-1 after LS | search time |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     keys = sorted({(r["model"], r["strategy"]) for r in rows}, key=lambda k: (k[0], k[1]))
     for model, strategy in keys:
@@ -211,6 +212,7 @@ def table(rows: list[dict]) -> str:
             f"| {model} | {strategy} | {len(group)} | {group[0]['episodes']} "
             f"| {stat('evaluations', '{:.0f}')} "
             f"| {stat('macs_fraction', '{:.3f}')} | {stat('reward_top1', '{:.1f}')} "
+            f"| {stat('last30_mean_top1', '{:.1f}')} "
             f"| {stat('test_top1')} | {stat('test_top1_ls')} | {stat('search_seconds', '{:.0f}')} s |"
         )
     return "\n".join(lines)

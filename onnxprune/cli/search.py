@@ -119,6 +119,11 @@ def search_command(
       onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/
       onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/ --resume
 
+    --data is split by a seeded shuffle into disjoint parts: the reward split, the images
+    each candidate's least-squares refit is fitted on, a selection split on which the best
+    few plans are re-scored for the final pick, and the held-out split the report's
+    accuracy comes from (or --eval-data). report.md lists what each got.
+
     Ctrl-C stops the search and keeps the best plan so far; --resume continues it.
     Preprocessing of uint8 images comes from the flags, else from preprocess.json next to
     the data.
