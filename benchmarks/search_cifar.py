@@ -8,6 +8,10 @@ evaluates one plan. The presets repair every candidate by least squares before i
 (``reward_recover = "ls"``) and the final model too (``recover = "ls"``); the script scores
 the searched plan both as a raw cut and after that final LS (fit on the same reward split).
 
+``--evaluations N`` gives every strategy the same number of *distinct evaluated plans*
+(RL agents repeat plans; repeats hit the cache and cost no evaluation), with ``3 N``
+episodes as a cap.
+
 Full matrix (180 episodes = the presets; several hours on 2 idle cores; run per model and
 seed with ``--append`` to split it)::
 
@@ -45,6 +49,13 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--strategies", default="gnn-rl,agmc,amc,random,uniform")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--episodes", type=int, default=None, help="default: the preset's (180)")
+    parser.add_argument(
+        "--evaluations",
+        type=int,
+        default=0,
+        help="equal evaluation budget: stop each search after this many distinct plans "
+        "(episodes default to 3x this as a cap); 0: episodes only",
+    )
     parser.add_argument("--flops", type=float, default=0.5)
     parser.add_argument("--reward-samples", type=int, default=500)
     parser.add_argument("--test-samples", type=int, default=0, help="0: the full test.npz")
@@ -79,6 +90,9 @@ def main() -> int:
     if args.append and out_path.exists():
         rows = json.loads(out_path.read_text())["rows"]
     started = time.time()
+    episodes = args.episodes
+    if args.evaluations and episodes is None:
+        episodes = 3 * args.evaluations
     for depth in args.models.split(","):
         model_path = model_dir / f"resnet{depth}.onnx"
         calib = load_data(Path(args.data_dir) / "calib.npz", model_path, preprocess)
@@ -100,7 +114,8 @@ def main() -> int:
                         strategy,
                         tmp,
                         seed,
-                        episodes=None if strategy == "uniform" else args.episodes,
+                        episodes=None if strategy == "uniform" else episodes,
+                        evaluations=args.evaluations,
                         reward_samples=args.reward_samples,
                         eval_data=test,
                         show_progress=False,
@@ -112,6 +127,7 @@ def main() -> int:
                         "strategy": Path(strategy).stem if strategy.endswith(".toml") else strategy,
                         "seed": seed,
                         "episodes": len(result.episodes),
+                        "evaluation_budget": args.evaluations or None,
                         "evaluations": result.evaluations,
                         "reward_recover": result.strategy.reward_recover,
                         "macs_fraction": result.pruned["macs"] / result.original["macs"],
@@ -163,7 +179,8 @@ def _mean_top1(episodes: list) -> float | None:
 
 
 def _key(row: dict) -> tuple:
-    return (row["model"], row["strategy"], row["seed"], row["episodes"])
+    budget = row.get("evaluation_budget")
+    return (row["model"], row["strategy"], row["seed"], budget or row["episodes"])
 
 
 def _ratio(result, key: str) -> float | None:
@@ -209,7 +226,7 @@ def table(rows: list[dict]) -> str:
             return f"{fmt.format(np.mean(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
         lines.append(
-            f"| {model} | {strategy} | {len(group)} | {group[0]['episodes']} "
+            f"| {model} | {strategy} | {len(group)} | {stat('episodes', '{:.0f}')} "
             f"| {stat('evaluations', '{:.0f}')} "
             f"| {stat('macs_fraction', '{:.3f}')} | {stat('reward_top1', '{:.1f}')} "
             f"| {stat('last30_mean_top1', '{:.1f}')} "

@@ -110,6 +110,7 @@ class Strategy:
     encoder_dim: int = 64
     select_top: int = 1
     select_samples: int = 1000
+    evaluations: int = 0
     noise: NoiseSettings = field(default_factory=NoiseSettings)
     ddpg: DDPGSettings = field(default_factory=DDPGSettings)
 
@@ -136,6 +137,7 @@ _INT_KEYS = {
     "recover_images": 1,
     "select_top": 1,
     "select_samples": 1,
+    "evaluations": 0,
 }
 _CHOICE_KEYS = {
     "agent": AGENTS,
@@ -535,7 +537,7 @@ def _fingerprint(
     """What must match for ``--resume``. The episode count may grow (extend a finished run);
     for ``random`` the warm-up follows it, so it may too; the final recovery may differ."""
     settings = strategy.to_dict()
-    for free in ("episodes", "recover", "eval_samples", "name", "source"):
+    for free in ("episodes", "evaluations", "recover", "eval_samples", "name", "source"):
         settings.pop(free)
     if strategy.agent == "random":
         settings.pop("warmup")
@@ -561,6 +563,7 @@ def run_search(
     seed: int = 0,
     *,
     episodes: int | None = None,
+    evaluations: int | None = None,
     reward_samples: int | None = None,
     eval_samples: int | None = None,
     eval_data: Any = None,
@@ -575,8 +578,10 @@ def run_search(
     """Search per-group prune ratios that keep ``flops`` of the MACs (see module docstring).
 
     ``data``/``eval_data``: a path (``.npz``, ``.npy``, image folder) or a
-    :class:`onnxprune.data.Dataset`. ``episodes``, ``reward_samples``, ``eval_samples``,
-    ``recover`` override the strategy. ``on_episode`` is called after each episode (it may
+    :class:`onnxprune.data.Dataset`. ``episodes``, ``evaluations``, ``reward_samples``,
+    ``eval_samples``, ``recover`` override the strategy. ``evaluations`` (> 0) stops the
+    search once that many distinct plans have been evaluated (repeats hit the cache and are
+    free), so agents can be compared at an equal evaluation budget. ``on_episode`` is called after each episode (it may
     raise ``KeyboardInterrupt`` to stop, as Ctrl-C does). Returns :class:`SearchResult`;
     raises :class:`OnnxPruneError` for bad input and impossible budgets.
     """
@@ -599,6 +604,10 @@ def run_search(
             raise OnnxPruneError(f"--episodes must be >= 1, got {episodes}")
         strat.warmup = min(strat.warmup, episodes) if strat.agent != "random" else episodes
         strat.episodes = 1 if strat.agent == "uniform" else episodes
+    if evaluations is not None:
+        if evaluations < 0:
+            raise OnnxPruneError(f"evaluations must be >= 0 (0: no limit), got {evaluations}")
+        strat.evaluations = evaluations
     if strat.agent == "uniform":  # one deterministic plan: more episodes would repeat it
         strat.episodes, strat.warmup = 1, 0
     elif strat.agent == "random":  # every episode is a random draw
@@ -780,6 +789,7 @@ def run_search(
             agent.load_state_dict(state["agent"])
         noise.load_state_dict(state["noise"])
         env.cache.update(state["cache"])
+        env.n_evaluations = len(env.cache)  # every cached plan was evaluated once
         log = [EpisodeRecord(**e) for e in state["log"]]
         best, baseline = state["best"], state["baseline"]
         start_episode = resumed_from = len(log)
@@ -800,6 +810,12 @@ def run_search(
             bar.advance(start_episode, status="resumed")
         try:
             for episode in range(start_episode, strat.episodes):
+                if strat.evaluations and env.n_evaluations >= strat.evaluations:
+                    notes.append(
+                        f"stopped at episode {episode}: {env.n_evaluations} distinct plans "
+                        f"evaluated (evaluation budget {strat.evaluations})"
+                    )
+                    break
                 t0 = time.perf_counter()
                 warm = episode < strat.warmup
                 phase = "warm-up" if warm else "explore"

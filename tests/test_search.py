@@ -126,6 +126,19 @@ def test_final_pick_rescores_top_plans_on_a_selection_split(
     assert "## Final pick" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_evaluation_budget_stops_at_distinct_plans(
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path
+) -> None:
+    strategy = _strategy(tmp_path, "gnn-rl", episodes=40, warmup=2)
+    result = _run(tiny_model, tiny_data, tmp_path / "out", strategy, evaluations=4)
+    assert result.evaluations == 4
+    assert len({tuple(sorted(e.kept.items())) for e in result.episodes}) == 4
+    assert len(result.episodes) < 40
+    assert any("distinct plans evaluated (evaluation budget 4)" in n for n in result.notes)
+    with pytest.raises(OnnxPruneError, match="evaluations must be >= 0"):
+        _run(tiny_model, tiny_data, tmp_path / "bad", strategy, evaluations=-1)
+
+
 def test_heldout_split_is_disjoint_from_reward_split(
     tiny_model: Path, tiny_data: Dataset, tmp_path: Path
 ) -> None:
@@ -155,6 +168,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     assert [e.reward for e in resumed.episodes] == [e.reward for e in full.episodes]
     assert [e.kept for e in resumed.episodes] == [e.kept for e in full.episodes]
     assert resumed.kept == full.kept and resumed.best_episode == full.best_episode
+    assert resumed.evaluations == full.evaluations  # cached plans count after a resume too
 
 
 def test_resume_can_extend_a_finished_run(
