@@ -100,6 +100,16 @@ class FlatEncoder(nn.Module):
         return x.reshape(-1).float(), None
 
 
+def _embedding_dims(encoder: nn.Module, sample_obs: Any, n_actions: int) -> tuple[int, int | None]:
+    """``(D, E)``: graph embedding size and per-action embedding size (``None`` when the
+    encoder gives no embedding per action)."""
+    with torch.no_grad():
+        g, group_emb = encoder(sample_obs)
+    if group_emb is None or group_emb.shape[0] != n_actions:
+        return int(g.shape[-1]), None
+    return int(g.shape[-1]), int(group_emb.shape[-1])
+
+
 HEADS = ("per-group", "global")
 CRITICS = ("joint", "per-group")
 
@@ -128,18 +138,15 @@ class Actor(nn.Module):
             raise OnnxPruneError(f"actor head must be one of {', '.join(HEADS)}, got '{head}'")
         self.encoder = encoder
         self.n_actions = n_actions
-        with torch.no_grad():
-            g, group_emb = encoder(sample_obs)
-        self.per_group = (
-            head == "per-group" and group_emb is not None and group_emb.shape[0] == n_actions
-        )
+        g_dim, emb_dim = _embedding_dims(encoder, sample_obs, n_actions)
+        self.per_group = head == "per-group" and emb_dim is not None
         self.ids = None
         if self.per_group:
             if id_dim > 0:
                 self.ids = nn.Parameter(torch.randn(n_actions, id_dim))
-            self.head = _mlp(g.shape[-1] + group_emb.shape[-1] + max(0, id_dim), hidden, 1)
+            self.head = _mlp(g_dim + int(emb_dim or 0) + max(0, id_dim), hidden, 1)
         else:
-            self.head = _mlp(g.shape[-1], hidden, n_actions)
+            self.head = _mlp(g_dim, hidden, n_actions)
 
     def forward(self, obs: Any) -> torch.Tensor:
         g, group_emb = self.encoder(obs)
@@ -172,15 +179,12 @@ class Critic(nn.Module):
         if kind not in CRITICS:
             raise OnnxPruneError(f"critic must be one of {', '.join(CRITICS)}, got '{kind}'")
         self.encoder = encoder
-        with torch.no_grad():
-            g, group_emb = encoder(sample_obs)
-        self.per_group = (
-            kind == "per-group" and group_emb is not None and group_emb.shape[0] == n_actions
-        )
+        g_dim, emb_dim = _embedding_dims(encoder, sample_obs, n_actions)
+        self.per_group = kind == "per-group" and emb_dim is not None
         if self.per_group:
-            self.head = _mlp(g.shape[-1] + group_emb.shape[-1] + 1, hidden, 1)
+            self.head = _mlp(g_dim + int(emb_dim or 0) + 1, hidden, 1)
         else:
-            self.head = _mlp(g.shape[-1] + n_actions, hidden, 1)
+            self.head = _mlp(g_dim + n_actions, hidden, 1)
 
     def embed(self, obs: Any) -> torch.Tensor:
         """``[D]`` (joint) or ``[n_actions, D + E]`` (per-group) state embedding."""
