@@ -25,7 +25,10 @@
    states, plan cache, episode log, best plan) is written to ``OUTDIR/checkpoint.pt``;
    ``resume=True`` continues from it and ends with the same result as an uninterrupted run.
    Ctrl-C (``KeyboardInterrupt``) stops the loop and keeps the best plan so far.
-5. Materialises the best plan (:func:`onnxprune.surgery.apply_plan`), optionally recovers
+5. Picks the final plan: with ``select_top > 1`` the best few plans by reward are re-scored
+   on a *selection split* (``select_samples`` further samples, disjoint from the others) and
+   the best sample-weighted mean of both scores wins; the top reward alone is optimistic.
+6. Materialises the best plan (:func:`onnxprune.surgery.apply_plan`), optionally recovers
    accuracy (``recover``), evaluates original and pruned on the held-out split, times both
    (latency p50 at batch 1 and 32) and writes ``pruned.onnx``, ``plan.json``,
    ``report.json``, ``report.md`` and plots (:mod:`onnxprune.report`).
@@ -581,8 +584,8 @@ def run_search(
     :class:`onnxprune.data.Dataset`. ``episodes``, ``evaluations``, ``reward_samples``,
     ``eval_samples``, ``recover`` override the strategy. ``evaluations`` (> 0) stops the
     search once that many distinct plans have been evaluated (repeats hit the cache and are
-    free), so agents can be compared at an equal evaluation budget. ``on_episode`` is called after each episode (it may
-    raise ``KeyboardInterrupt`` to stop, as Ctrl-C does). Returns :class:`SearchResult`;
+    free), so agents can be compared at an equal evaluation budget. ``on_episode`` is called
+    after each episode (it may raise ``KeyboardInterrupt`` to stop, as Ctrl-C does). Returns :class:`SearchResult`;
     raises :class:`OnnxPruneError` for bad input and impossible budgets.
     """
     import torch
@@ -892,7 +895,7 @@ def run_search(
                 raise
     assert best is not None
     selection: list[dict[str, Any]] = []
-    if select_split is not None and len(env.cache) > 1:
+    if select_split is not None and len(env.cache) > 1 and not interrupted:
         best, selection = _select(
             env, evaluator, best, log, select_split, strat.select_top, metric, original_session
         )
@@ -902,7 +905,8 @@ def run_search(
             f"(weighted with the reward split: {len(reward_split)} + {len(select_split)} images)"
         )
     elif strat.select_top > 1:
-        notes.append("final plan: the top reward (no data left for a selection split, or one plan)")
+        why = "interrupted" if interrupted else "no data left for a selection split, or one plan"
+        notes.append(f"final plan: the top reward ({why})")
     search_seconds = time.perf_counter() - search_start
 
     return _finalize(
