@@ -184,7 +184,6 @@ class PruningEnv:
                 f"--flops >= {math.ceil(self.min_fraction * 1000) / 1000:.3f}"
             )
         self.cache: dict[tuple[int, ...], float] = {}
-        self.n_evaluations = 0
         self._sizes = self.rounding.sizes
         self.removable_macs = self._marginal_macs()  # [n] MACs fraction each group can remove alone
         self.reset()
@@ -208,6 +207,12 @@ class PruningEnv:
             "cached_plans": len(self.cache),
             "evaluations": self.n_evaluations,
         }
+
+    @property
+    def n_evaluations(self) -> int:
+        """Distinct plans evaluated so far: every cached plan was evaluated exactly once (a
+        cache restored by a resumed search counts too)."""
+        return len(self.cache)
 
     @property
     def n_actions(self) -> int:
@@ -337,7 +342,6 @@ class PruningEnv:
         if not math.isfinite(reward):
             raise OnnxPruneError(f"reward function returned {reward} for plan {kept}")
         self.cache[key] = reward
-        self.n_evaluations += 1
         return reward, False
 
 

@@ -792,7 +792,6 @@ def run_search(
             agent.load_state_dict(state["agent"])
         noise.load_state_dict(state["noise"])
         env.cache.update(state["cache"])
-        env.n_evaluations = len(env.cache)  # every cached plan was evaluated once
         log = [EpisodeRecord(**e) for e in state["log"]]
         best, baseline = state["best"], state["baseline"]
         start_episode = resumed_from = len(log)
