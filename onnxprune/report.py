@@ -91,7 +91,7 @@ def markdown(result: Any) -> str:
         lines.append(
             f"| {row['id']} | {tensor} | {row['size']} | {row['kept']} | {row['keep_ratio']:.3f} |"
         )
-    selection = getattr(result, "selection", None)
+    selection = result.selection
     if selection:
         lines += [
             "",

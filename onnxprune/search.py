@@ -976,8 +976,7 @@ def _select(
     winner = max(range(len(rows)), key=lambda i: rows[i]["combined"])
     for i, row in enumerate(rows):
         row["chosen"] = i == winner
-    key = ranked[winner][0]
-    kept = env.kept_dict(key)
+    kept = env.kept_dict(ranked[winner][0])
     episode = next((e.episode for e in log if e.kept == kept), best[1])
     return (ranked[winner][1], episode, kept), rows
 
