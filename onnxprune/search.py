@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from onnxprune.atomic import atomic_path
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import InternalError, OnnxPruneError
 
 AGENTS = ("gnn-rl", "agmc", "amc", "uniform", "random")
 SKIP_RULES = ("residual", "grouped")
@@ -501,9 +501,9 @@ def _graph_agent(kind: str, hierarchy: Any, env: Any, strategy: Strategy, seed: 
     rows_of = {g: i for i, g in enumerate(hierarchy.prunable_group_ids)}
     missing = [g for g in env.group_ids if g not in rows_of]
     if missing:
-        raise OnnxPruneError(
+        raise InternalError(
             f"the hierarchical graph does not know channel group(s) {missing[:5]}; "
-            "cannot build the graph agent (report this model)"
+            "cannot build the graph agent"
         )
     rows = torch.tensor([rows_of[g] for g in env.group_ids], dtype=torch.long)
     encoder_cls = MultiStageGNN if kind == "gnn-rl" else GCNEncoder
@@ -1093,9 +1093,9 @@ def _finalize(
         notes.append(f"recovery '{strategy.recover}' used the reward split as calibration data")
     pruned_cost = model_cost(pruned)
     if pruned_cost.macs > flops * original_cost.macs + 1e-9:
-        raise OnnxPruneError(
-            f"internal: the pruned model keeps {pruned_cost.macs / original_cost.macs:.4f} of the "
-            f"MACs, above --flops {flops}; please report this model"
+        raise InternalError(
+            f"the pruned model keeps {pruned_cost.macs / original_cost.macs:.4f} of the "
+            f"MACs, above --flops {flops}"
         )
     files = {
         "pruned": str(save_model(pruned, outdir / "pruned.onnx", protect=[model_file])),

@@ -42,13 +42,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 for _name in _COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(_name)
-    except ModuleNotFoundError as _exc:  # a stage not built yet
-        if _exc.name != _name:
-            raise
-        continue
-    _module.register(main)
+    importlib.import_module(_name).register(main)
 
 
 def entry() -> None:

@@ -9,16 +9,18 @@ from typing import Any
 
 import click
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import InternalError, OnnxPruneError
 from onnxprune.progress import iter_progress, progress  # noqa: F401  (re-exported)
 
 EXIT_OK = 0
 EXIT_FAIL = 1  # a check failed (e.g. the latency gate)
 EXIT_USAGE = 2  # bad input / usage error
+EXIT_INTERNAL = 3  # a bug in onnxprune (an internal invariant broke)
 
 
 def run_guarded(cli: click.Group, args: list[str] | None = None) -> int:
-    """Run the click group; ``OnnxPruneError`` becomes one stderr line and exit code 2."""
+    """Run the click group; ``OnnxPruneError`` becomes one stderr line and exit code 2,
+    :class:`~onnxprune.errors.InternalError` a "please report" line and exit code 3."""
     debug = "--debug" in (args if args is not None else sys.argv[1:])
     try:
         rv = cli.main(args=args, prog_name="onnxprune", standalone_mode=False)
@@ -35,6 +37,14 @@ def run_guarded(cli: click.Group, args: list[str] | None = None) -> int:
             raise
         click.echo(f"error: {exc}", err=True)
         return EXIT_USAGE
+    except InternalError as exc:
+        if debug:
+            raise
+        click.echo(
+            f"internal error, please report: {exc} (rerun with --debug for the traceback)",
+            err=True,
+        )
+        return EXIT_INTERNAL
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
