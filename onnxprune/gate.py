@@ -291,6 +291,65 @@ def _accuracy(
     return base_result, cand_result, 100.0 - cand_result.agreement
 
 
+@dataclass
+class _Timing:
+    """Per-round times of both models and the ratio interval they gave."""
+
+    base_ms: list[float]
+    cand_ms: list[float]
+    rounds: int
+    ratio: float
+    low: float
+    high: float
+    conclusive: bool
+
+
+def _time_until_conclusive(
+    base_session: Any,
+    cand_session: Any,
+    base_feed: dict[str, np.ndarray],
+    cand_feed: dict[str, np.ndarray],
+    recorded_base: list[float] | None,
+    max_slowdown: float,
+    runs: int,
+    max_rounds: int,
+    confidence: float,
+    seed: int,
+    progress: Any,
+) -> _Timing:
+    """Time in blocks of ``runs`` rounds until the ratio's interval excludes
+    ``max_slowdown`` or ``max_rounds`` are done. With ``recorded_base`` (a baseline JSON)
+    only the candidate is timed and the interval is unpaired."""
+    base_ms: list[float] = []
+    cand_ms: list[float] = []
+    done = 0
+    while True:
+        todo = runs if done == 0 else min(runs, max_rounds - done)
+        if recorded_base is None:
+            b, c = interleaved_timings(
+                base_session, cand_session, base_feed, cand_feed, todo, done, progress
+            )
+            base_ms += b
+            cand_ms += c
+        else:
+            from onnxprune.evaluate import time_run
+
+            for _ in range(todo):
+                cand_ms.append(time_run(cand_session, cand_feed))
+                if progress is not None:
+                    progress.advance()
+        done += todo
+        if recorded_base is None:
+            ratio, low, high = ratio_interval(base_ms, cand_ms, confidence, seed=seed)
+        else:
+            ratio, low, high = ratio_interval(
+                recorded_base, cand_ms, confidence, seed=seed, paired=False
+            )
+        conclusive = not (low <= max_slowdown <= high)
+        if conclusive or done >= max_rounds:
+            return _Timing(base_ms, cand_ms, done, ratio, low, high, conclusive)
+
+
 def run_gate(
     base: onnx.ModelProto | str | os.PathLike[str],
     cand: onnx.ModelProto | str | os.PathLike[str],
@@ -345,35 +404,21 @@ def run_gate(
             recorded_base = [float(record["base"]["median_ms"])]
         caveats = _baseline_caveats(record, environment(provider, n_threads), batch, shapes)
 
-    base_ms: list[float] = []
-    cand_ms: list[float] = []
-    done = 0
-    while True:
-        todo = runs if done == 0 else min(runs, max_rounds - done)
-        if baseline_json is None:
-            b, c = interleaved_timings(
-                base_session, cand_session, base_feed, cand_feed, todo, done, progress
-            )
-            base_ms += b
-            cand_ms += c
-        else:
-            from onnxprune.evaluate import time_run
-
-            for _ in range(todo):
-                cand_ms.append(time_run(cand_session, cand_feed))
-                if progress is not None:
-                    progress.advance()
-        done += todo
-        if baseline_json is None:
-            ratio, low, high = ratio_interval(base_ms, cand_ms, confidence, seed=seed)
-        else:
-            ratio, low, high = ratio_interval(
-                recorded_base, cand_ms, confidence, seed=seed, paired=False
-            )
-        conclusive = not (low <= max_slowdown <= high)
-        if conclusive or done >= max_rounds:
-            break
-
+    timing = _time_until_conclusive(
+        base_session,
+        cand_session,
+        base_feed,
+        cand_feed,
+        recorded_base if baseline_json is not None else None,
+        max_slowdown,
+        runs,
+        max_rounds,
+        confidence,
+        seed,
+        progress,
+    )
+    base_ms, cand_ms, done = timing.base_ms, timing.cand_ms, timing.rounds
+    ratio, low, high, conclusive = timing.ratio, timing.low, timing.high, timing.conclusive
     reference = base_ms if baseline_json is None else recorded_base
     passed = ratio <= max_slowdown
     reasons = []
