@@ -13,7 +13,7 @@ import copy
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,10 @@ SKIP_RULES = ("residual", "grouped")
 REWARDS = ("auto", "top1", "agreement", "kl")
 RECOVERY = ("none", "ls", "finetune")
 CRITERIA = ("l1", "l2", "bn", "activation")
-TABLES = {"noise": NoiseSettings, "ddpg": DDPGConfig}
+TABLES: dict[str, type[NoiseSettings] | type[DDPGConfig]] = {
+    "noise": NoiseSettings,
+    "ddpg": DDPGConfig,
+}
 
 
 @dataclass
@@ -116,7 +119,7 @@ def _table(source: str, name: str, data: Any) -> Any:
     cls = TABLES[name]
     if not isinstance(data, dict):
         raise OnnxPruneError(f"{source}: '{name}' must be a table ([{name}]), got {data!r}")
-    known = set(cls.__dataclass_fields__)
+    known = {f.name for f in fields(cls)}
     defaults = cls()
     values = {}
     for key, value in data.items():
