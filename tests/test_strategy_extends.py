@@ -88,3 +88,11 @@ def test_values_from_a_parent_are_still_validated(tmp_path: Path) -> None:
     child = _write(tmp_path, "child", 'extends = "parent.toml"\nwarmup = 5\n')
     with pytest.raises(OnnxPruneError, match="child.toml: warmup \\(5\\) exceeds episodes \\(3\\)"):
         load_strategy(child)
+
+
+def test_extends_cycle_through_other_spellings_of_a_path(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    _write(tmp_path, "top", 'extends = "sub/../sub/low.toml"\n')
+    _write(tmp_path / "sub", "low", 'extends = "../top.toml"\n')
+    with pytest.raises(OnnxPruneError, match="cycle"):
+        load_strategy(tmp_path / "top.toml")

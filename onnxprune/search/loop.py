@@ -103,7 +103,7 @@ def _start(setup: SearchSetup, resume: bool) -> tuple[SearchState, int | None, C
     # Created only now, after every input check: a refused run leaves nothing behind.
     setup.outdir.mkdir(parents=True, exist_ok=True)
     if not resume:
-        return SearchState(setup.agent.state_dict()), None, checkpoint
+        return SearchState(agent={}), None, checkpoint  # filled after the first episode
     state = checkpoint.load()
     setup.agent.load_state_dict(state.agent)
     setup.env.cache.update(state.cache)
@@ -147,7 +147,8 @@ def _run_episodes(
 
     strat, env, agent = setup.strategy, setup.env, setup.agent
     start = len(state.log)
-    with _one_torch_thread(), progress(f"search {strat.name}", strat.episodes, enabled=show_progress) as bar:  # fmt: skip
+    bar_context = progress(f"search {strat.name}", strat.episodes, enabled=show_progress)
+    with _one_torch_thread(), bar_context as bar:
         if start:
             bar.advance(start, status="resumed")
         try:
@@ -159,17 +160,19 @@ def _run_episodes(
                 step = outcome.result
                 if state.best is None or step.reward > state.best.reward:
                     state.best = BestPlan(step.reward, episode, dict(step.kept))
+                seconds = time.perf_counter() - t0
                 entry = EpisodeRecord(
                     episode, outcome.phase, step.reward, step.macs_fraction, dict(step.kept),
-                    step.cached, time.perf_counter() - t0,
+                    step.cached, seconds,
                 )  # fmt: skip
                 state.log.append(entry)
                 state.agent, state.cache = agent.state_dict(), env.cache
                 checkpoint.save(state)
                 best = state.best
-                bar.advance(
-                    1, status=f"best {best.reward:+.4f} (ep {best.episode}), MACs {step.macs_fraction:.3f}"
-                )  # fmt: skip
+                status = (
+                    f"best {best.reward:+.4f} (ep {best.episode}), MACs {step.macs_fraction:.3f}"
+                )
+                bar.advance(1, status=status)
                 if on_episode is not None:
                     on_episode(entry)
         except KeyboardInterrupt:

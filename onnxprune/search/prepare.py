@@ -186,6 +186,22 @@ def prepare(
         env, analysis, groups, seed, strat.warmup, strat.noise, strat.ddpg, strat.encoder_dim
     )
     return SearchSetup(
-        model_file, outdir, strat, seed, flops, analysis, groups, splits, metric, scores,
-        evaluator, env, kind.build(setup), session, device, threads, started, notes,
-    )  # fmt: skip
+        model_file=model_file,
+        outdir=outdir,
+        strategy=strat,
+        seed=seed,
+        flops=flops,
+        analysis=analysis,
+        groups=groups,
+        splits=splits,
+        metric=metric,
+        scores=scores,
+        evaluator=evaluator,
+        env=env,
+        agent=kind.build(setup),
+        original_session=session,
+        device=device,
+        threads=threads,
+        started=started,
+        notes=notes,
+    )

@@ -226,6 +226,11 @@ def _parent_ref(source: str, parent: Any) -> str:
     return parent
 
 
+def _identity(source: str) -> str:
+    """One spelling per file (``a.toml``, ``./a.toml`` and its absolute path are one file)."""
+    return source if source.startswith("strategies/") else os.path.realpath(source)
+
+
 def resolve_table(source: str, data: dict[str, Any], chain: tuple[str, ...] = ()) -> dict:
     """``data`` with its ``extends`` chain merged in (parents first, tables key by key).
 
@@ -241,7 +246,7 @@ def resolve_table(source: str, data: dict[str, Any], chain: tuple[str, ...] = ()
         raise OnnxPruneError(
             f"{source}: extends unknown parent '{data['extends']}' ({exc})"
         ) from exc
-    if parent_source in chain:
+    if _identity(parent_source) in {_identity(seen) for seen in chain}:
         cycle = " -> ".join([*chain, parent_source])
         raise OnnxPruneError(f"{source}: 'extends' forms a cycle ({cycle}); remove one 'extends'")
     merged = copy.deepcopy(resolve_table(parent_source, _read(parent_source, raw), chain))
