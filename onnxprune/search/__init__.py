@@ -21,6 +21,7 @@ Presets and their ``extends`` chains: :mod:`~onnxprune.search.strategy`; records
 """
 
 from onnxprune.rl.agents import BASELINE_MOMENTUM
+from onnxprune.rl.config import DDPGConfig, NoiseSettings
 from onnxprune.search.checkpoint import CHECKPOINT
 from onnxprune.search.finalize import _RECOVER_FUNCTIONS
 from onnxprune.search.loop import run_search
@@ -44,6 +45,8 @@ __all__ = [
     "BASELINE_MOMENTUM",
     "CHECKPOINT",
     "CRITERIA",
+    "DDPGConfig",
+    "NoiseSettings",
     "RECOVERY",
     "REWARDS",
     "SKIP_RULES",
