@@ -114,7 +114,7 @@ def main() -> int:
                         strategy,
                         tmp,
                         seed,
-                        episodes=None if strategy == "uniform" else episodes,
+                        episodes=episodes,  # an agent with a fixed schedule (uniform) keeps it
                         evaluations=args.evaluations,
                         reward_samples=args.reward_samples,
                         eval_data=test,

@@ -1,4 +1,4 @@
-"""``onnxprune search``: the main job (see :mod:`onnxprune.search`)."""
+"""``onnxprune search``: the main job (see :mod:`onnxprune.search.loop`)."""
 
 from __future__ import annotations
 

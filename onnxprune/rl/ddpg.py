@@ -21,13 +21,15 @@ Targets: soft update ``theta' <- tau * theta + (1 - tau) * theta'`` with ``tau =
 Observations: the agent never stores encoder inputs. It stores the environment's compact
 *state record* (a numpy vector) and calls ``observe(record) -> encoder input`` when it needs
 one; identical records in a batch are encoded once.
+
+:class:`DDPGConfig` is defined in the torch-free :mod:`onnxprune.rl.config` (strategy presets
+load without torch) and re-exported here.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -36,29 +38,7 @@ from torch import nn
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.rl.buffer import ReplayBuffer, Transition
-
-
-@dataclass
-class DDPGConfig:
-    """Hyper-parameters (defaults: paper 002 section 5 and AMC's DDPG)."""
-
-    hidden: int = 300
-    lr_actor: float = 1e-4
-    lr_critic: float = 1e-3
-    tau: float = 0.01
-    gamma: float = 1.0
-    batch_size: int = 64
-    buffer_size: int = 2000
-    updates_per_episode: int = 20
-    head: str = "per-group"
-    id_dim: int = 0
-    critic: str = "joint"
-
-    def __str__(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in asdict(self).items())
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from onnxprune.rl.config import CRITICS, HEADS, DDPGConfig
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -108,10 +88,6 @@ def _embedding_dims(encoder: nn.Module, sample_obs: Any, n_actions: int) -> tupl
     if group_emb is None or group_emb.shape[0] != n_actions:
         return int(g.shape[-1]), None
     return int(g.shape[-1]), int(group_emb.shape[-1])
-
-
-HEADS = ("per-group", "global")
-CRITICS = ("joint", "per-group")
 
 
 class Actor(nn.Module):
@@ -348,6 +324,15 @@ class DDPG:
         self._soft_update(self.critic_target, self.critic)
         self.n_updates += 1
         return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item()}
+
+    def train(self, gradient_steps: int | None = None) -> dict[str, float]:
+        """``gradient_steps`` :meth:`update` calls (default ``config.updates_per_episode``);
+        returns the losses of the last one (empty when nothing was updated)."""
+        steps = self.config.updates_per_episode if gradient_steps is None else gradient_steps
+        losses: dict[str, float] = {}
+        for _ in range(steps):
+            losses = self.update()
+        return losses
 
     @torch.no_grad()
     def _soft_update(self, target: nn.Module, source: nn.Module) -> None:

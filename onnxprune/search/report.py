@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxprune.atomic import atomic_path
+from onnxprune.rl.agents import agent_class
 
 _REWARD_TEXT = {
     "top1": "-top-1 error on the reward split (labels)",
@@ -44,7 +45,7 @@ def _ratio(new: float | None, old: float | None) -> str:
 
 
 def markdown(result: Any) -> str:
-    """The ``report.md`` text for a :class:`onnxprune.search.SearchResult`."""
+    """The ``report.md`` text for a :class:`onnxprune.search.result.SearchResult`."""
     o, p = result.original, result.pruned
     label = "top-1" if result.reward_metric == "top1" else "agreement with original"
     acc_o = "-" if o["accuracy"] is None else f"{o['accuracy']:.2f} %"
@@ -128,7 +129,8 @@ def plot_rewards(result: Any, path: Path) -> Path:
         running = max(running, r)
         best.append(running)
     fig, ax = plt.subplots(figsize=(8.5, 3.5), dpi=110)
-    if result.strategy.warmup and result.strategy.agent not in ("random", "uniform"):
+    # only agents whose warm-up precedes a policy have a warm-up phase worth shading
+    if result.strategy.warmup and agent_class(result.strategy.agent).warmup_phase:
         ax.axvspan(-0.5, result.strategy.warmup - 0.5, color="0.9", label="warm-up (random)")
     ax.plot(episodes, rewards, "o", ms=3, color="tab:blue", label="episode reward")
     ax.plot(episodes, best, "-", color="tab:red", label="best so far")

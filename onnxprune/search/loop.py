@@ -1,0 +1,205 @@
+"""The search loop: ``for episode: agent.run_episode(env, episode)``, checkpointed.
+
+``run_search(model, data, flops, strategy, outdir, seed)`` prepares the search
+(:mod:`onnxprune.search.prepare`), runs the strategy's agent (:mod:`onnxprune.rl.agents`)
+for ``episodes`` episodes, writing ``OUTDIR/checkpoint.pt`` after each
+(:mod:`onnxprune.search.checkpoint`; ``resume=True`` continues from it and ends with the
+same result as an uninterrupted run), picks the final plan (:func:`select_final`) and
+hands it to :func:`onnxprune.search.finalize.finalize`. Ctrl-C (``KeyboardInterrupt``)
+stops the loop and keeps the best plan so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from onnxprune.errors import InternalError, OnnxPruneError
+from onnxprune.search.checkpoint import CHECKPOINT, Checkpoint, SearchState, fingerprint
+from onnxprune.search.finalize import finalize, recover_function
+from onnxprune.search.prepare import SearchSetup, prepare
+from onnxprune.search.result import BestPlan, EpisodeRecord, SearchOutcome, SearchResult
+from onnxprune.search.reward import select_final
+from onnxprune.search.strategy import Strategy, StrategyOverrides, load_strategy
+
+OnEpisode = Callable[[EpisodeRecord], None]
+
+
+def run_search(
+    model_path: str | os.PathLike[str],
+    data: Any,
+    flops: float,
+    strategy: str | os.PathLike[str] | Strategy = "gnn-rl",
+    outdir: str | os.PathLike[str] = "onnxprune-out",
+    seed: int = 0,
+    *,
+    episodes: int | None = None,
+    evaluations: int | None = None,
+    reward_samples: int | None = None,
+    eval_samples: int | None = None,
+    eval_data: Any = None,
+    device: str = "cpu",
+    recover: str | None = None,
+    resume: bool = False,
+    show_progress: bool = True,
+    latency_runs: int = 20,
+    threads: int | None = None,
+    on_episode: OnEpisode | None = None,
+) -> SearchResult:
+    """Search per-group prune ratios that keep ``flops`` of the MACs (see module docstring).
+
+    ``data``/``eval_data``: a path (``.npz``, ``.npy``, image folder) or a
+    :class:`onnxprune.data.Dataset`. ``episodes``, ``evaluations``, ``reward_samples``,
+    ``eval_samples``, ``recover`` override the strategy. ``evaluations`` (> 0) stops the
+    search once that many distinct plans have been evaluated (repeats hit the cache and are
+    free), so agents can be compared at an equal evaluation budget. ``on_episode`` is called
+    after each episode (it may raise ``KeyboardInterrupt`` to stop, as Ctrl-C does).
+    Returns :class:`SearchResult`; raises :class:`OnnxPruneError` for bad input and
+    impossible budgets.
+    """
+    started = time.perf_counter()
+    preset = strategy if isinstance(strategy, Strategy) else load_strategy(strategy)
+    overrides = StrategyOverrides(episodes, evaluations, reward_samples, eval_samples, recover)
+    strat = overrides.apply(preset)
+    if not 0 < flops <= 1:
+        raise OnnxPruneError(f"--flops must be a fraction of the MACs in (0, 1], got {flops}")
+    recover_function(strat.recover)  # an unavailable recovery fails before any search work
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise OnnxPruneError(f"output '{out}' exists and is not a folder; pass a folder with -o")
+    setup = prepare(
+        Path(model_path), data, eval_data, flops, strat, out, seed, device, threads, started
+    )
+    state, resumed_from, checkpoint = _start(setup, resume)
+    search_start = time.perf_counter()
+    interrupted = _run_episodes(setup, state, checkpoint, show_progress, on_episode)
+    if state.best is None:
+        raise InternalError("the search ended without a single finished episode")
+    best, selection = _final_pick(setup, state.best, state.log, interrupted)
+    outcome = SearchOutcome(
+        best, state.log, interrupted, resumed_from, time.perf_counter() - search_start, selection
+    )
+    return finalize(setup, outcome, latency_runs)
+
+
+def _start(setup: SearchSetup, resume: bool) -> tuple[SearchState, int | None, Checkpoint]:
+    """The state to start from (the checkpoint's with ``resume``) and where to save it."""
+    from onnxprune.plan import model_sha256
+
+    strat = setup.strategy
+    run_fingerprint = fingerprint(
+        model_sha256(setup.analysis.model),
+        strat,
+        setup.seed,
+        setup.flops,
+        len(setup.splits.reward),
+        type(setup.agent).resume_free_keys,
+    )
+    checkpoint = Checkpoint(setup.outdir / CHECKPOINT, run_fingerprint)
+    # Created only now, after every input check: a refused run leaves nothing behind.
+    setup.outdir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        return SearchState(agent={}), None, checkpoint  # filled after the first episode
+    state = checkpoint.load()
+    setup.agent.load_state_dict(state.agent)
+    setup.env.cache.update(state.cache)
+    return state, len(state.log), checkpoint
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """The agent's networks are tiny: one torch thread is fastest, and a second one only
+    busy-waits for cycles the onnxruntime reward sessions need (restored afterwards)."""
+    import torch
+
+    count = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(count)
+
+
+def _budget_spent(setup: SearchSetup, episode: int) -> bool:
+    budget, spent = setup.strategy.evaluations, setup.env.n_evaluations
+    if budget and spent >= budget:
+        setup.notes.append(
+            f"stopped at episode {episode}: {spent} distinct plans evaluated "
+            f"(evaluation budget {budget})"
+        )
+        return True
+    return False
+
+
+def _run_episodes(
+    setup: SearchSetup,
+    state: SearchState,
+    checkpoint: Checkpoint,
+    show_progress: bool,
+    on_episode: OnEpisode | None,
+) -> bool:
+    """Run the remaining episodes into ``state``; returns whether Ctrl-C stopped them."""
+    from onnxprune.progress import progress
+
+    strat, env, agent = setup.strategy, setup.env, setup.agent
+    start = len(state.log)
+    bar_context = progress(f"search {strat.name}", strat.episodes, enabled=show_progress)
+    with _one_torch_thread(), bar_context as bar:
+        if start:
+            bar.advance(start, status="resumed")
+        try:
+            for episode in range(start, strat.episodes):
+                if _budget_spent(setup, episode):
+                    break
+                t0 = time.perf_counter()
+                outcome = agent.run_episode(env, episode)
+                step = outcome.result
+                if state.best is None or step.reward > state.best.reward:
+                    state.best = BestPlan(step.reward, episode, dict(step.kept))
+                seconds = time.perf_counter() - t0
+                entry = EpisodeRecord(
+                    episode, outcome.phase, step.reward, step.macs_fraction, dict(step.kept),
+                    step.cached, seconds,
+                )  # fmt: skip
+                state.log.append(entry)
+                state.agent, state.cache = agent.state_dict(), env.cache
+                checkpoint.save(state)
+                best = state.best
+                status = (
+                    f"best {best.reward:+.4f} (ep {best.episode}), MACs {step.macs_fraction:.3f}"
+                )
+                bar.advance(1, status=status)
+                if on_episode is not None:
+                    on_episode(entry)
+        except KeyboardInterrupt:
+            setup.notes.append(
+                f"interrupted after {len(state.log)} episode(s); kept the best plan so far"
+            )
+            if state.best is None:
+                raise
+            return True
+    return False
+
+
+def _final_pick(
+    setup: SearchSetup, best: BestPlan, log: list[EpisodeRecord], interrupted: bool
+) -> tuple[BestPlan, list[dict[str, Any]]]:
+    """The plan to materialise: re-scored on the selection split when there is one."""
+    strat, select_split, n_reward = setup.strategy, setup.splits.select, len(setup.splits.reward)
+    if select_split is not None and len(setup.env.cache) > 1 and not interrupted:
+        scorer = setup.evaluator.on_split(select_split, setup.original_session)
+        best, selection = select_final(setup.env, scorer, n_reward, best, log, strat.select_top)
+        setup.notes.append(
+            f"final plan: the best of the top {len(selection)} plans by reward, re-scored on "
+            f"{len(select_split)} more images disjoint from the reward and held-out splits "
+            f"(weighted with the reward split: {n_reward} + {len(select_split)} images)"
+        )
+        return best, selection
+    if strat.select_top > 1:
+        why = "interrupted" if interrupted else "no data left for a selection split, or one plan"
+        setup.notes.append(f"final plan: the top reward ({why})")
+    return best, []

@@ -1,0 +1,207 @@
+"""Everything a search needs before its first episode, checked before anything is written.
+
+:func:`prepare` loads the model, analyses its channel groups (:func:`onnxprune.deps.analyze`),
+prices plans with :class:`onnxprune.cost.PlanCost` (an impossible budget fails here, naming
+the smallest reachable fraction), splits the data (:mod:`onnxprune.search.splits`), ranks
+channels, builds the reward (:class:`~onnxprune.search.reward.PlanEvaluator`), the
+:class:`~onnxprune.env.PruningEnv` and the strategy's agent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.rl.agents import Agent, AgentSetup, agent_class
+from onnxprune.search.reward import PlanEvaluator, reference_logits, reward_metric
+from onnxprune.search.splits import DataSplits, SplitSizes, make_splits
+from onnxprune.search.strategy import SKIP_RULES, Strategy
+
+
+def select_groups(analysis: Any, skip: list[str]) -> tuple[list[Any], list[str]]:
+    """Prunable groups the agent controls, after the structural ``skip`` rules.
+
+    ``residual``: groups with more than one producer (channels tied across a residual Add);
+    ``grouped``: groups of grouped/depthwise convolutions (``block_count > 1``).
+    Returns ``(groups, notes)``; notes say how many groups each rule removed.
+    """
+    groups = list(analysis.prunable_groups())
+    notes = []
+    for rule in skip:
+        if rule == "residual":
+            keep = [g for g in groups if len(g.producers) <= 1]
+        elif rule == "grouped":
+            keep = [g for g in groups if g.block_count <= 1]
+        else:
+            raise OnnxPruneError(f"unknown skip rule '{rule}'; use one of {', '.join(SKIP_RULES)}")
+        if len(keep) < len(groups):
+            notes.append(f"skip rule '{rule}' left {len(groups) - len(keep)} group(s) full")
+        groups = keep
+    return groups, notes
+
+
+@dataclass
+class SearchSetup:
+    """A prepared search: the inputs of the loop and of the final stage."""
+
+    model_file: Path
+    outdir: Path
+    strategy: Strategy
+    seed: int
+    flops: float
+    analysis: Any
+    groups: list[Any]
+    splits: DataSplits
+    metric: str
+    scores: Any
+    evaluator: PlanEvaluator
+    env: Any
+    agent: Agent
+    original_session: Any
+    device: str
+    threads: int | None
+    started: float = field(default_factory=time.perf_counter)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"search of '{self.model_file}' with {self.strategy.name} ({self.strategy.agent}), "
+            f"{len(self.groups)} groups, {self.metric} reward; {self.splits}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": str(self.model_file),
+            "outdir": str(self.outdir),
+            "strategy": self.strategy.to_dict(),
+            "seed": self.seed,
+            "flops": self.flops,
+            "groups": [g.id for g in self.groups],
+            "metric": self.metric,
+            "splits": self.splits.to_dict(),
+            "notes": self.notes,
+        }
+
+
+def _load(model_file: Path, strat: Strategy) -> tuple[Any, Any, list[Any], Any, list[str]]:
+    """``(model as loaded, analysis, searched groups, plan cost, notes)``."""
+    from onnxprune.cost import PlanCost
+    from onnxprune.deps import analyze
+    from onnxprune.model import load_model
+
+    model = load_model(model_file)
+    analysis = analyze(model)
+    groups, notes = select_groups(analysis, strat.skip)
+    frozen = [g.id for g in analysis.groups if not g.prunable]
+    plan_cost = PlanCost(
+        analysis.model, analysis.channel_exprs(), analysis.group_sizes(), frozen=frozen
+    )
+    if not groups:
+        raise OnnxPruneError(
+            f"model '{model_file}' has no prunable channel group left after the skip rules "
+            f"{strat.skip} (run `onnxprune groups {model_file}` to see why groups are frozen)"
+        )
+    return model, analysis, groups, plan_cost, notes
+
+
+def _splits(data: Any, eval_data: Any, model: Any, strat: Strategy, seed: int) -> DataSplits:
+    from onnxprune.data import Dataset, load_data
+
+    dataset = data if isinstance(data, Dataset) else load_data(data, model)
+    if eval_data is not None and not isinstance(eval_data, Dataset):
+        eval_data = load_data(eval_data, model)
+    return make_splits(dataset, eval_data, SplitSizes.of(strat), seed)
+
+
+def _fit_note(strat: Strategy, splits: DataSplits) -> str:
+    fit = (
+        f"{len(splits.fit)} images disjoint from the reward and held-out splits"
+        if splits.fit is not None
+        else f"{min(strat.recover_images, len(splits.reward))} reward-split images "
+        "(too little data for a separate fit split: the reward is optimistic)"
+    )
+    return "reward measured after least-squares recovery of each candidate, fitted on " + fit
+
+
+def prepare(
+    model_file: Path,
+    data: Any,
+    eval_data: Any,
+    flops: float,
+    strat: Strategy,
+    outdir: Path,
+    seed: int,
+    device: str,
+    threads: int | None,
+    started: float,
+) -> SearchSetup:
+    """Build the search; raises :class:`OnnxPruneError` for bad input before any file is
+    written."""
+    from onnxprune.env import ActionGroup, PruningEnv
+    from onnxprune.evaluate import make_session
+    from onnxprune.importance import channel_scores
+
+    model, analysis, groups, plan_cost, notes = _load(model_file, strat)
+    splits = _splits(data, eval_data, model, strat, seed)
+    reward_split = splits.reward
+    metric = reward_metric(strat.reward, reward_split, reward_split.source)
+    session = make_session(analysis.model.SerializeToString(), device=device, threads=threads)
+    reference = reference_logits(metric, session, reward_split, strat.batch_size)
+    if reference is not None:
+        notes.append(
+            f"reward = fidelity to the unpruned model ({metric}); data has no labels"
+            if not reward_split.labelled
+            else f"reward = fidelity ({metric})"
+        )
+    scores = channel_scores(analysis, strat.criterion, data=reward_split)
+    ls = strat.reward_recover == "ls"
+    evaluator = PlanEvaluator(
+        analysis,
+        scores,
+        reward_split,
+        metric,
+        reference,
+        device,
+        strat.batch_size,
+        threads,
+        recover_images=strat.recover_images if ls else None,
+        fit_split=splits.fit,
+    )
+    if ls:
+        notes.append(_fit_note(strat, splits))
+    kind = agent_class(strat.agent)
+    env = PruningEnv(
+        [ActionGroup(g.id, g.size, g.block_count) for g in groups],
+        plan_cost,
+        evaluator,
+        flops,
+        steps_per_episode=kind.env_steps(strat.steps_per_episode),
+        round_to=strat.round_to,
+        min_channels=strat.min_channels,
+    )
+    setup = AgentSetup(
+        env, analysis, groups, seed, strat.warmup, strat.noise, strat.ddpg, strat.encoder_dim
+    )
+    return SearchSetup(
+        model_file=model_file,
+        outdir=outdir,
+        strategy=strat,
+        seed=seed,
+        flops=flops,
+        analysis=analysis,
+        groups=groups,
+        splits=splits,
+        metric=metric,
+        scores=scores,
+        evaluator=evaluator,
+        env=env,
+        agent=kind.build(setup),
+        original_session=session,
+        device=device,
+        threads=threads,
+        started=started,
+        notes=notes,
+    )

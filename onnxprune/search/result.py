@@ -1,0 +1,154 @@
+"""The records a search produces: one :class:`EpisodeRecord` per episode, the
+:class:`BestPlan` so far and the :class:`SearchResult` (``report.json`` is its ``to_dict()``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from onnxprune.search.strategy import Strategy
+
+
+@dataclass
+class BestPlan:
+    """The plan with the best reward so far: ``kept`` counts per group id."""
+
+    reward: float
+    episode: int
+    kept: dict[int, int]
+
+    def __str__(self) -> str:
+        return f"best reward {self.reward:.4f} at episode {self.episode}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reward": self.reward, "episode": self.episode, "kept": dict(self.kept)}
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished episode: its reward, MACs kept, kept counts and how it was chosen."""
+
+    episode: int
+    phase: str
+    reward: float
+    macs_fraction: float
+    kept: dict[int, int]
+    cached: bool
+    seconds: float
+
+    def __str__(self) -> str:
+        return (
+            f"episode {self.episode} ({self.phase}): reward {self.reward:.4f}, "
+            f"MACs kept {self.macs_fraction:.3f}{' (cached)' if self.cached else ''}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kept"] = {str(k): v for k, v in self.kept.items()}
+        return data
+
+
+@dataclass
+class SearchResult:
+    """Everything a search produced (``report.json`` is ``to_dict()``)."""
+
+    model: str
+    strategy: Strategy
+    seed: int
+    flops_target: float
+    reward_metric: str
+    reward_samples: int
+    eval_samples: int
+    eval_source: str
+    episodes: list[EpisodeRecord]
+    best_episode: int
+    best_reward: float
+    groups: list[dict[str, Any]]
+    kept: dict[int, int]
+    original: dict[str, Any]
+    pruned: dict[str, Any]
+    recover: str
+    outdir: str
+    files: dict[str, str]
+    seconds: float
+    search_seconds: float
+    evaluations: int
+    interrupted: bool = False
+    resumed_from: int | None = None
+    notes: list[str] = field(default_factory=list)
+    reward_indices: list[int] = field(default_factory=list)
+    heldout_indices: list[int] | None = None
+    selection: list[dict[str, Any]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        o, p = self.original, self.pruned
+        acc = ""
+        if o.get("accuracy") is not None and p.get("accuracy") is not None:
+            acc = f", held-out {self.reward_metric_label()} {o['accuracy']:.2f} -> {p['accuracy']:.2f} %"
+        stop = " (interrupted)" if self.interrupted else ""
+        return (
+            f"search{stop}: {self.strategy.name} ({self.strategy.agent}), seed {self.seed}, "
+            f"{len(self.episodes)} episodes, best reward {self.best_reward:.4f} at episode "
+            f"{self.best_episode}; MACs {o['macs']:,} -> {p['macs']:,} "
+            f"({p['macs'] / max(o['macs'], 1):.3f}){acc}; wrote {self.outdir}"
+        )
+
+    def reward_metric_label(self) -> str:
+        return "top-1" if self.reward_metric == "top1" else "agreement"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "strategy": self.strategy.to_dict(),
+            "seed": self.seed,
+            "flops_target": self.flops_target,
+            "reward_metric": self.reward_metric,
+            "reward_samples": self.reward_samples,
+            "eval_samples": self.eval_samples,
+            "eval_source": self.eval_source,
+            "best_episode": self.best_episode,
+            "best_reward": self.best_reward,
+            "groups": self.groups,
+            "kept": {str(k): v for k, v in self.kept.items()},
+            "original": self.original,
+            "pruned": self.pruned,
+            "recover": self.recover,
+            "outdir": self.outdir,
+            "files": self.files,
+            "seconds": self.seconds,
+            "search_seconds": self.search_seconds,
+            "evaluations": self.evaluations,
+            "interrupted": self.interrupted,
+            "resumed_from": self.resumed_from,
+            "notes": self.notes,
+            "reward_indices": self.reward_indices,
+            "heldout_indices": self.heldout_indices,
+            "selection": self.selection,
+            "episodes": [e.to_dict() for e in self.episodes],
+        }
+
+
+@dataclass
+class SearchOutcome:
+    """What the episode loop hands to the final stage: the chosen plan and the log."""
+
+    best: BestPlan
+    log: list[EpisodeRecord]
+    interrupted: bool
+    resumed_from: int | None
+    search_seconds: float
+    selection: list[dict[str, Any]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        stop = ", interrupted" if self.interrupted else ""
+        return f"{len(self.log)} episodes{stop}, {self.best} ({self.search_seconds:.1f} s)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best.to_dict(),
+            "episodes": [e.to_dict() for e in self.log],
+            "interrupted": self.interrupted,
+            "resumed_from": self.resumed_from,
+            "search_seconds": self.search_seconds,
+            "selection": self.selection,
+        }

@@ -1,0 +1,200 @@
+"""The reward: plan -> pruned model -> onnxruntime -> eq. 8 score, and the final re-scoring.
+
+After paper 002 (eq. 8) the reward is ``-error = top1/100 - 1`` on the reward split when the
+data has labels; without labels the fidelity ``agreement/100 - 1`` (top-1 agreement with the
+unpruned model) or ``-KL`` (``reward = "kl"``). With ``reward_recover = "ls"`` each
+candidate is first repaired by least squares on the fit split, so the search optimises the
+accuracy the recovered model will have.
+
+The final pick (:func:`select_final`): with ``select_top > 1`` the best few plans by reward
+are re-scored on the selection split and the best sample-weighted mean of both scores wins;
+the top reward over many noisy evaluations alone is optimistic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.search.result import BestPlan, EpisodeRecord
+
+FIDELITY = ("agreement", "kl")
+
+
+def reward_from(result: Any, metric: str) -> float:
+    """Eq. 8 reward from an ``EvalResult``: ``-error`` as a fraction, or ``-KL``."""
+    if metric == "top1":
+        return result.top1 / 100.0 - 1.0
+    if metric == "agreement":
+        return result.agreement / 100.0 - 1.0
+    return -float(result.kl)
+
+
+def reward_metric(requested: str, split: Any, source: str) -> str:
+    """The metric a strategy's ``reward`` means on ``split`` (``auto``: top1 with labels)."""
+    metric = requested
+    if metric == "auto":
+        metric = "top1" if split.labelled else "agreement"
+    if metric == "top1" and not split.labelled:
+        raise OnnxPruneError(
+            f"reward 'top1' needs labels but data '{source}' has none; use reward = "
+            "'agreement' or 'kl' (fidelity to the unpruned model)"
+        )
+    return metric
+
+
+class PlanEvaluator:
+    """``(kept) -> reward`` on ``split``: plan -> surgery -> ORT session -> predict.
+
+    ``metric``: ``top1`` (labels), ``agreement`` or ``kl`` (fidelity to ``reference``, the
+    unpruned model's logits ``[len(split), classes]`` on the same samples).
+    ``recover_images``: refit each candidate by least squares on (at most that many images
+    of) ``fit_split`` first (default: ``split`` itself).
+    """
+
+    def __init__(
+        self,
+        analysis: Any,
+        scores: Mapping[int, np.ndarray],
+        split: Any,
+        metric: str,
+        reference: np.ndarray | None,
+        device: str,
+        batch_size: int,
+        threads: int | None = None,
+        recover_images: int | None = None,
+        fit_split: Any = None,
+    ) -> None:
+        self.analysis = analysis
+        # Scoring a candidate on the images its least squares was fitted to would reward
+        # over-fitting, so the fit split is a separate one whenever the data allows.
+        self.fit_split = fit_split if fit_split is not None else split
+        self.scores = scores
+        self.split = split
+        self.metric = metric
+        self.reference = reference
+        self.device = device
+        self.batch_size = batch_size
+        self.threads = threads
+        self.recover_images = recover_images
+        self.seconds = 0.0
+        self.calls = 0
+
+    def __str__(self) -> str:
+        return (
+            f"PlanEvaluator({self.metric} on {len(self.split)} samples, "
+            f"{self.calls} calls, {self.seconds:.1f} s)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "samples": len(self.split),
+            "recover_images": self.recover_images,
+            "calls": self.calls,
+            "seconds": self.seconds,
+        }
+
+    def on_split(self, split: Any, original_session: Any) -> PlanEvaluator:
+        """The same evaluator (same plans, same least-squares fit) scoring on ``split``; the
+        fidelity reference is recomputed there from ``original_session``."""
+        return PlanEvaluator(
+            self.analysis,
+            self.scores,
+            split,
+            self.metric,
+            reference_logits(self.metric, original_session, split, self.batch_size),
+            self.device,
+            self.batch_size,
+            self.threads,
+            recover_images=self.recover_images,
+            fit_split=self.fit_split,
+        )
+
+    def plan(self, kept: Mapping[int, int], meta: dict[str, Any] | None = None) -> Any:
+        """The :class:`~onnxprune.plan.PruningPlan` keeping the ``kept[g]`` best channels."""
+        from onnxprune.importance import plan_from_counts
+
+        return plan_from_counts(self.analysis, kept, self.scores, meta=meta)
+
+    def model(self, kept: Mapping[int, int]) -> Any:
+        """The pruned model; with ``recover_images`` its pruned-input layers are refit by
+        least squares on (at most that many images of) the fit split first."""
+        from onnxprune.surgery import apply_plan
+
+        pruned = apply_plan(self.analysis, self.plan(kept))
+        if self.recover_images:
+            from onnxprune.recover.lsq import reconstruct
+
+            pruned = reconstruct(
+                pruned,
+                self.analysis.model,
+                self.fit_split,
+                max_images=self.recover_images,
+                positions_per_image=16,
+                seed=0,
+            ).model
+        return pruned
+
+    def __call__(self, kept: Mapping[int, int]) -> float:
+        from onnxprune.evaluate import accuracy_from_logits, make_session, predict
+
+        start = time.perf_counter()
+        session = make_session(
+            self.model(kept).SerializeToString(),
+            device=self.device,
+            threads=self.threads,
+            spin=False,
+        )
+        logits = predict(session, self.split.x, self.batch_size)
+        result = accuracy_from_logits(logits, self.split.y, self.reference)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return reward_from(result, self.metric)
+
+
+def reference_logits(metric: str, session: Any, split: Any, batch_size: int) -> Any:
+    """The unpruned model's logits on ``split`` when ``metric`` measures fidelity, else None."""
+    if metric not in FIDELITY:
+        return None
+    from onnxprune.evaluate import predict
+
+    return predict(session, split.x, batch_size)
+
+
+def select_final(
+    env: Any,
+    scorer: PlanEvaluator,
+    n_reward: int,
+    best: BestPlan,
+    log: list[EpisodeRecord],
+    top: int,
+) -> tuple[BestPlan, list[dict[str, Any]]]:
+    """Re-score the ``top`` distinct plans with the best rewards with ``scorer`` (the reward
+    evaluator on the selection split) and return the one with the best sample-weighted mean
+    of both scores (``n_reward`` reward-split samples), plus the table of candidates."""
+    ranked = sorted(env.cache.items(), key=lambda item: -item[1])[:top]
+    n_select = len(scorer.split)
+    rows = []
+    for key, reward in ranked:
+        kept = env.kept_dict(key)
+        again = scorer(kept)
+        combined = (n_reward * reward + n_select * again) / (n_reward + n_select)
+        rows.append(
+            {
+                "kept": {str(k): v for k, v in kept.items()},
+                "reward": reward,
+                "select_reward": again,
+                "combined": combined,
+            }
+        )
+    winner = max(range(len(rows)), key=lambda i: rows[i]["combined"])
+    for i, row in enumerate(rows):
+        row["chosen"] = i == winner
+    kept = env.kept_dict(ranked[winner][0])
+    episode = next((e.episode for e in log if e.kept == kept), best.episode)
+    return BestPlan(ranked[winner][1], episode, kept), rows
