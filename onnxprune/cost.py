@@ -71,8 +71,10 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
+from onnxprune import ops
+from onnxprune.deps.groups import ChannelExpr
 from onnxprune.errors import OnnxPruneError
-from onnxprune.model import graph_inputs
+from onnxprune.model import graph_inputs, static_shape, tensor_shapes
 from onnxprune.normalize import resolve_reshape_targets
 
 __all__ = [
@@ -83,38 +85,19 @@ __all__ = [
     "PlanCost",
     "model_cost",
     "parse_input_shapes",
+    "pricing_of",
 ]
 
-_ELEMENTWISE = frozenset(
-    """Add Sub Mul Div Pow Mod PRelu Relu LeakyRelu Sigmoid HardSigmoid Tanh Clip Elu Selu Celu
-    Softplus Softsign HardSwish Gelu Mish ThresholdedRelu Erf Exp Log Sqrt Neg Abs Reciprocal
-    Floor Ceil Round Sign Sin Cos Where Equal Less LessOrEqual Greater GreaterOrEqual And Or Xor
-    Not BitShift IsNaN IsInf Shrink""".split()
-)
-_VARIADIC = frozenset({"Sum", "Max", "Min", "Mean"})
-_NORM5 = frozenset({"InstanceNormalization", "LayerNormalization", "GroupNormalization"})
-_SOFTMAX = frozenset({"Softmax", "LogSoftmax"})
-_POOL = frozenset({"MaxPool", "AveragePool", "LpPool"})
-_INPUT_REDUCE = frozenset(
-    """GlobalAveragePool GlobalMaxPool GlobalLpPool ReduceMean ReduceSum ReduceMax ReduceMin
-    ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceSumSquare ArgMax
-    ArgMin""".split()
-)
-_ZERO_COST = frozenset(
-    """Reshape Flatten Transpose Concat Slice Split Pad Gather GatherElements GatherND Squeeze
-    Unsqueeze Identity Shape Size Constant ConstantOfShape Cast CastLike Expand Tile Range
-    Dropout Resize Upsample DepthToSpace SpaceToDepth ScatterND ScatterElements NonZero
-    EyeLike""".split()
-)
+# Op families come from onnxprune.ops, so cost prices exactly what the other stages know.
+_ELEMENTWISE = ops.ELEMENTWISE_ARITHMETIC
+_VARIADIC = ops.VARIADIC
+_NORM5 = ops.NORMALIZATION - {"BatchNormalization"}
+_SOFTMAX = ops.SOFTMAX
+_INPUT_REDUCE = ops.INPUT_REDUCE
+_ZERO_COST = ops.ZERO_COST
 # Ops whose broadcast float constants are sliced per channel with their output (the channel
 # analysis' elementwise handler records a ParamSlice for exactly these).
-_CHANNELWISE_PARAMS = frozenset(
-    "Add Sub Mul Div Pow Sum Max Min Mean PRelu Where Equal Greater Less Mod".split()
-)
-_REDUCE_OPS = (
-    "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
-    "ReduceLogSumExp ReduceSumSquare"
-).split()
+_CHANNELWISE_PARAMS = ops.CHANNELWISE_BINARY
 # Operand slots that configure an op (shapes, indices, axes, scales, bounds, pad values):
 # never parameters, whatever their dtype.
 _CONFIG_SLOTS: dict[str, frozenset[int]] = {
@@ -132,7 +115,7 @@ _CONFIG_SLOTS: dict[str, frozenset[int]] = {
     "Clip": frozenset({1, 2}),
     "CastLike": frozenset({1}),
     "Range": frozenset({0, 1, 2}),
-    **{op: frozenset({1}) for op in _REDUCE_OPS},
+    **{op: frozenset({1}) for op in ops.REDUCE},
 }
 _FLOAT_TYPES = frozenset(
     {
@@ -144,36 +127,8 @@ _FLOAT_TYPES = frozenset(
 )
 
 _MACS, _FLOPS, _PARAMS = 0, 1, 2
+_Shape = tuple[int, ...]
 _MAX_FACTORS = 3
-
-
-@dataclass(frozen=True)
-class ChannelExpr:
-    """Kept size of dimension ``axis`` of one tensor, affine in the groups' keep counts.
-
-    ``kept = const + sum(mult * kept[group_id] for group_id, mult in terms)``.
-    A plain channel tensor of group 3 is ``ChannelExpr(1, 0, ((3, 1),))``; a flattened
-    ``C*H*W`` vector of group 3 with ``H*W = 64`` is ``ChannelExpr(1, 0, ((3, 64),))``.
-    """
-
-    axis: int
-    const: int
-    terms: tuple[tuple[int, int], ...]
-
-    def value(self, kept: Mapping[int, int]) -> int:
-        """Evaluate for ``kept`` (group id -> kept channels)."""
-        return self.const + sum(mult * kept[group_id] for group_id, mult in self.terms)
-
-    def __str__(self) -> str:
-        parts = [
-            f"{mult}*g{group_id}" if mult != 1 else f"g{group_id}" for group_id, mult in self.terms
-        ]
-        if self.const or not parts:
-            parts.append(str(self.const))
-        return f"axis {self.axis}: " + " + ".join(parts)
-
-    def to_dict(self) -> dict:
-        return {"axis": self.axis, "const": self.const, "terms": [list(t) for t in self.terms]}
 
 
 @dataclass
@@ -342,18 +297,9 @@ def _fixed_shape_model(
     return fixed, used
 
 
-def _shape_table(model: ModelProto) -> dict[str, list[int] | None]:
-    table: dict[str, list[int] | None] = {}
-    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        ttype = vi.type.tensor_type
-        if not ttype.HasField("shape"):
-            table.setdefault(vi.name, None)
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
-        table[vi.name] = None if any(d < 0 for d in dims) else dims
-    for init in model.graph.initializer:
-        table[init.name] = list(init.dims)
-    return table
+def _shape_table(model: ModelProto) -> dict[str, _Shape | None]:
+    """Fully static shapes only: a cost factor needs every dim of its tensor."""
+    return {name: static_shape(dims) for name, dims in tensor_shapes(model).items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,7 +320,7 @@ class _Term:
 class _TermBuilder:
     """Turns each node into cost terms; one handler per op family (no name-based decisions)."""
 
-    def __init__(self, model: ModelProto, shapes: dict[str, list[int] | None]) -> None:
+    def __init__(self, model: ModelProto, shapes: dict[str, _Shape | None]) -> None:
         self.model = model
         self.shapes = shapes
         self.terms: list[_Term] = []
@@ -393,7 +339,7 @@ class _TermBuilder:
         self.conv_depthwise: dict[int, bool] = {}
 
     # helpers --------------------------------------------------------------------------------
-    def shape(self, node: onnx.NodeProto, tensor: str, required: bool) -> list[int] | None:
+    def shape(self, node: onnx.NodeProto, tensor: str, required: bool) -> _Shape | None:
         shape = self.shapes.get(tensor)
         if shape is None and required:
             raise OnnxPruneError(
@@ -419,20 +365,16 @@ class _TermBuilder:
 
     def build(self) -> None:
         for index, node in enumerate(self.model.graph.node):
-            handler = _HANDLERS.get(node.op_type)
-            if handler is not None:
-                handler(self, index, node)
-            elif node.op_type in _ELEMENTWISE:
-                self.elementwise(index, node, 1)
-            elif node.op_type in _VARIADIC:
+            pricing = pricing_of(node.op_type)
+            if pricing == "handler":
+                _HANDLERS[node.op_type](self, index, node)
+            elif pricing == "variadic":
                 self.elementwise(index, node, max(len([i for i in node.input if i]) - 1, 1))
-            elif node.op_type in _NORM5:
-                self.elementwise(index, node, 5)
-            elif node.op_type in _SOFTMAX:
-                self.elementwise(index, node, 3)
-            elif node.op_type in _INPUT_REDUCE:
+            elif pricing == "input_elements":
                 self.input_elements(index, node)
-            elif node.op_type not in _ZERO_COST:
+            elif pricing in _PER_ELEMENT_FLOPS:
+                self.elementwise(index, node, _PER_ELEMENT_FLOPS[pricing])
+            elif pricing is None:
                 self.uncounted.add(node.op_type)
             self.generic_params(index, node)
 
@@ -552,7 +494,7 @@ def _conv_transpose(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
 
 def _matrix_operands(
     b: _TermBuilder, node: onnx.NodeProto
-) -> tuple[str, str, str, list[int], list[int], list[int]]:
+) -> tuple[str, str, str, _Shape, _Shape, _Shape]:
     """``(a, w, y, a_shape, w_shape, y_shape)`` of a Gemm/MatMul; shapes are required."""
     a, w, y = node.input[0], node.input[1], node.output[0]
     a_shape = b.shape(node, a, required=True)
@@ -652,12 +594,31 @@ _HANDLERS = {
     "MatMul": _matmul,
     "BatchNormalization": _batchnorm,
     "InstanceNormalization": _instance_norm,
-    "QuantizeLinear": _quantize_linear,
-    "DequantizeLinear": _quantize_linear,
-    "MaxPool": _pool,
-    "AveragePool": _pool,
-    "LpPool": _pool,
+    **{op: _quantize_linear for op in ops.QUANTIZE},
+    **{op: _pool for op in ops.POOL},
 }
+# FLOPs per output element of the families priced elementwise (module docstring).
+_PER_ELEMENT_FLOPS = {"elementwise": 1, "normalization": 5, "softmax": 3}
+
+
+def pricing_of(op_type: str) -> str | None:
+    """How :func:`model_cost` counts the FLOPs of ``op_type``: ``"handler"`` (its own rule),
+    ``"elementwise"``, ``"variadic"``, ``"normalization"``, ``"softmax"``,
+    ``"input_elements"``, ``"zero"`` (data movement), or ``None`` (not counted, listed in
+    :attr:`CostReport.uncounted_ops`)."""
+    if op_type in _HANDLERS:
+        return "handler"
+    for pricing, family in (
+        ("elementwise", _ELEMENTWISE),
+        ("variadic", _VARIADIC),
+        ("normalization", _NORM5),
+        ("softmax", _SOFTMAX),
+        ("input_elements", _INPUT_REDUCE),
+        ("zero", _ZERO_COST),
+    ):
+        if op_type in family:
+            return pricing
+    return None
 
 
 def _node_label(index: int, node: onnx.NodeProto) -> str:
@@ -678,7 +639,7 @@ class _Compiled:
     def __init__(
         self,
         terms: list[_Term],
-        shapes: dict[str, list[int] | None],
+        shapes: dict[str, _Shape | None],
         channel_exprs: Mapping[str, ChannelExpr],
         group_ids: list[int],
     ) -> None:
@@ -746,7 +707,7 @@ class _Compiled:
 
 def _build(
     model: ModelProto, batch: int, input_shapes: Mapping[str, Sequence[int]] | None
-) -> tuple[ModelProto, dict[str, list[int] | None], _TermBuilder, dict[str, list[int]]]:
+) -> tuple[ModelProto, dict[str, _Shape | None], _TermBuilder, dict[str, list[int]]]:
     if batch < 1:
         raise OnnxPruneError(f"batch must be >= 1, got {batch}")
     fixed, used = _fixed_shape_model(model, batch, input_shapes)
