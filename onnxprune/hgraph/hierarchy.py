@@ -27,7 +27,7 @@ import torch
 from onnx import ModelProto
 
 from onnxprune.deps import DependencyAnalysis
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import InternalError, OnnxPruneError
 from onnxprune.hgraph.level0 import (
     OP_VOCAB,
     Level0,
@@ -564,7 +564,8 @@ def _canonical_level0(level0: Level0) -> tuple[nx.MultiDiGraph, list[OpRecord]]:
     try:
         order = list(nx.lexicographical_topological_sort(simple, key=keys.__getitem__))
     except nx.NetworkXUnfeasible as exc:
-        raise OnnxPruneError("the feature-map graph has a cycle; check the model") from exc
+        # level 0 rejects cyclic ONNX graphs and coarsening only merges along single edges
+        raise InternalError("the level-0 feature-map graph has a cycle") from exc
     pos = {n: i for i, n in enumerate(order)}
     ops = sorted(
         level0.ops,
