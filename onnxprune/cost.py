@@ -72,6 +72,7 @@ import onnx
 from onnx import ModelProto
 
 from onnxprune import ops
+from onnxprune.deps.graph import attr
 from onnxprune.deps.groups import ChannelExpr
 from onnxprune.errors import OnnxPruneError
 from onnxprune.model import graph_inputs, static_shape, tensor_shapes
@@ -431,59 +432,39 @@ class _TermBuilder:
             self.add(index, _PARAMS, 1, *factors)
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return onnx.helper.get_attribute_value(attribute)
-    return default
-
-
-def _conv(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
-    x, w = node.input[0], node.input[1]
-    y = node.output[0]
+def _operands(
+    b: _TermBuilder, node: onnx.NodeProto
+) -> tuple[str, str, str, _Shape, _Shape, _Shape]:
+    """``(x, w, y, x_shape, w_shape, y_shape)`` of a weighted op; the shapes are required."""
+    x, w, y = node.input[0], node.input[1], node.output[0]
     x_shape = b.shape(node, x, required=True)
     w_shape = b.shape(node, w, required=True)
     y_shape = b.shape(node, y, required=True)
     assert x_shape is not None and w_shape is not None and y_shape is not None
-    group = int(_attr(node, "group", 1))
-    c_in = x_shape[1]
+    return x, w, y, x_shape, w_shape, y_shape
+
+
+def _conv_terms(b: _TermBuilder, index: int, node: onnx.NodeProto, transposed: bool) -> None:
+    """Conv: ``N * C_out * (C_in / group) * k * out_spatial`` MACs. ConvTranspose (W is
+    ``[C_in, C_out / group, k...]``, every input pixel scatters one kernel):
+    ``N * C_in * (C_out / group) * k * in_spatial = N * C_out * (C_in / group) * k *
+    in_spatial``, so both read the batch and spatial sizes from one tensor: the output for
+    Conv, the input for ConvTranspose."""
+    x, w, y, x_shape, w_shape, y_shape = _operands(b, node)
+    group = int(attr(node, "group", 1))
     kernel = int(np.prod(w_shape[2:], dtype=np.int64))
     # CONTRACTS depthwise rule: group == C_in means one input channel per group, and the
     # group count follows the kept input channels; any other group count stays fixed.
-    depthwise = group == c_in
+    depthwise = group == x_shape[1]
     # Per-group input channels as a function of the kept input channels.
     in_per_group: tuple[float, tuple[_Factor, ...]] = (
         (1.0, ()) if depthwise else (1.0 / group, ((x, 1),))
     )
-    out_spatial = [(y, axis) for axis in range(2, len(y_shape))]
     coef, in_factor = in_per_group
-    b.add(index, _MACS, coef * kernel, (y, 0), (y, 1), *in_factor, *out_spatial)
-    b.add(index, _FLOPS, 2 * coef * kernel, (y, 0), (y, 1), *in_factor, *out_spatial)
-    w_param = b.take_param(w)
-    if w_param is not None:
-        b.add(index, _PARAMS, coef * kernel, (y, 1), *in_factor)
-    if len(node.input) > 2 and node.input[2]:
-        b.add(index, _FLOPS, 1, *b.elements(y, y_shape))
-        if b.take_param(node.input[2]) is not None:
-            b.add(index, _PARAMS, 1, (y, 1))
-
-
-def _conv_transpose(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
-    x, w = node.input[0], node.input[1]
-    y = node.output[0]
-    x_shape = b.shape(node, x, required=True)
-    w_shape = b.shape(node, w, required=True)
-    y_shape = b.shape(node, y, required=True)
-    assert x_shape is not None and w_shape is not None and y_shape is not None
-    group = int(_attr(node, "group", 1))
-    kernel = int(np.prod(w_shape[2:], dtype=np.int64))
-    depthwise = group == x_shape[1]
-    # W is [C_in, C_out / group, k...]; MACs = N * C_in * C_out/group * k * in_spatial
-    #      = N * C_out * (C_in/group) * k * in_spatial.
-    coef, in_factor = (1.0, ()) if depthwise else (1.0 / group, ((x, 1),))
-    in_spatial = [(x, axis) for axis in range(2, len(x_shape))]
-    b.add(index, _MACS, coef * kernel, (x, 0), (y, 1), *in_factor, *in_spatial)
-    b.add(index, _FLOPS, 2 * coef * kernel, (x, 0), (y, 1), *in_factor, *in_spatial)
+    sized, sized_shape = (x, x_shape) if transposed else (y, y_shape)
+    spatial = [(sized, axis) for axis in range(2, len(sized_shape))]
+    b.add(index, _MACS, coef * kernel, (sized, 0), (y, 1), *in_factor, *spatial)
+    b.add(index, _FLOPS, 2 * coef * kernel, (sized, 0), (y, 1), *in_factor, *spatial)
     if b.take_param(w) is not None:
         b.add(index, _PARAMS, coef * kernel, (y, 1), *in_factor)
     if len(node.input) > 2 and node.input[2]:
@@ -492,22 +473,18 @@ def _conv_transpose(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
             b.add(index, _PARAMS, 1, (y, 1))
 
 
-def _matrix_operands(
-    b: _TermBuilder, node: onnx.NodeProto
-) -> tuple[str, str, str, _Shape, _Shape, _Shape]:
-    """``(a, w, y, a_shape, w_shape, y_shape)`` of a Gemm/MatMul; shapes are required."""
-    a, w, y = node.input[0], node.input[1], node.output[0]
-    a_shape = b.shape(node, a, required=True)
-    w_shape = b.shape(node, w, required=True)
-    y_shape = b.shape(node, y, required=True)
-    assert a_shape is not None and w_shape is not None and y_shape is not None
-    return a, w, y, a_shape, w_shape, y_shape
+def _conv(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
+    _conv_terms(b, index, node, transposed=False)
+
+
+def _conv_transpose(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
+    _conv_terms(b, index, node, transposed=True)
 
 
 def _gemm(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
-    a, w, y, a_shape, w_shape, y_shape = _matrix_operands(b, node)
-    trans_a = int(_attr(node, "transA", 0))
-    trans_b = int(_attr(node, "transB", 0))
+    a, w, y, a_shape, w_shape, y_shape = _operands(b, node)
+    trans_a = int(attr(node, "transA", 0))
+    trans_b = int(attr(node, "transB", 0))
     k_factor: _Factor = (a, 0 if trans_a else 1)
     b.add(index, _MACS, 1, (y, 0), (y, 1), k_factor)
     b.add(index, _FLOPS, 2, (y, 0), (y, 1), k_factor)
@@ -525,7 +502,7 @@ def _gemm(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
 
 
 def _matmul(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
-    a, w, y, a_shape, w_shape, y_shape = _matrix_operands(b, node)
+    a, w, y, a_shape, w_shape, y_shape = _operands(b, node)
     k_factor: _Factor = (a, len(a_shape) - 1)
     out = b.elements(y, y_shape)
     b.add(index, _MACS, 1, k_factor, *out)
@@ -575,7 +552,7 @@ def _quantize_linear(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
         if shape is None:
             continue
         if out_shape is not None and len(shape) == 1 and shape[0] > 1:
-            axis = int(_attr(node, "axis", 1)) % len(out_shape)
+            axis = int(attr(node, "axis", 1)) % len(out_shape)
             if out_shape[axis] == shape[0]:
                 b.add(index, _PARAMS, 1, (out, axis))
                 continue
@@ -583,7 +560,7 @@ def _quantize_linear(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
 
 
 def _pool(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
-    kernel = int(np.prod(_attr(node, "kernel_shape", [1]), dtype=np.int64))
+    kernel = int(np.prod(attr(node, "kernel_shape", [1]), dtype=np.int64))
     b.elementwise(index, node, kernel)
 
 
