@@ -75,7 +75,7 @@ from onnxprune import ops
 from onnxprune.deps.graph import attr
 from onnxprune.deps.groups import ChannelExpr
 from onnxprune.errors import OnnxPruneError
-from onnxprune.model import graph_inputs, static_shape, tensor_shapes
+from onnxprune.model import FLOAT_TYPES, graph_inputs, static_shape, tensor_shapes
 from onnxprune.normalize import resolve_reshape_targets
 
 __all__ = [
@@ -118,14 +118,6 @@ _CONFIG_SLOTS: dict[str, frozenset[int]] = {
     "Range": frozenset({0, 1, 2}),
     **{op: frozenset({1}) for op in ops.REDUCE},
 }
-_FLOAT_TYPES = frozenset(
-    {
-        onnx.TensorProto.FLOAT,
-        onnx.TensorProto.FLOAT16,
-        onnx.TensorProto.BFLOAT16,
-        onnx.TensorProto.DOUBLE,
-    }
-)
 
 _MACS, _FLOPS, _PARAMS = 0, 1, 2
 _Shape = tuple[int, ...]
@@ -327,14 +319,14 @@ class _TermBuilder:
         self.terms: list[_Term] = []
         self.uncounted: set[str] = set()
         self.float_inits = {
-            t.name: list(t.dims) for t in model.graph.initializer if t.data_type in _FLOAT_TYPES
+            t.name: list(t.dims) for t in model.graph.initializer if t.data_type in FLOAT_TYPES
         }
         # exporters that store weights in Constant nodes (paddle2onnx, some torch versions):
         # those tensors are parameters just like initializers
         for node in model.graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 value = next((a.t for a in node.attribute if a.name == "value"), None)
-                if value is not None and value.data_type in _FLOAT_TYPES:
+                if value is not None and value.data_type in FLOAT_TYPES:
                     self.float_inits.setdefault(node.output[0], list(value.dims))
         self.counted_inits: set[str] = set()
         self.conv_depthwise: dict[int, bool] = {}

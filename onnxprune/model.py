@@ -23,6 +23,11 @@ from onnxprune.errors import OnnxPruneError
 
 # Models above this size are saved with external data (protobuf's 2 GB limit).
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+#: Floating-point tensor element types: the initializers that are parameters (weights), as
+#: opposed to integer shape constants, indices and quantized values.
+FLOAT_TYPES: frozenset[int] = frozenset(
+    {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+)
 
 
 def _resolve_model_file(path: Path) -> Path:
@@ -247,11 +252,9 @@ def model_info(model: ModelProto) -> ModelInfo:
     op_counts: dict[str, int] = {}
     for node in model.graph.node:
         op_counts[node.op_type] = op_counts.get(node.op_type, 0) + 1
-    # Parameters are float tensors; int64 shape constants are not learnable weights.
-    float_types = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
     params = 0
     for init in model.graph.initializer:
-        if init.data_type not in float_types:
+        if init.data_type not in FLOAT_TYPES:
             continue
         n = 1
         for d in init.dims:

@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, helper, numpy_helper
 
+from onnxprune import ops
 from onnxprune.model import infer_model_shapes, tensor_shapes
 
 FOLDABLE = ("Transpose", "Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten")
@@ -597,7 +598,9 @@ def _reconcile_output_shapes(model: ModelProto) -> None:
                 output.type.tensor_type.shape.CopyFrom(found.tensor_type.shape)
 
 
-_BROADCASTING = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum")
+# Multidirectional-broadcasting arithmetic: an operand Expand-ed to the other operand's shape
+# gives the same result unexpanded.
+_BROADCASTING = ops.ARITHMETIC | ops.VARIADIC | {"Pow"}
 
 
 def _drop_redundant_expands(model: ModelProto, consts: dict[str, np.ndarray]) -> int:

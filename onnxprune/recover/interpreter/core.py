@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from onnxprune import ops
 from onnxprune.errors import OnnxPruneError, UnsupportedOpError
+from onnxprune.model import FLOAT_TYPES
 
 _TRAINABLE_SLOTS: dict[str, tuple[int, ...] | None] = {
     "Conv": (1, 2),
@@ -47,9 +48,6 @@ ONNX_TO_TORCH_DTYPE: dict[int, torch.dtype] = {
     TensorProto.INT64: torch.int64,
     TensorProto.BOOL: torch.bool,
 }
-
-
-FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 
 @dataclass

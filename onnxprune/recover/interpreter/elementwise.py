@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from onnxprune.errors import UnsupportedOpError
+from onnxprune.model import FLOAT_TYPES
 from onnxprune.recover.interpreter.core import (
-    FLOAT_TYPES,
     ONNX_TO_TORCH_DTYPE,
     NodeContext,
     OpHandler,
