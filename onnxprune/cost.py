@@ -22,11 +22,15 @@ the defaults are *per sample*):
     - InstanceNormalization, LayerNormalization, GroupNormalization: 5 per element.
     - Softmax, LogSoftmax: 3 per element.
     - MaxPool, AveragePool, LpPool: ``prod(kernel_shape)`` per output element.
-    - GlobalAveragePool, GlobalMaxPool, GlobalLpPool and Reduce*: 1 per *input* element.
-    - Elementwise arithmetic, comparisons and activations (``_ELEMENTWISE``): 1 per output
-      element; variadic Sum/Max/Min/Mean with k inputs: ``k - 1`` per output element.
-    - Data movement (``_ZERO_COST``: Reshape, Transpose, Concat, Slice, Pad, Resize, ...): 0.
-    - Any other op counts 0 and is listed in :attr:`CostReport.uncounted_ops`.
+    - GlobalAveragePool, GlobalMaxPool, GlobalLpPool, Reduce* and ArgMax/ArgMin
+      (:data:`onnxprune.ops.INPUT_REDUCE`): 1 per *input* element.
+    - Elementwise arithmetic, comparisons and activations
+      (:data:`onnxprune.ops.ELEMENTWISE_ARITHMETIC`): 1 per output element; variadic
+      Sum/Max/Min/Mean with k inputs: ``k - 1`` per output element.
+    - Data movement, casts, shape reads and constants (:data:`onnxprune.ops.ZERO_COST`:
+      Reshape, Transpose, Concat, Slice, Pad, Resize, Cast, Identity, ...): 0.
+    - Any other op (e.g. Hardmax, QOperator ops) counts 0 and is listed in
+      :attr:`CostReport.uncounted_ops`. :func:`pricing_of` says which rule an op gets.
 
 ``params``
     Number of elements of the floating-point initializers (and float ``Constant`` node
@@ -41,7 +45,8 @@ the defaults are *per sample*):
     Which parameters shrink with a plan: weights and biases of Conv/ConvTranspose/Gemm/MatMul
     and BN/InstanceNorm's per-channel inputs (their op handlers), the per-axis scales of
     (De)QuantizeLinear (incl. those of QDQ weights), and the broadcast constants
-    of the channel-wise elementwise ops in ``_CHANNELWISE_PARAMS`` (Add, Mul, PRelu, ...):
+    of the channel-wise elementwise ops (:data:`onnxprune.ops.CHANNELWISE_BINARY`: Add,
+    Mul, PRelu, ...):
     a constant dimension > 1 that equals the output's dimension follows that dimension.
     These are exactly the constants the channel analysis records a ``ParamSlice`` for, so
     surgery slices the same elements the cost model removes. Any other op's float

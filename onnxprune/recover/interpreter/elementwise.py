@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from onnxprune import ops
 from onnxprune.errors import UnsupportedOpError
 from onnxprune.model import FLOAT_TYPES
 from onnxprune.recover.interpreter.core import (
@@ -89,7 +90,7 @@ def _clip(ctx: NodeContext, inputs: list[Tensor | None]) -> list[Tensor]:
     return [torch.clamp(x, low, high)]
 
 
-@handler("Softmax", "LogSoftmax")
+@handler(*ops.SOFTMAX)
 def _softmax(ctx: NodeContext, inputs: list[Tensor | None]) -> list[Tensor]:
     x = inputs[0]
     assert x is not None
@@ -131,7 +132,7 @@ register(
 )
 
 
-@handler("Sum", "Max", "Min", "Mean")
+@handler(*ops.VARIADIC)
 def _variadic(ctx: NodeContext, inputs: list[Tensor | None]) -> list[Tensor]:
     values = [v for v in inputs if v is not None]
     result = values[0]
