@@ -12,21 +12,12 @@ from onnxprune.recover.interpreter.core import (
     NodeContext,
     handler,
 )
-from onnxprune.recover.interpreter.padding import spatial_pads, torch_pad_list
-
-
-def _conv_geometry(ctx: NodeContext, x: Tensor, weight_shape: Sequence[int]):
-    kernel = list(ctx.attr("kernel_shape", list(weight_shape[2:])))
-    rank = len(kernel)
-    strides = list(ctx.attr("strides", [1] * rank))
-    dilations = list(ctx.attr("dilations", [1] * rank))
-    pads = spatial_pads(ctx, x, kernel, strides, dilations)
-    return kernel, strides, dilations, pads
+from onnxprune.recover.interpreter.padding import torch_pad_list, window_geometry
 
 
 def conv_input_padded(ctx: NodeContext, x: Tensor, weight_shape: Sequence[int]):
     """(x padded when pads are asymmetric, symmetric padding, strides, dilations) for a Conv."""
-    kernel, strides, dilations, pads = _conv_geometry(ctx, x, weight_shape)
+    kernel, strides, dilations, pads = window_geometry(ctx, x, list(weight_shape[2:]))
     rank = len(kernel)
     if pads[:rank] == pads[rank:]:
         return x, pads[:rank], strides, dilations

@@ -1,4 +1,5 @@
-"""Padding arithmetic shared by convolution, pooling and Pad: ONNX pads to torch order."""
+"""Window geometry and padding shared by convolution, pooling and Pad: kernel, strides,
+dilations, ``auto_pad``, and ONNX pads in torch order."""
 
 from __future__ import annotations
 
@@ -39,3 +40,16 @@ def torch_pad_list(pads: list[int]) -> list[int]:
     for axis in reversed(range(rank)):
         out += [pads[axis], pads[axis + rank]]
     return out
+
+
+def window_geometry(
+    ctx: NodeContext, x: Tensor, default_kernel: list[int] | None = None
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """``(kernel, strides, dilations, pads)`` of a Conv/pool node on input ``x``;
+    ``default_kernel`` (Conv: the weight's spatial dims) when ``kernel_shape`` is absent."""
+    kernel = list(ctx.attr("kernel_shape", default_kernel))
+    rank = len(kernel)
+    strides = list(ctx.attr("strides", [1] * rank))
+    dilations = list(ctx.attr("dilations", [1] * rank))
+    pads = spatial_pads(ctx, x, kernel, strides, dilations)
+    return kernel, strides, dilations, pads

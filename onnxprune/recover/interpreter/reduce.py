@@ -16,7 +16,7 @@ from onnxprune.recover.interpreter.core import (
     handler,
     register,
 )
-from onnxprune.recover.interpreter.padding import spatial_pads, torch_pad_list
+from onnxprune.recover.interpreter.padding import torch_pad_list, window_geometry
 
 
 def _reduce(fn_name: str, axes_input_opset: int) -> OpHandler:
@@ -67,12 +67,7 @@ def _global_max(ctx: NodeContext, inputs: list[Tensor | None]) -> list[Tensor]:
 
 
 def _pool_geometry(ctx: NodeContext, x: Tensor):
-    kernel = list(ctx.attr("kernel_shape"))
-    rank = len(kernel)
-    strides = list(ctx.attr("strides", [1] * rank))
-    dilations = list(ctx.attr("dilations", [1] * rank))
-    pads = spatial_pads(ctx, x, kernel, strides, dilations)
-    return kernel, strides, dilations, pads, bool(ctx.attr("ceil_mode", 0))
+    return (*window_geometry(ctx, x), bool(ctx.attr("ceil_mode", 0)))
 
 
 @handler("MaxPool")
