@@ -22,11 +22,15 @@ the defaults are *per sample*):
     - InstanceNormalization, LayerNormalization, GroupNormalization: 5 per element.
     - Softmax, LogSoftmax: 3 per element.
     - MaxPool, AveragePool, LpPool: ``prod(kernel_shape)`` per output element.
-    - GlobalAveragePool, GlobalMaxPool, GlobalLpPool and Reduce*: 1 per *input* element.
-    - Elementwise arithmetic, comparisons and activations (``_ELEMENTWISE``): 1 per output
-      element; variadic Sum/Max/Min/Mean with k inputs: ``k - 1`` per output element.
-    - Data movement (``_ZERO_COST``: Reshape, Transpose, Concat, Slice, Pad, Resize, ...): 0.
-    - Any other op counts 0 and is listed in :attr:`CostReport.uncounted_ops`.
+    - GlobalAveragePool, GlobalMaxPool, GlobalLpPool, Reduce* and ArgMax/ArgMin
+      (:data:`onnxprune.ops.INPUT_REDUCE`): 1 per *input* element.
+    - Elementwise arithmetic, comparisons and activations
+      (:data:`onnxprune.ops.ELEMENTWISE_ARITHMETIC`): 1 per output element; variadic
+      Sum/Max/Min/Mean with k inputs: ``k - 1`` per output element.
+    - Data movement, casts, shape reads and constants (:data:`onnxprune.ops.ZERO_COST`:
+      Reshape, Transpose, Concat, Slice, Pad, Resize, Cast, Identity, ...): 0.
+    - Any other op (e.g. Hardmax, QOperator ops) counts 0 and is listed in
+      :attr:`CostReport.uncounted_ops`. :func:`pricing_of` says which rule an op gets.
 
 ``params``
     Number of elements of the floating-point initializers (and float ``Constant`` node
@@ -41,7 +45,8 @@ the defaults are *per sample*):
     Which parameters shrink with a plan: weights and biases of Conv/ConvTranspose/Gemm/MatMul
     and BN/InstanceNorm's per-channel inputs (their op handlers), the per-axis scales of
     (De)QuantizeLinear (incl. those of QDQ weights), and the broadcast constants
-    of the channel-wise elementwise ops in ``_CHANNELWISE_PARAMS`` (Add, Mul, PRelu, ...):
+    of the channel-wise elementwise ops (:data:`onnxprune.ops.CHANNELWISE_BINARY`: Add,
+    Mul, PRelu, ...):
     a constant dimension > 1 that equals the output's dimension follows that dimension.
     These are exactly the constants the channel analysis records a ``ParamSlice`` for, so
     surgery slices the same elements the cost model removes. Any other op's float
@@ -71,8 +76,11 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
+from onnxprune import ops
+from onnxprune.deps.graph import attr
+from onnxprune.deps.groups import ChannelExpr
 from onnxprune.errors import OnnxPruneError
-from onnxprune.model import graph_inputs
+from onnxprune.model import FLOAT_TYPES, graph_inputs, static_shape, tensor_shapes
 from onnxprune.normalize import resolve_reshape_targets
 
 __all__ = [
@@ -83,38 +91,19 @@ __all__ = [
     "PlanCost",
     "model_cost",
     "parse_input_shapes",
+    "pricing_of",
 ]
 
-_ELEMENTWISE = frozenset(
-    """Add Sub Mul Div Pow Mod PRelu Relu LeakyRelu Sigmoid HardSigmoid Tanh Clip Elu Selu Celu
-    Softplus Softsign HardSwish Gelu Mish ThresholdedRelu Erf Exp Log Sqrt Neg Abs Reciprocal
-    Floor Ceil Round Sign Sin Cos Where Equal Less LessOrEqual Greater GreaterOrEqual And Or Xor
-    Not BitShift IsNaN IsInf Shrink""".split()
-)
-_VARIADIC = frozenset({"Sum", "Max", "Min", "Mean"})
-_NORM5 = frozenset({"InstanceNormalization", "LayerNormalization", "GroupNormalization"})
-_SOFTMAX = frozenset({"Softmax", "LogSoftmax"})
-_POOL = frozenset({"MaxPool", "AveragePool", "LpPool"})
-_INPUT_REDUCE = frozenset(
-    """GlobalAveragePool GlobalMaxPool GlobalLpPool ReduceMean ReduceSum ReduceMax ReduceMin
-    ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceSumSquare ArgMax
-    ArgMin""".split()
-)
-_ZERO_COST = frozenset(
-    """Reshape Flatten Transpose Concat Slice Split Pad Gather GatherElements GatherND Squeeze
-    Unsqueeze Identity Shape Size Constant ConstantOfShape Cast CastLike Expand Tile Range
-    Dropout Resize Upsample DepthToSpace SpaceToDepth ScatterND ScatterElements NonZero
-    EyeLike""".split()
-)
+# Op families come from onnxprune.ops, so cost prices exactly what the other stages know.
+_ELEMENTWISE = ops.ELEMENTWISE_ARITHMETIC
+_VARIADIC = ops.VARIADIC
+_NORM5 = ops.NORMALIZATION - {"BatchNormalization"}
+_SOFTMAX = ops.SOFTMAX
+_INPUT_REDUCE = ops.INPUT_REDUCE
+_ZERO_COST = ops.ZERO_COST
 # Ops whose broadcast float constants are sliced per channel with their output (the channel
 # analysis' elementwise handler records a ParamSlice for exactly these).
-_CHANNELWISE_PARAMS = frozenset(
-    "Add Sub Mul Div Pow Sum Max Min Mean PRelu Where Equal Greater Less Mod".split()
-)
-_REDUCE_OPS = (
-    "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
-    "ReduceLogSumExp ReduceSumSquare"
-).split()
+_CHANNELWISE_PARAMS = ops.CHANNELWISE_BINARY
 # Operand slots that configure an op (shapes, indices, axes, scales, bounds, pad values):
 # never parameters, whatever their dtype.
 _CONFIG_SLOTS: dict[str, frozenset[int]] = {
@@ -132,48 +121,12 @@ _CONFIG_SLOTS: dict[str, frozenset[int]] = {
     "Clip": frozenset({1, 2}),
     "CastLike": frozenset({1}),
     "Range": frozenset({0, 1, 2}),
-    **{op: frozenset({1}) for op in _REDUCE_OPS},
+    **{op: frozenset({1}) for op in ops.REDUCE},
 }
-_FLOAT_TYPES = frozenset(
-    {
-        onnx.TensorProto.FLOAT,
-        onnx.TensorProto.FLOAT16,
-        onnx.TensorProto.BFLOAT16,
-        onnx.TensorProto.DOUBLE,
-    }
-)
 
 _MACS, _FLOPS, _PARAMS = 0, 1, 2
+_Shape = tuple[int, ...]
 _MAX_FACTORS = 3
-
-
-@dataclass(frozen=True)
-class ChannelExpr:
-    """Kept size of dimension ``axis`` of one tensor, affine in the groups' keep counts.
-
-    ``kept = const + sum(mult * kept[group_id] for group_id, mult in terms)``.
-    A plain channel tensor of group 3 is ``ChannelExpr(1, 0, ((3, 1),))``; a flattened
-    ``C*H*W`` vector of group 3 with ``H*W = 64`` is ``ChannelExpr(1, 0, ((3, 64),))``.
-    """
-
-    axis: int
-    const: int
-    terms: tuple[tuple[int, int], ...]
-
-    def value(self, kept: Mapping[int, int]) -> int:
-        """Evaluate for ``kept`` (group id -> kept channels)."""
-        return self.const + sum(mult * kept[group_id] for group_id, mult in self.terms)
-
-    def __str__(self) -> str:
-        parts = [
-            f"{mult}*g{group_id}" if mult != 1 else f"g{group_id}" for group_id, mult in self.terms
-        ]
-        if self.const or not parts:
-            parts.append(str(self.const))
-        return f"axis {self.axis}: " + " + ".join(parts)
-
-    def to_dict(self) -> dict:
-        return {"axis": self.axis, "const": self.const, "terms": [list(t) for t in self.terms]}
 
 
 @dataclass
@@ -342,18 +295,9 @@ def _fixed_shape_model(
     return fixed, used
 
 
-def _shape_table(model: ModelProto) -> dict[str, list[int] | None]:
-    table: dict[str, list[int] | None] = {}
-    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        ttype = vi.type.tensor_type
-        if not ttype.HasField("shape"):
-            table.setdefault(vi.name, None)
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
-        table[vi.name] = None if any(d < 0 for d in dims) else dims
-    for init in model.graph.initializer:
-        table[init.name] = list(init.dims)
-    return table
+def _shape_table(model: ModelProto) -> dict[str, _Shape | None]:
+    """Fully static shapes only: a cost factor needs every dim of its tensor."""
+    return {name: static_shape(dims) for name, dims in tensor_shapes(model).items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,26 +318,26 @@ class _Term:
 class _TermBuilder:
     """Turns each node into cost terms; one handler per op family (no name-based decisions)."""
 
-    def __init__(self, model: ModelProto, shapes: dict[str, list[int] | None]) -> None:
+    def __init__(self, model: ModelProto, shapes: dict[str, _Shape | None]) -> None:
         self.model = model
         self.shapes = shapes
         self.terms: list[_Term] = []
         self.uncounted: set[str] = set()
         self.float_inits = {
-            t.name: list(t.dims) for t in model.graph.initializer if t.data_type in _FLOAT_TYPES
+            t.name: list(t.dims) for t in model.graph.initializer if t.data_type in FLOAT_TYPES
         }
         # exporters that store weights in Constant nodes (paddle2onnx, some torch versions):
         # those tensors are parameters just like initializers
         for node in model.graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 value = next((a.t for a in node.attribute if a.name == "value"), None)
-                if value is not None and value.data_type in _FLOAT_TYPES:
+                if value is not None and value.data_type in FLOAT_TYPES:
                     self.float_inits.setdefault(node.output[0], list(value.dims))
         self.counted_inits: set[str] = set()
         self.conv_depthwise: dict[int, bool] = {}
 
     # helpers --------------------------------------------------------------------------------
-    def shape(self, node: onnx.NodeProto, tensor: str, required: bool) -> list[int] | None:
+    def shape(self, node: onnx.NodeProto, tensor: str, required: bool) -> _Shape | None:
         shape = self.shapes.get(tensor)
         if shape is None and required:
             raise OnnxPruneError(
@@ -419,20 +363,16 @@ class _TermBuilder:
 
     def build(self) -> None:
         for index, node in enumerate(self.model.graph.node):
-            handler = _HANDLERS.get(node.op_type)
-            if handler is not None:
-                handler(self, index, node)
-            elif node.op_type in _ELEMENTWISE:
-                self.elementwise(index, node, 1)
-            elif node.op_type in _VARIADIC:
+            pricing = pricing_of(node.op_type)
+            if pricing == "handler":
+                _HANDLERS[node.op_type](self, index, node)
+            elif pricing == "variadic":
                 self.elementwise(index, node, max(len([i for i in node.input if i]) - 1, 1))
-            elif node.op_type in _NORM5:
-                self.elementwise(index, node, 5)
-            elif node.op_type in _SOFTMAX:
-                self.elementwise(index, node, 3)
-            elif node.op_type in _INPUT_REDUCE:
+            elif pricing == "input_elements":
                 self.input_elements(index, node)
-            elif node.op_type not in _ZERO_COST:
+            elif pricing in _PER_ELEMENT_FLOPS:
+                self.elementwise(index, node, _PER_ELEMENT_FLOPS[pricing])
+            elif pricing is None:
                 self.uncounted.add(node.op_type)
             self.generic_params(index, node)
 
@@ -489,59 +429,39 @@ class _TermBuilder:
             self.add(index, _PARAMS, 1, *factors)
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return onnx.helper.get_attribute_value(attribute)
-    return default
-
-
-def _conv(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
-    x, w = node.input[0], node.input[1]
-    y = node.output[0]
+def _operands(
+    b: _TermBuilder, node: onnx.NodeProto
+) -> tuple[str, str, str, _Shape, _Shape, _Shape]:
+    """``(x, w, y, x_shape, w_shape, y_shape)`` of a weighted op; the shapes are required."""
+    x, w, y = node.input[0], node.input[1], node.output[0]
     x_shape = b.shape(node, x, required=True)
     w_shape = b.shape(node, w, required=True)
     y_shape = b.shape(node, y, required=True)
     assert x_shape is not None and w_shape is not None and y_shape is not None
-    group = int(_attr(node, "group", 1))
-    c_in = x_shape[1]
+    return x, w, y, x_shape, w_shape, y_shape
+
+
+def _conv_terms(b: _TermBuilder, index: int, node: onnx.NodeProto, transposed: bool) -> None:
+    """Conv: ``N * C_out * (C_in / group) * k * out_spatial`` MACs. ConvTranspose (W is
+    ``[C_in, C_out / group, k...]``, every input pixel scatters one kernel):
+    ``N * C_in * (C_out / group) * k * in_spatial = N * C_out * (C_in / group) * k *
+    in_spatial``, so both read the batch and spatial sizes from one tensor: the output for
+    Conv, the input for ConvTranspose."""
+    x, w, y, x_shape, w_shape, y_shape = _operands(b, node)
+    group = int(attr(node, "group", 1))
     kernel = int(np.prod(w_shape[2:], dtype=np.int64))
     # CONTRACTS depthwise rule: group == C_in means one input channel per group, and the
     # group count follows the kept input channels; any other group count stays fixed.
-    depthwise = group == c_in
+    depthwise = group == x_shape[1]
     # Per-group input channels as a function of the kept input channels.
     in_per_group: tuple[float, tuple[_Factor, ...]] = (
         (1.0, ()) if depthwise else (1.0 / group, ((x, 1),))
     )
-    out_spatial = [(y, axis) for axis in range(2, len(y_shape))]
     coef, in_factor = in_per_group
-    b.add(index, _MACS, coef * kernel, (y, 0), (y, 1), *in_factor, *out_spatial)
-    b.add(index, _FLOPS, 2 * coef * kernel, (y, 0), (y, 1), *in_factor, *out_spatial)
-    w_param = b.take_param(w)
-    if w_param is not None:
-        b.add(index, _PARAMS, coef * kernel, (y, 1), *in_factor)
-    if len(node.input) > 2 and node.input[2]:
-        b.add(index, _FLOPS, 1, *b.elements(y, y_shape))
-        if b.take_param(node.input[2]) is not None:
-            b.add(index, _PARAMS, 1, (y, 1))
-
-
-def _conv_transpose(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
-    x, w = node.input[0], node.input[1]
-    y = node.output[0]
-    x_shape = b.shape(node, x, required=True)
-    w_shape = b.shape(node, w, required=True)
-    y_shape = b.shape(node, y, required=True)
-    assert x_shape is not None and w_shape is not None and y_shape is not None
-    group = int(_attr(node, "group", 1))
-    kernel = int(np.prod(w_shape[2:], dtype=np.int64))
-    depthwise = group == x_shape[1]
-    # W is [C_in, C_out / group, k...]; MACs = N * C_in * C_out/group * k * in_spatial
-    #      = N * C_out * (C_in/group) * k * in_spatial.
-    coef, in_factor = (1.0, ()) if depthwise else (1.0 / group, ((x, 1),))
-    in_spatial = [(x, axis) for axis in range(2, len(x_shape))]
-    b.add(index, _MACS, coef * kernel, (x, 0), (y, 1), *in_factor, *in_spatial)
-    b.add(index, _FLOPS, 2 * coef * kernel, (x, 0), (y, 1), *in_factor, *in_spatial)
+    sized, sized_shape = (x, x_shape) if transposed else (y, y_shape)
+    spatial = [(sized, axis) for axis in range(2, len(sized_shape))]
+    b.add(index, _MACS, coef * kernel, (sized, 0), (y, 1), *in_factor, *spatial)
+    b.add(index, _FLOPS, 2 * coef * kernel, (sized, 0), (y, 1), *in_factor, *spatial)
     if b.take_param(w) is not None:
         b.add(index, _PARAMS, coef * kernel, (y, 1), *in_factor)
     if len(node.input) > 2 and node.input[2]:
@@ -550,22 +470,18 @@ def _conv_transpose(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
             b.add(index, _PARAMS, 1, (y, 1))
 
 
-def _matrix_operands(
-    b: _TermBuilder, node: onnx.NodeProto
-) -> tuple[str, str, str, list[int], list[int], list[int]]:
-    """``(a, w, y, a_shape, w_shape, y_shape)`` of a Gemm/MatMul; shapes are required."""
-    a, w, y = node.input[0], node.input[1], node.output[0]
-    a_shape = b.shape(node, a, required=True)
-    w_shape = b.shape(node, w, required=True)
-    y_shape = b.shape(node, y, required=True)
-    assert a_shape is not None and w_shape is not None and y_shape is not None
-    return a, w, y, a_shape, w_shape, y_shape
+def _conv(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
+    _conv_terms(b, index, node, transposed=False)
+
+
+def _conv_transpose(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
+    _conv_terms(b, index, node, transposed=True)
 
 
 def _gemm(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
-    a, w, y, a_shape, w_shape, y_shape = _matrix_operands(b, node)
-    trans_a = int(_attr(node, "transA", 0))
-    trans_b = int(_attr(node, "transB", 0))
+    a, w, y, a_shape, w_shape, y_shape = _operands(b, node)
+    trans_a = int(attr(node, "transA", 0))
+    trans_b = int(attr(node, "transB", 0))
     k_factor: _Factor = (a, 0 if trans_a else 1)
     b.add(index, _MACS, 1, (y, 0), (y, 1), k_factor)
     b.add(index, _FLOPS, 2, (y, 0), (y, 1), k_factor)
@@ -583,7 +499,7 @@ def _gemm(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
 
 
 def _matmul(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
-    a, w, y, a_shape, w_shape, y_shape = _matrix_operands(b, node)
+    a, w, y, a_shape, w_shape, y_shape = _operands(b, node)
     k_factor: _Factor = (a, len(a_shape) - 1)
     out = b.elements(y, y_shape)
     b.add(index, _MACS, 1, k_factor, *out)
@@ -633,7 +549,7 @@ def _quantize_linear(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
         if shape is None:
             continue
         if out_shape is not None and len(shape) == 1 and shape[0] > 1:
-            axis = int(_attr(node, "axis", 1)) % len(out_shape)
+            axis = int(attr(node, "axis", 1)) % len(out_shape)
             if out_shape[axis] == shape[0]:
                 b.add(index, _PARAMS, 1, (out, axis))
                 continue
@@ -641,7 +557,7 @@ def _quantize_linear(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
 
 
 def _pool(b: _TermBuilder, index: int, node: onnx.NodeProto) -> None:
-    kernel = int(np.prod(_attr(node, "kernel_shape", [1]), dtype=np.int64))
+    kernel = int(np.prod(attr(node, "kernel_shape", [1]), dtype=np.int64))
     b.elementwise(index, node, kernel)
 
 
@@ -652,12 +568,31 @@ _HANDLERS = {
     "MatMul": _matmul,
     "BatchNormalization": _batchnorm,
     "InstanceNormalization": _instance_norm,
-    "QuantizeLinear": _quantize_linear,
-    "DequantizeLinear": _quantize_linear,
-    "MaxPool": _pool,
-    "AveragePool": _pool,
-    "LpPool": _pool,
+    **{op: _quantize_linear for op in ops.QUANTIZE},
+    **{op: _pool for op in ops.POOL},
 }
+# FLOPs per output element of the families priced elementwise (module docstring).
+_PER_ELEMENT_FLOPS = {"elementwise": 1, "normalization": 5, "softmax": 3}
+
+
+def pricing_of(op_type: str) -> str | None:
+    """How :func:`model_cost` counts the FLOPs of ``op_type``: ``"handler"`` (its own rule),
+    ``"elementwise"``, ``"variadic"``, ``"normalization"``, ``"softmax"``,
+    ``"input_elements"``, ``"zero"`` (data movement), or ``None`` (not counted, listed in
+    :attr:`CostReport.uncounted_ops`)."""
+    if op_type in _HANDLERS:
+        return "handler"
+    for pricing, family in (
+        ("elementwise", _ELEMENTWISE),
+        ("variadic", _VARIADIC),
+        ("normalization", _NORM5),
+        ("softmax", _SOFTMAX),
+        ("input_elements", _INPUT_REDUCE),
+        ("zero", _ZERO_COST),
+    ):
+        if op_type in family:
+            return pricing
+    return None
 
 
 def _node_label(index: int, node: onnx.NodeProto) -> str:
@@ -678,7 +613,7 @@ class _Compiled:
     def __init__(
         self,
         terms: list[_Term],
-        shapes: dict[str, list[int] | None],
+        shapes: dict[str, _Shape | None],
         channel_exprs: Mapping[str, ChannelExpr],
         group_ids: list[int],
     ) -> None:
@@ -746,7 +681,7 @@ class _Compiled:
 
 def _build(
     model: ModelProto, batch: int, input_shapes: Mapping[str, Sequence[int]] | None
-) -> tuple[ModelProto, dict[str, list[int] | None], _TermBuilder, dict[str, list[int]]]:
+) -> tuple[ModelProto, dict[str, _Shape | None], _TermBuilder, dict[str, list[int]]]:
     if batch < 1:
         raise OnnxPruneError(f"batch must be >= 1, got {batch}")
     fixed, used = _fixed_shape_model(model, batch, input_shapes)

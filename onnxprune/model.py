@@ -23,6 +23,11 @@ from onnxprune.errors import OnnxPruneError
 
 # Models above this size are saved with external data (protobuf's 2 GB limit).
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+#: Floating-point tensor element types: the initializers that are parameters (weights), as
+#: opposed to integer shape constants, indices and quantized values.
+FLOAT_TYPES: frozenset[int] = frozenset(
+    {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+)
 
 
 def _resolve_model_file(path: Path) -> Path:
@@ -173,19 +178,68 @@ class ModelInfo:
         return "\n".join(lines)
 
 
+Dims = tuple[int | None, ...]
+SymbolicDims = tuple[int | str | None, ...]
+
+
+def value_dims(
+    value: onnx.ValueInfoProto | onnx.TypeProto, *, symbolic: bool = False
+) -> SymbolicDims | None:
+    """Dims of one declared tensor value, in the convention of :func:`tensor_shapes`.
+
+    ``None`` when the rank is unknown (no shape, or not a tensor type); else one entry per
+    dim: the ``int`` size of a static dim, ``None`` for an unknown one (a ``dim_param`` or no
+    value; with ``symbolic=True`` a named ``dim_param`` is returned as its string instead).
+    A negative ``dim_value`` is invalid ONNX that some exporters write for "dynamic": unknown.
+    """
+    type_proto = value.type if isinstance(value, onnx.ValueInfoProto) else value
+    if type_proto.WhichOneof("value") != "tensor_type":
+        return None
+    tensor_type = type_proto.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    dims: list[int | str | None] = []
+    for dim in tensor_type.shape.dim:
+        if dim.HasField("dim_value") and dim.dim_value >= 0:
+            dims.append(int(dim.dim_value))
+        elif symbolic and dim.dim_param:
+            dims.append(dim.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def tensor_shapes(model: ModelProto, *, symbolic: bool = False) -> dict[str, SymbolicDims | None]:
+    """Shape of every tensor ``model`` declares, by name: the one reader of tensor shapes.
+
+    Convention: ``None`` for an unknown rank, and inside a known rank ``None`` for an unknown
+    dim (see :func:`value_dims`; ``symbolic=True`` keeps ``dim_param`` names as strings).
+    Sources, later ones winning: graph inputs, ``value_info``, graph outputs, then initializers
+    (their stored dims, always static). A known shape is never replaced by an unknown one.
+    Run shape inference first (:func:`infer_model_shapes`) to have ``value_info`` filled.
+    """
+    graph = model.graph
+    shapes: dict[str, SymbolicDims | None] = {}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        dims = value_dims(value, symbolic=symbolic)
+        if dims is not None or value.name not in shapes:
+            shapes[value.name] = dims
+    for init in graph.initializer:
+        shapes[init.name] = tuple(int(d) for d in init.dims)
+    return shapes
+
+
+def static_shape(dims: SymbolicDims | None) -> tuple[int, ...] | None:
+    """``dims`` when the rank and every dim are known integers, else ``None``."""
+    if dims is None or any(not isinstance(d, int) for d in dims):
+        return None
+    return dims  # type: ignore[return-value]
+
+
 def _value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
     ttype = vi.type.tensor_type
     dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name if ttype.elem_type else "?"
-    shape: list[int | str | None] = []
-    if ttype.HasField("shape"):
-        for dim in ttype.shape.dim:
-            if dim.HasField("dim_value"):
-                shape.append(int(dim.dim_value))
-            elif dim.HasField("dim_param"):
-                shape.append(dim.dim_param)
-            else:
-                shape.append(None)
-    return TensorInfo(vi.name, dtype, shape)
+    return TensorInfo(vi.name, dtype, list(value_dims(vi, symbolic=True) or ()))
 
 
 def graph_inputs(model: ModelProto) -> list[onnx.ValueInfoProto]:
@@ -198,11 +252,9 @@ def model_info(model: ModelProto) -> ModelInfo:
     op_counts: dict[str, int] = {}
     for node in model.graph.node:
         op_counts[node.op_type] = op_counts.get(node.op_type, 0) + 1
-    # Parameters are float tensors; int64 shape constants are not learnable weights.
-    float_types = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
     params = 0
     for init in model.graph.initializer:
-        if init.data_type not in float_types:
+        if init.data_type not in FLOAT_TYPES:
             continue
         n = 1
         for d in init.dims:

@@ -38,7 +38,8 @@ import numpy as np
 import onnx
 from onnx import ModelProto, helper, numpy_helper
 
-from onnxprune.model import infer_model_shapes
+from onnxprune import ops
+from onnxprune.model import infer_model_shapes, tensor_shapes
 
 FOLDABLE = ("Transpose", "Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten")
 
@@ -194,18 +195,9 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
         taken.add(candidate)
 
 
-def _shape_of(model: ModelProto, name: str) -> list[int | None] | None:
-    for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        if value.name == name and value.type.tensor_type.HasField("shape"):
-            return [
-                d.dim_value if d.HasField("dim_value") else None
-                for d in value.type.tensor_type.shape.dim
-            ]
-    return None
-
-
 def _fuse_matmul_add(model: ModelProto, consts: dict[str, np.ndarray]) -> None:
     graph = model.graph
+    shapes = tensor_shapes(model)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -216,7 +208,7 @@ def _fuse_matmul_add(model: ModelProto, consts: dict[str, np.ndarray]) -> None:
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
             continue
         weight = consts.get(node.input[1])
-        a_shape = _shape_of(model, node.input[0])
+        a_shape = shapes.get(node.input[0])
         users = consumers.get(node.output[0], [])
         if weight is None or weight.ndim != 2 or a_shape is None or len(a_shape) != 2:
             continue
@@ -296,22 +288,9 @@ _INT_TYPES = {
 
 
 def _symbolic_dims(model: ModelProto) -> dict[str, list[int | str | None]]:
-    """Tensor name -> dims (int, dim_param string, or None) from the model's shape info."""
-    table: dict[str, list[int | str | None]] = {}
-    for value in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        tensor_type = value.type.tensor_type
-        if not tensor_type.HasField("shape"):
-            continue
-        dims: list[int | str | None] = []
-        for dim in tensor_type.shape.dim:
-            if dim.HasField("dim_value"):
-                dims.append(int(dim.dim_value))
-            elif dim.dim_param:
-                dims.append(dim.dim_param)
-            else:
-                dims.append(None)
-        table[value.name] = dims
-    return table
+    """Tensor name -> dims (int, dim_param string, or None) of every tensor of known rank."""
+    shapes = tensor_shapes(model, symbolic=True)
+    return {name: list(dims) for name, dims in shapes.items() if dims is not None}
 
 
 class _ShapeValues:
@@ -619,7 +598,9 @@ def _reconcile_output_shapes(model: ModelProto) -> None:
                 output.type.tensor_type.shape.CopyFrom(found.tensor_type.shape)
 
 
-_BROADCASTING = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum")
+# Multidirectional-broadcasting arithmetic: an operand Expand-ed to the other operand's shape
+# gives the same result unexpanded.
+_BROADCASTING = ops.ARITHMETIC | ops.VARIADIC | {"Pow"}
 
 
 def _drop_redundant_expands(model: ModelProto, consts: dict[str, np.ndarray]) -> int:

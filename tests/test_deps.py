@@ -12,8 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.cost import ChannelExpr
-from onnxprune.deps import analyze
+from onnxprune.deps import ChannelExpr, analyze
 from onnxprune.surgery import apply_plan, masked_reference
 
 FLOAT = TensorProto.FLOAT

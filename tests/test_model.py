@@ -7,10 +7,17 @@ import hashlib
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.model import constant_value, load_model, model_info, save_model
+from onnxprune.model import (
+    constant_value,
+    load_model,
+    model_info,
+    save_model,
+    static_shape,
+    tensor_shapes,
+)
 from tests.conftest import make_tiny_cnn, make_tiny_cnn_onnx
 
 
@@ -131,3 +138,43 @@ def test_model_info_counts():
     assert info.params == 8 * 27 + 16 * 72 + 16 + 160 + 10
     assert [str(t) for t in info.inputs] == ["input: float32[batch, 3, 16, 16]"]
     assert info.to_dict()["opsets"] == {"": 18}
+
+
+def _shape_probe_model() -> onnx.ModelProto:
+    """Inputs/value_info/outputs covering every dim kind the shape reader must tell apart."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])
+    mid = helper.make_tensor_value_info("mid", TensorProto.FLOAT, [1, 3, 8, 8])
+    mid_again = helper.make_tensor_value_info("mid", TensorProto.FLOAT, None)  # no shape
+    bad = helper.make_tensor_value_info("bad", TensorProto.FLOAT, [1, 3])
+    bad.type.tensor_type.shape.dim[1].dim_value = -1  # invalid ONNX some exporters write
+    norank = helper.make_tensor_value_info("norank", TensorProto.FLOAT, None)
+    weight = numpy_helper.from_array(np.zeros((4, 3, 1, 1), np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["mid"]),
+        helper.make_node("Relu", ["mid"], ["bad"]),
+        helper.make_node("Relu", ["bad"], ["norank"]),
+        helper.make_node("Flatten", ["norank"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "probe", [x], [y], [weight], value_info=[mid, mid_again, bad, norank]
+    )
+    return helper.make_model(graph)
+
+
+def test_tensor_shapes_one_convention_for_unknown_dims_and_ranks():
+    shapes = tensor_shapes(_shape_probe_model())
+    assert shapes["x"] == (None, 3, 8, 8)  # dim_param: unknown
+    assert shapes["y"] == (None, 3)  # no value: unknown
+    assert shapes["mid"] == (1, 3, 8, 8)  # a later declaration without shape does not erase it
+    assert shapes["bad"] == (1, None)  # negative dim_value: unknown
+    assert shapes["norank"] is None  # unknown rank
+    assert shapes["w"] == (4, 3, 1, 1)  # initializers: stored dims
+    assert "absent" not in shapes
+    symbolic = tensor_shapes(_shape_probe_model(), symbolic=True)
+    assert symbolic["x"] == ("batch", 3, 8, 8)
+    assert symbolic["y"] == (None, 3)
+    assert static_shape(shapes["mid"]) == (1, 3, 8, 8)
+    assert static_shape(shapes["x"]) is None
+    assert static_shape(symbolic["x"]) is None
+    assert static_shape(None) is None

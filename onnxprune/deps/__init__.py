@@ -4,11 +4,18 @@
 live in :mod:`onnxprune.deps.handlers` (``@handler("Conv")``).
 """
 
-from onnxprune.deps.groups import ChannelGroup, ChannelSlice, DependencyAnalysis, analyze
+from onnxprune.deps.groups import (
+    ChannelExpr,
+    ChannelGroup,
+    ChannelSlice,
+    DependencyAnalysis,
+    analyze,
+)
 from onnxprune.deps.handlers import HANDLERS, handler
 
 __all__ = [
     "HANDLERS",
+    "ChannelExpr",
     "ChannelGroup",
     "ChannelSlice",
     "DependencyAnalysis",

@@ -12,17 +12,9 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, numpy_helper
 
+from onnxprune.model import tensor_shapes
+
 Shape = list[int | None]
-
-
-def _dims(type_proto: onnx.TypeProto) -> Shape | None:
-    tensor_type = type_proto.tensor_type
-    if not tensor_type.HasField("shape"):
-        return None
-    dims: Shape = []
-    for dim in tensor_type.shape.dim:
-        dims.append(int(dim.dim_value) if dim.HasField("dim_value") else None)
-    return dims
 
 
 class GraphIndex:
@@ -53,13 +45,10 @@ class GraphIndex:
         self.graph_outputs = [o.name for o in graph.output]
         init_names = set(self.initializers)
         self.graph_inputs = [i.name for i in graph.input if i.name not in init_names]
-        self._shapes: dict[str, Shape | None] = {}
-        for value in list(graph.input) + list(graph.value_info) + list(graph.output):
-            dims = _dims(value.type)
-            if dims is not None or value.name not in self._shapes:
-                self._shapes[value.name] = dims
-        for name, tensor in self.initializers.items():
-            self._shapes[name] = [int(d) for d in tensor.dims]
+        self._shapes: dict[str, Shape | None] = {
+            name: None if dims is None else list(dims)  # type: ignore[misc]
+            for name, dims in tensor_shapes(model).items()
+        }
         self.opset = next(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13
         )

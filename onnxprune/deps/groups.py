@@ -9,7 +9,7 @@ channels (atom classes) of producers that share a tied channel form one connecte
 component; that component is split further so that every tensor holds each group's
 channels either never or the same number of times each (a Split into halves gives two
 groups). So the kept size of every tensor's channel axis is affine in the groups' keep
-counts (:class:`onnxprune.cost.ChannelExpr`). A group is frozen when any of its channels
+counts (:class:`ChannelExpr`). A group is frozen when any of its channels
 was frozen by a handler (unknown op, graph output, channel shuffle, ...).
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,35 @@ from onnxprune.deps.graph import GraphIndex, attr
 from onnxprune.deps.handlers import HANDLERS
 from onnxprune.deps.state import GroupedConv, MaskSlot, ParamSlice, State
 from onnxprune.errors import PlanError
+
+
+@dataclass(frozen=True)
+class ChannelExpr:
+    """Kept size of dimension ``axis`` of one tensor, affine in the groups' keep counts.
+
+    ``kept = const + sum(mult * kept[group_id] for group_id, mult in terms)``.
+    A plain channel tensor of group 3 is ``ChannelExpr(1, 0, ((3, 1),))``; a flattened
+    ``C*H*W`` vector of group 3 with ``H*W = 64`` is ``ChannelExpr(1, 0, ((3, 64),))``.
+    """
+
+    axis: int
+    const: int
+    terms: tuple[tuple[int, int], ...]
+
+    def value(self, kept: Mapping[int, int]) -> int:
+        """Evaluate for ``kept`` (group id -> kept channels)."""
+        return self.const + sum(mult * kept[group_id] for group_id, mult in self.terms)
+
+    def __str__(self) -> str:
+        parts = [
+            f"{mult}*g{group_id}" if mult != 1 else f"g{group_id}" for group_id, mult in self.terms
+        ]
+        if self.const or not parts:
+            parts.append(str(self.const))
+        return f"axis {self.axis}: " + " + ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"axis": self.axis, "const": self.const, "terms": [list(t) for t in self.terms]}
 
 
 @dataclass
@@ -413,11 +443,9 @@ class DependencyAnalysis:
                 out[tensor] = gids
         return out
 
-    def channel_exprs(self) -> dict:
-        """Tensor name -> :class:`onnxprune.cost.ChannelExpr` of its channel axis, for every
+    def channel_exprs(self) -> dict[str, ChannelExpr]:
+        """Tensor name -> :class:`ChannelExpr` of its channel axis, for every
         tensor whose size depends on a prunable group."""
-        from onnxprune.cost import ChannelExpr
-
         exprs = {}
         prunable = np.array([g.prunable for g in self.groups] + [False], dtype=bool)
         for tensor, info in self.state.chan.items():

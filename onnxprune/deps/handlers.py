@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from onnxprune import ops
 from onnxprune.deps.graph import attr
 from onnxprune.deps.state import (
     ChanInfo,
@@ -27,13 +28,15 @@ from onnxprune.deps.state import (
     SplitSizes,
     State,
 )
+from onnxprune.errors import InternalError
 
 Handler = Callable[[State, int], set[int]]
 HANDLERS: dict[str, Handler] = {}
 
 
 def handler(*op_types: str) -> Callable[[Handler], Handler]:
-    """Register ``fn`` as the channel handler of ``op_types`` (default ONNX domain)."""
+    """Register ``fn`` as the channel handler of ``op_types`` (default ONNX domain; the
+    families of :mod:`onnxprune.ops`)."""
 
     def register(fn: Handler) -> Handler:
         for op_type in op_types:
@@ -75,15 +78,7 @@ def _has_slot(state: State, i: int, slot: int) -> bool:
 
 
 # -- channel-wise ops -------------------------------------------------------------------
-UNARY = (
-    "Relu LeakyRelu Sigmoid HardSigmoid HardSwish Tanh Elu Selu Celu Softplus Softsign Gelu "
-    "Erf Abs Neg Exp Log Sqrt Reciprocal Floor Ceil Round Sin Cos Mish Identity Dropout Cast "
-    "CastLike Clip ThresholdedRelu Shrink Sign IsNaN IsInf Not Relu6 Swish Tan Asin Acos Atan "
-    "Sinh Cosh Asinh Acosh Atanh BitwiseNot"
-).split()
-
-
-@handler(*UNARY)
+@handler(*ops.CHANNELWISE_UNARY)
 def unary(state: State, i: int) -> set[int]:
     """Channel-wise unary op: output channel c is input channel c (extra inputs are scalars
     or, for CastLike, a type reference)."""
@@ -104,10 +99,7 @@ def unary(state: State, i: int) -> set[int]:
     return {0}
 
 
-ELEMENTWISE = "Add Sub Mul Div Pow Sum Max Min Mean PRelu Where Equal Greater Less Mod".split()
-
-
-@handler(*ELEMENTWISE)
+@handler(*ops.CHANNELWISE_BINARY)
 def elementwise(state: State, i: int) -> set[int]:
     """Broadcasting elementwise op: channel inputs are tied position by position (residual
     Add/Sum/Max, squeeze-excitation Mul of x with its gate); constants that span the channel
@@ -166,7 +158,7 @@ def elementwise(state: State, i: int) -> set[int]:
     return claimed
 
 
-@handler("QuantizeLinear", "DequantizeLinear")
+@handler(*ops.QUANTIZE)
 def quantize(state: State, i: int) -> set[int]:
     """QDQ activations: (de)quantization is elementwise, so channels pass. Per-tensor scale and
     zero point are untouched; per-axis ones on the channel axis are sliced with it; per-axis
@@ -197,12 +189,6 @@ def quantize(state: State, i: int) -> set[int]:
     return {0, 1, 2}
 
 
-QOPERATOR = (
-    "QLinearConv QLinearMatMul ConvInteger MatMulInteger QLinearAdd QLinearMul "
-    "QLinearGlobalAveragePool QLinearAveragePool QLinearConcat QLinearLeakyRelu QLinearSigmoid"
-).split()
-
-
 _QOPERATOR_WEIGHT_SLOT = {
     "QLinearConv": 3,
     "ConvInteger": 1,
@@ -211,7 +197,7 @@ _QOPERATOR_WEIGHT_SLOT = {
 }
 
 
-@handler(*QOPERATOR)
+@handler(*ops.QOPERATOR)
 def qoperator(state: State, i: int) -> set[int]:
     """QOperator-format quantized ops are not rewritten: their input channels freeze, and a
     weighted one (QLinearConv, QLinearMatMul, ...) makes a frozen group of its output
@@ -258,7 +244,7 @@ def expand(state: State, i: int) -> set[int]:
     return {0, 1}
 
 
-@handler("BatchNormalization", "InstanceNormalization")
+@handler(*ops.CHANNEL_NORM)
 def normalization(state: State, i: int) -> set[int]:
     """Per-channel normalisation on axis 1: scale/bias (and BN mean/var) sliced with it."""
     node = state.index.nodes[i]
@@ -277,7 +263,7 @@ def normalization(state: State, i: int) -> set[int]:
     return {0}
 
 
-@handler("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+@handler(*ops.POOL, *ops.GLOBAL_POOL)
 def pooling(state: State, i: int) -> set[int]:
     """Spatial pooling: channels on axis 1 pass through."""
     node = state.index.nodes[i]
@@ -290,7 +276,7 @@ def pooling(state: State, i: int) -> set[int]:
     return {0}
 
 
-@handler("Softmax", "LogSoftmax", "Hardmax")
+@handler(*ops.AXIS_NORMALIZE)
 def softmax(state: State, i: int) -> set[int]:
     """Softmax over a non-channel axis passes channels; over the channel axis it freezes."""
     node = state.index.nodes[i]
@@ -360,7 +346,7 @@ def _slice_param(state: State, i: int, slot: int, axis: int, tensor: str, role: 
         return
     dq = _dq_weight(state, name)
     if dq is None:
-        raise AssertionError(f"input '{name}' is neither a constant nor a quantized weight")
+        raise InternalError(f"input '{name}' is neither a constant nor a quantized weight")
     dq_node = index.nodes[dq]
     quantized = index.const(dq_node.input[0])
     assert quantized is not None
@@ -817,13 +803,7 @@ def squeeze(state: State, i: int) -> set[int]:
     return {0, 1}
 
 
-REDUCE = (
-    "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
-    "ReduceLogSumExp ReduceSumSquare"
-).split()
-
-
-@handler(*REDUCE)
+@handler(*ops.REDUCE)
 def reduce(state: State, i: int) -> set[int]:
     """Reduction over spatial axes passes channels (keepdims both ways); over the channel
     axis it consumes them: freeze."""
@@ -850,7 +830,7 @@ def reduce(state: State, i: int) -> set[int]:
     return {0, 1}
 
 
-@handler("Resize", "Upsample")
+@handler(*ops.RESIZE)
 def resize(state: State, i: int) -> set[int]:
     """Resize/Upsample: the channel scale must be 1; a ``sizes`` entry is rewritten."""
     index = state.index

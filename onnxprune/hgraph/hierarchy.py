@@ -26,7 +26,8 @@ import networkx as nx
 import torch
 from onnx import ModelProto
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.deps import DependencyAnalysis
+from onnxprune.errors import InternalError, OnnxPruneError
 from onnxprune.hgraph.level0 import (
     OP_VOCAB,
     Level0,
@@ -36,6 +37,7 @@ from onnxprune.hgraph.level0 import (
     log_feature,
 )
 from onnxprune.hgraph.motifs import Segment, best_sequence_run, region_classes, segments
+from onnxprune.normalize import normalize
 
 NODE_FEATURES = ("log2_channels", "log2_height", "log2_width", "keep_ratio", "prunable", "grouped")
 EDGE_FEATURES = (
@@ -313,12 +315,30 @@ class Hierarchy:
 
     def _static_tensors(self) -> list[LevelTensors]:
         group_index = {g: i for i, g in enumerate(self.group_ids)}
-        prunable = set(self.prunable_group_ids)
-        total_macs = sum(op.macs for op in self.ops) or 1
-        total_params = sum(op.params for op in self.ops) or 1
-        ops_by_id = {op.op_id: op for op in self.ops}
         level0_index = {name: i for i, name in enumerate(self.levels[0].nodes)}
-        # level-0 ops covered by each motif instance (recursively), for aggregated features
+        covered = self._covered_ops()
+        keep_maps = []
+        result: list[LevelTensors] = []
+        for k, graph in enumerate(self.levels):
+            names = list(graph.nodes)
+            x, node_entries = self._node_features(names, group_index)
+            edges = list(graph.edges(keys=True, data=True))
+            edge_tensors, edge_entries = self._edge_features(names, edges, covered, group_index)
+            keep_maps.append((_entries(node_entries), _entries(edge_entries)))
+            lt = LevelTensors(
+                level=k,
+                node_names=[str(n) for n in names],
+                x=x,
+                **edge_tensors,
+                node_level0=torch.tensor([level0_index[n] for n in names], dtype=torch.long),
+                **self._instance_tensors(k, edges),
+            )
+            result.append(lt)
+        self._cache["keep_maps"] = keep_maps
+        return result
+
+    def _covered_ops(self) -> dict[int, list[int]]:
+        """Level-0 op ids covered by each motif instance (recursively through lower motifs)."""
         covered: dict[int, list[int]] = {}
         for inst in self.instances:
             graph = self.levels[inst.level - 1]
@@ -330,80 +350,85 @@ class Hierarchy:
                 else:
                     ops.extend(covered[data["instance"]])
             covered[inst.index] = sorted(set(ops))
+        return covered
 
-        keep_maps = []
-        result: list[LevelTensors] = []
-        for k, graph in enumerate(self.levels):
-            names = list(graph.nodes)
-            pos = {n: i for i, n in enumerate(names)}
-            x = torch.zeros(len(names), NODE_DIM)
-            node_entries: list[tuple[int, int, float]] = []
-            for i, name in enumerate(names):
-                info = self.tensors[name]
-                groups = [g for g in self.tensor_groups.get(name, []) if g in group_index]
-                x[i, 0] = log_feature(info.channels)
-                x[i, 1] = log_feature(info.height)
-                x[i, 2] = log_feature(info.width)
-                x[i, 4] = 1.0 if any(g in prunable for g in groups) else 0.0
-                x[i, 5] = 1.0 if groups else 0.0
-                for g in groups:
-                    node_entries.append((i, group_index[g], 1.0 / len(groups)))
-            edges = list(graph.edges(keys=True, data=True))
-            edge_index = torch.zeros(2, len(edges), dtype=torch.long)
-            edge_attr = torch.zeros(len(edges), EDGE_DIM)
-            edge_motif = torch.full((len(edges),), -1, dtype=torch.long)
-            edge_instance = torch.full((len(edges),), -1, dtype=torch.long)
-            edge_op = torch.full((len(edges),), -1, dtype=torch.long)
-            edge_entries: list[tuple[int, int, float]] = []
-            for j, (u, v, _key, data) in enumerate(edges):
-                edge_index[0, j] = pos[u]
-                edge_index[1, j] = pos[v]
-                if data["op"] >= 0:
-                    op = ops_by_id[data["op"]]
-                    edge_op[j] = op.op_id
-                    edge_attr[j, OP_VOCAB.index(op.category)] = 1.0
-                    base = len(OP_VOCAB)
-                    edge_attr[j, base] = log_feature(op.kernel)
-                    edge_attr[j, base + 1] = log_feature(op.stride)
-                    edge_attr[j, base + 2] = log_feature(op.groups - 1)
-                    edge_attr[j, base + 3] = op.macs / total_macs
-                    edge_attr[j, base + 4] = op.params / total_params
-                    op_list = [op.op_id]
-                else:
-                    inst = self.instances[data["instance"]]
-                    edge_motif[j] = inst.motif_id
-                    edge_instance[j] = inst.index
-                    op_list = covered[inst.index]
-                    base = len(OP_VOCAB)
-                    edge_attr[j, base + 3] = sum(ops_by_id[o].macs for o in op_list) / total_macs
-                    edge_attr[j, base + 4] = (
-                        sum(ops_by_id[o].params for o in op_list) / total_params
-                    )
-                    edge_attr[j, base + 6] = 1.0
-                groups = [
-                    group_index[g]
-                    for o in op_list
-                    for g in self._op_groups(ops_by_id[o])
-                    if g in group_index
-                ]
-                for gi in groups:
-                    edge_entries.append((j, gi, 1.0 / len(groups)))
-            keep_maps.append((_entries(node_entries), _entries(edge_entries)))
-            lt = LevelTensors(
-                level=k,
-                node_names=[str(n) for n in names],
-                x=x,
-                edge_index=edge_index,
-                edge_attr=edge_attr,
-                edge_motif=edge_motif,
-                edge_instance=edge_instance,
-                edge_op=edge_op,
-                node_level0=torch.tensor([level0_index[n] for n in names], dtype=torch.long),
-                **self._instance_tensors(k, edges),
-            )
-            result.append(lt)
-        self._cache["keep_maps"] = keep_maps
-        return result
+    def _node_features(
+        self, names: list[str], group_index: dict[int, int]
+    ) -> tuple[torch.Tensor, list[tuple[int, int, float]]]:
+        """``x: [N, NODE_DIM]`` without keep-ratios, and (node, group slot, weight) entries
+        that average the groups' keep-ratios into the keep-ratio column."""
+        prunable = set(self.prunable_group_ids)
+        x = torch.zeros(len(names), NODE_DIM)
+        node_entries: list[tuple[int, int, float]] = []
+        for i, name in enumerate(names):
+            info = self.tensors[name]
+            groups = [g for g in self.tensor_groups.get(name, []) if g in group_index]
+            x[i, 0] = log_feature(info.channels)
+            x[i, 1] = log_feature(info.height)
+            x[i, 2] = log_feature(info.width)
+            x[i, 4] = 1.0 if any(g in prunable for g in groups) else 0.0
+            x[i, 5] = 1.0 if groups else 0.0
+            for g in groups:
+                node_entries.append((i, group_index[g], 1.0 / len(groups)))
+        return x, node_entries
+
+    def _edge_features(
+        self,
+        names: list[str],
+        edges: list[Any],
+        covered: dict[int, list[int]],
+        group_index: dict[int, int],
+    ) -> tuple[dict[str, torch.Tensor], list[tuple[int, int, float]]]:
+        """``edge_index``, ``edge_attr`` (without keep-ratios), ``edge_motif``,
+        ``edge_instance``, ``edge_op`` of one level, and the keep-ratio entries of its edges."""
+        total_macs = sum(op.macs for op in self.ops) or 1
+        total_params = sum(op.params for op in self.ops) or 1
+        ops_by_id = {op.op_id: op for op in self.ops}
+        pos = {n: i for i, n in enumerate(names)}
+        base = len(OP_VOCAB)
+        edge_index = torch.zeros(2, len(edges), dtype=torch.long)
+        edge_attr = torch.zeros(len(edges), EDGE_DIM)
+        edge_motif = torch.full((len(edges),), -1, dtype=torch.long)
+        edge_instance = torch.full((len(edges),), -1, dtype=torch.long)
+        edge_op = torch.full((len(edges),), -1, dtype=torch.long)
+        edge_entries: list[tuple[int, int, float]] = []
+        for j, (u, v, _key, data) in enumerate(edges):
+            edge_index[0, j] = pos[u]
+            edge_index[1, j] = pos[v]
+            if data["op"] >= 0:
+                op = ops_by_id[data["op"]]
+                edge_op[j] = op.op_id
+                edge_attr[j, OP_VOCAB.index(op.category)] = 1.0
+                edge_attr[j, base] = log_feature(op.kernel)
+                edge_attr[j, base + 1] = log_feature(op.stride)
+                edge_attr[j, base + 2] = log_feature(op.groups - 1)
+                edge_attr[j, base + 3] = op.macs / total_macs
+                edge_attr[j, base + 4] = op.params / total_params
+                op_list = [op.op_id]
+            else:
+                inst = self.instances[data["instance"]]
+                edge_motif[j] = inst.motif_id
+                edge_instance[j] = inst.index
+                op_list = covered[inst.index]
+                edge_attr[j, base + 3] = sum(ops_by_id[o].macs for o in op_list) / total_macs
+                edge_attr[j, base + 4] = sum(ops_by_id[o].params for o in op_list) / total_params
+                edge_attr[j, base + 6] = 1.0
+            groups = [
+                group_index[g]
+                for o in op_list
+                for g in self._op_groups(ops_by_id[o])
+                if g in group_index
+            ]
+            for gi in groups:
+                edge_entries.append((j, gi, 1.0 / len(groups)))
+        tensors = {
+            "edge_index": edge_index,
+            "edge_attr": edge_attr,
+            "edge_motif": edge_motif,
+            "edge_instance": edge_instance,
+            "edge_op": edge_op,
+        }
+        return tensors, edge_entries
 
     def _instance_tensors(self, k: int, edges: list[Any]) -> dict[str, torch.Tensor]:
         empty = torch.zeros(0, dtype=torch.long)
@@ -499,23 +524,18 @@ def _is_chain(graph: nx.MultiDiGraph) -> bool:
 
 
 def _analysis_info(
-    analysis: Any,
+    analysis: DependencyAnalysis | None,
 ) -> tuple[dict[str, int], list[int], list[int], dict[str, list[int]]]:
-    """Channel axes, group ids, prunable group ids and tensor->groups from a DependencyAnalysis."""
+    """Channel axes, group ids, prunable group ids and tensor->groups from the analysis."""
     if analysis is None:
         return {}, [], [], {}
     axes: dict[str, int] = {}
-    group_ids: list[int] = []
     for group in analysis.groups:
-        group_ids.append(int(group.id))
-        for member in getattr(group, "members", []):
-            tensor = getattr(member, "tensor", None) or getattr(member, "tensor_name", None)
-            axis = getattr(member, "axis", None)
-            if isinstance(tensor, str) and isinstance(axis, int):
-                axes.setdefault(tensor, axis)
-    prunable = [int(getattr(g, "id", g)) for g in analysis.prunable_groups()]
-    tensor_groups = {t: [int(g) for g in gs] for t, gs in analysis.tensor_groups().items()}
-    return axes, group_ids, prunable, tensor_groups
+        for member in group.members:
+            axes.setdefault(member.tensor, member.axis)
+    group_ids = [group.id for group in analysis.groups]
+    prunable = [group.id for group in analysis.prunable_groups()]
+    return axes, group_ids, prunable, analysis.tensor_groups()
 
 
 def _canonical_level0(level0: Level0) -> tuple[nx.MultiDiGraph, list[OpRecord]]:
@@ -544,7 +564,8 @@ def _canonical_level0(level0: Level0) -> tuple[nx.MultiDiGraph, list[OpRecord]]:
     try:
         order = list(nx.lexicographical_topological_sort(simple, key=keys.__getitem__))
     except nx.NetworkXUnfeasible as exc:
-        raise OnnxPruneError("the feature-map graph has a cycle; check the model") from exc
+        # level 0 rejects cyclic ONNX graphs and coarsening only merges along single edges
+        raise InternalError("the level-0 feature-map graph has a cycle") from exc
     pos = {n: i for i, n in enumerate(order)}
     ops = sorted(
         level0.ops,
@@ -573,7 +594,7 @@ def _canonical_level0(level0: Level0) -> tuple[nx.MultiDiGraph, list[OpRecord]]:
 
 def build_hierarchy(
     model: ModelProto,
-    analysis: Any = None,
+    analysis: DependencyAnalysis | None = None,
     max_region_ops: int = 64,
     max_levels: int = 8,
 ) -> Hierarchy:
@@ -581,22 +602,14 @@ def build_hierarchy(
 
     ``analysis`` (an ``onnxprune.deps.DependencyAnalysis``) is optional: with it the graph is
     built from ``analysis.model`` and tensors carry their channel groups (keep-ratio and
-    prunable features); without it, ``onnxprune.normalize.normalize`` is applied when that
-    module is available and group features are -1/0. ``max_region_ops`` caps the size of a
+    prunable features); without it, the graph is built from ``onnxprune.normalize.normalize``
+    of the model and group features are -1/0. ``max_region_ops`` caps the size of a
     candidate region; ``max_levels`` caps the number of levels (both reported in ``notes``).
     """
     if max_region_ops < 2:
         raise OnnxPruneError(f"max_region_ops must be >= 2 (got {max_region_ops})")
     notes: list[str] = []
-    if analysis is not None:
-        model = analysis.model
-    else:
-        try:
-            from onnxprune.normalize import normalize  # type: ignore[import-not-found]
-        except ImportError:
-            notes.append("onnxprune.normalize not available; graph built from the raw model")
-        else:
-            model = normalize(model)
+    model = analysis.model if analysis is not None else normalize(model)
     axes, group_ids, prunable, tensor_groups = _analysis_info(analysis)
     level0 = build_level0(model, axes)
     graph, ops = _canonical_level0(level0)

@@ -29,6 +29,7 @@ model. Contract:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,8 @@ import onnx
 from onnx import ModelProto
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.model import tensor_shapes
+from onnxprune.ops import ARITHMETIC, CONV, MATMUL, PASS_THROUGH, RESHAPE, RESIZE, SHAPE
 
 # Fixed op vocabulary of the edge one-hot (task spec); the last entry catches the rest.
 OP_VOCAB: tuple[str, ...] = (
@@ -66,9 +69,12 @@ OP_VOCAB: tuple[str, ...] = (
     "other",
 )
 
+# ONNX op -> edge category. Families of onnxprune.ops where a whole family is one category;
+# the rest is this encoder's own choice (which activations look alike, ...).
 _CATEGORY: dict[str, str] = {
-    "Gemm": "Gemm/MatMul",
-    "MatMul": "Gemm/MatMul",
+    **{op: "Gemm/MatMul" for op in MATMUL},
+    **{op: "Reshape/Flatten" for op in RESHAPE},
+    **{op: "Resize" for op in RESIZE},
     "BatchNormalization": "BN",
     "Relu": "Relu",
     "LeakyRelu": "Relu",
@@ -93,22 +99,11 @@ _CATEGORY: dict[str, str] = {
     "AveragePool": "AveragePool",
     "GlobalAveragePool": "GlobalAveragePool",
     "GlobalMaxPool": "GlobalAveragePool",
-    "Resize": "Resize",
-    "Upsample": "Resize",
     "Transpose": "Transpose",
-    "Reshape": "Reshape/Flatten",
-    "Flatten": "Reshape/Flatten",
-    "Squeeze": "Reshape/Flatten",
-    "Unsqueeze": "Reshape/Flatten",
     "ReduceMean": "ReduceMean",
     "Softmax": "Softmax",
     "ConvTranspose": "ConvTranspose",
 }
-
-_PASS_THROUGH = frozenset({"Identity", "Dropout"})
-_SHAPE_OPS = frozenset({"Shape", "Size"})
-_AFFINE_BINARY = frozenset({"Mul", "Add", "Sub", "Div"})
-_WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 @dataclass
@@ -212,17 +207,8 @@ def _attrs(node: onnx.NodeProto) -> dict[str, object]:
 
 
 def _shape_map(model: ModelProto) -> dict[str, tuple[int | None, ...]]:
-    shapes: dict[str, tuple[int | None, ...]] = {}
-    graph = model.graph
-    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-        tt = vi.type.tensor_type
-        if not tt.HasField("shape"):
-            continue
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-        shapes[vi.name] = dims
-    for init in graph.initializer:
-        shapes[init.name] = tuple(int(d) for d in init.dims)
-    return shapes
+    """Shapes of known rank (``None`` dims unknown); tensors of unknown rank are absent."""
+    return {name: dims for name, dims in tensor_shapes(model).items() if dims is not None}  # type: ignore[misc]
 
 
 def _topological_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -261,6 +247,124 @@ def _topological_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return [graph.node[i] for i in order]
 
 
+@dataclass
+class _Classified:
+    """Which tensors are feature maps and which are constants (weights, folded constants)."""
+
+    feature: set[str]
+    constant: set[str]
+    initializers: dict[str, onnx.TensorProto]
+    constant_values: dict[str, onnx.TensorProto]
+
+    def const_numel(self, name: str) -> int:
+        """Elements of a constant tensor (0 for anything computed at run time)."""
+        if name in self.initializers:
+            dims = self.initializers[name].dims
+        elif name in self.constant_values:
+            dims = self.constant_values[name].dims
+        else:
+            return 0
+        return int(np.prod(dims)) if dims else 1
+
+    def is_affine(self, wn: _Node) -> bool:
+        """BN with constant statistics, or Mul/Add/Sub/Div of one feature map and a constant."""
+        if wn.op_type == "BatchNormalization":
+            return wn.inputs[0] in self.feature and all(
+                t in self.constant for t in wn.inputs[1:5] if t
+            )
+        if wn.op_type in ARITHMETIC and len(wn.inputs) == 2:
+            a, b = wn.inputs
+            return (a in self.feature) != (b in self.feature) and (
+                a in self.constant or b in self.constant
+            )
+        return False
+
+    def is_weighted(self, wn: _Node) -> bool:
+        """A Conv/ConvTranspose/Gemm with a constant weight, or a MatMul with a constant side."""
+        if wn.op_type in CONV or wn.op_type == "Gemm":
+            return len(wn.inputs) > 1 and wn.inputs[1] in self.constant
+        if wn.op_type == "MatMul":
+            return any(t in self.constant for t in wn.inputs)
+        return False
+
+
+def _classify(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> _Classified:
+    """Feature maps flow from the non-initializer inputs; shape reads (Shape/Size) stop them."""
+    initializers = {init.name: init for init in graph.initializer}
+    constant_values: dict[str, onnx.TensorProto] = {}
+    constant: set[str] = set(initializers)
+    feature: set[str] = {vi.name for vi in graph.input if vi.name not in initializers}
+    for node in nodes:
+        ins = [t for t in node.input if t]
+        if node.op_type == "Constant":
+            constant.update(o for o in node.output if o)
+            for a in node.attribute:
+                if a.name == "value":
+                    constant_values[node.output[0]] = a.t
+            continue
+        if node.op_type in SHAPE:
+            continue
+        if any(t in feature for t in ins):
+            feature.update(o for o in node.output if o)
+        elif all(t in constant for t in ins):
+            constant.update(o for o in node.output if o)
+    return _Classified(feature, constant, initializers, constant_values)
+
+
+def _drop_pass_through(
+    work: list[_Node], feature: set[str], graph_outputs: list[str]
+) -> tuple[list[_Node], list[str]]:
+    """Remove pass-through ops (Identity, Dropout): their output *is* their input's feature
+    map. Returns the remaining nodes (inputs renamed) and the renamed graph outputs."""
+    alias: dict[str, str] = {}
+
+    def resolve(name: str) -> str:
+        while name in alias:
+            name = alias[name]
+        return name
+
+    kept: list[_Node] = []
+    for wn in work:
+        if wn.op_type in PASS_THROUGH:
+            alias[wn.outputs[0]] = resolve(next(t for t in wn.inputs if t in feature))
+            continue
+        wn.inputs = [resolve(t) if t in feature else t for t in wn.inputs]
+        kept.append(wn)
+    return kept, [resolve(o) for o in graph_outputs]
+
+
+def _fuse_affine(kept: list[_Node], info: _Classified, graph_outputs: list[str]) -> set[int]:
+    """Fuse each affine step into its producer when it is that producer's only use (Conv+BN,
+    MatMul+bias, chains of affine steps). Returns the indices of the nodes fused away."""
+    consumers: dict[str, int] = {}
+    for wn in kept:
+        for t in set(wn.inputs):
+            if t in info.feature:
+                consumers[t] = consumers.get(t, 0) + 1
+    producer_of: dict[str, _Node] = {}
+    merged_away: set[int] = set()
+    for wn in kept:
+        if info.is_affine(wn):
+            src = next(t for t in wn.inputs if t in info.feature)
+            prod = producer_of.get(src)
+            if (
+                prod is not None
+                and consumers.get(src, 0) == 1
+                and src not in graph_outputs
+                and len(prod.outputs) == 1
+                and (info.is_weighted(prod) or info.is_affine(prod))
+            ):
+                prod.fused.append(wn.fused[0])
+                prod.outputs = list(wn.outputs)
+                merged_away.add(wn.index)
+                for o in wn.outputs:
+                    producer_of[o] = prod
+                continue
+        for o in wn.outputs:
+            producer_of[o] = wn
+    return merged_away
+
+
 def build_level0(model: ModelProto, channel_axes: dict[str, int] | None = None) -> Level0:
     """Read the level-0 feature-map graph out of ``model`` (see module docstring).
 
@@ -272,34 +376,9 @@ def build_level0(model: ModelProto, channel_axes: dict[str, int] | None = None) 
         raise OnnxPruneError("the ONNX graph has no nodes; nothing to build a graph from")
     channel_axes = channel_axes or {}
     shapes = _shape_map(model)
-    initializers = {init.name: init for init in graph.initializer}
-    constant_values: dict[str, onnx.TensorProto] = {}
     nodes = _topological_nodes(graph)
-
-    constant: set[str] = set(initializers)
-    feature: set[str] = {vi.name for vi in graph.input if vi.name not in initializers}
-    for node in nodes:
-        ins = [t for t in node.input if t]
-        if node.op_type == "Constant":
-            constant.update(o for o in node.output if o)
-            for a in node.attribute:
-                if a.name == "value":
-                    constant_values[node.output[0]] = a.t
-            continue
-        if node.op_type in _SHAPE_OPS:
-            continue
-        if any(t in feature for t in ins):
-            feature.update(o for o in node.output if o)
-        elif all(t in constant for t in ins):
-            constant.update(o for o in node.output if o)
-
-    def const_numel(name: str) -> int:
-        if name in initializers:
-            return int(np.prod(initializers[name].dims)) if initializers[name].dims else 1
-        if name in constant_values:
-            dims = constant_values[name].dims
-            return int(np.prod(dims)) if dims else 1
-        return 0
+    info = _classify(graph, nodes)
+    feature = info.feature
 
     # Working nodes: the ONNX nodes that consume and produce feature maps.
     work: list[_Node] = []
@@ -311,75 +390,19 @@ def build_level0(model: ModelProto, channel_axes: dict[str, int] | None = None) 
         work.append(
             _Node(len(work), node.op_type, node.name, list(node.input), f_out, _attrs(node), [node])
         )
-
     graph_outputs = [o.name for o in graph.output if o.name in feature]
-    alias: dict[str, str] = {}
-
-    def resolve(name: str) -> str:
-        while name in alias:
-            name = alias[name]
-        return name
-
-    # Pass-through ops alias their output to their input.
-    kept: list[_Node] = []
-    for wn in work:
-        if wn.op_type in _PASS_THROUGH:
-            src = resolve(next(t for t in wn.inputs if t in feature))
-            alias[wn.outputs[0]] = src
-            continue
-        wn.inputs = [resolve(t) if t in feature else t for t in wn.inputs]
-        kept.append(wn)
-    graph_outputs = [resolve(o) for o in graph_outputs]
-
-    consumers: dict[str, int] = {}
-    for wn in kept:
-        for t in set(wn.inputs):
-            if t in feature:
-                consumers[t] = consumers.get(t, 0) + 1
-
-    def is_affine(wn: _Node) -> bool:
-        if wn.op_type == "BatchNormalization":
-            return wn.inputs[0] in feature and all(t in constant for t in wn.inputs[1:5] if t)
-        if wn.op_type in _AFFINE_BINARY and len(wn.inputs) == 2:
-            a, b = wn.inputs
-            return (a in feature) != (b in feature) and (a in constant or b in constant)
-        return False
-
-    def is_weighted(wn: _Node) -> bool:
-        if wn.op_type in ("Conv", "ConvTranspose", "Gemm"):
-            return len(wn.inputs) > 1 and wn.inputs[1] in constant
-        if wn.op_type == "MatMul":
-            return any(t in constant for t in wn.inputs)
-        return False
-
-    producer_of: dict[str, _Node] = {}
-    merged_away: set[int] = set()
-    for wn in kept:
-        if is_affine(wn):
-            src = next(t for t in wn.inputs if t in feature)
-            prod = producer_of.get(src)
-            if (
-                prod is not None
-                and consumers.get(src, 0) == 1
-                and src not in graph_outputs
-                and len(prod.outputs) == 1
-                and (is_weighted(prod) or is_affine(prod))
-            ):
-                prod.fused.append(wn.fused[0])
-                prod.outputs = list(wn.outputs)
-                merged_away.add(wn.index)
-                for o in wn.outputs:
-                    producer_of[o] = prod
-                continue
-        for o in wn.outputs:
-            producer_of[o] = wn
-
-    ops: list[OpRecord] = []
-    for wn in kept:
-        if wn.index in merged_away:
-            continue
-        ops.append(_make_record(wn, feature, shapes, initializers, const_numel, is_weighted(wn)))
-
+    kept, graph_outputs = _drop_pass_through(work, feature, graph_outputs)
+    merged_away = _fuse_affine(kept, info, graph_outputs)
+    ops = [
+        _make_record(wn, feature, shapes, info.const_numel, info.is_weighted(wn))
+        for wn in kept
+        if wn.index not in merged_away
+    ]
+    if not ops:
+        raise OnnxPruneError(
+            "the ONNX graph has no operation on feature maps (all nodes are constant); "
+            "check that the model has a non-initializer input"
+        )
     used = {t for op in ops for t in op.inputs} | {t for op in ops for t in op.outputs}
     inputs = [vi.name for vi in graph.input if vi.name in feature]
     used.update(inputs)
@@ -389,13 +412,7 @@ def build_level0(model: ModelProto, channel_axes: dict[str, int] | None = None) 
         shape = shapes.get(name, ())
         axis = channel_axes.get(name, 1)
         tensors[name] = _tensor_info(name, shape, axis, name in inputs, name in graph_outputs)
-    notes: list[str] = []
-    if not ops:
-        raise OnnxPruneError(
-            "the ONNX graph has no operation on feature maps (all nodes are constant); "
-            "check that the model has a non-initializer input"
-        )
-    return Level0(tensors, ops, inputs, graph_outputs, notes)
+    return Level0(tensors, ops, inputs, graph_outputs, [])
 
 
 def _tensor_info(
@@ -419,8 +436,7 @@ def _make_record(
     wn: _Node,
     feature: set[str],
     shapes: dict[str, tuple[int | None, ...]],
-    initializers: dict[str, onnx.TensorProto],
-    const_numel,
+    const_numel: Callable[[str], int],
     weighted: bool,
 ) -> OpRecord:
     op_type = wn.op_type
@@ -430,7 +446,7 @@ def _make_record(
     groups = 1
     macs = 0
     f_in = list(dict.fromkeys(t for t in wn.inputs if t in feature))
-    if op_type in ("Conv", "ConvTranspose") and weighted:
+    if op_type in CONV and weighted:
         w_shape = shapes.get(wn.inputs[1], ())
         groups = int(attrs.get("group", 1))  # type: ignore[call-overload]
         if op_type == "Conv":
@@ -451,7 +467,7 @@ def _make_record(
             macs = int(np.prod([d or 0 for d in out_shape[2:]])) * w_elems
         elif len(in_shape) >= 3:
             macs = int(np.prod([d or 0 for d in in_shape[2:]])) * w_elems
-    elif op_type in ("Gemm", "MatMul"):
+    elif op_type in MATMUL:
         const_in = [t for t in wn.inputs[:2] if t not in feature]
         out_shape = shapes.get(wn.outputs[0], ())
         if const_in:
