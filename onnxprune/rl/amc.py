@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxprune.model import tensor_shapes
 from onnxprune.rl.ddpg import DDPG, DDPGConfig, FlatEncoder
 
 STATE_FEATURES = 11
@@ -51,11 +52,12 @@ class LayerShape:
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for info in [*model.graph.value_info, *model.graph.output, *model.graph.input]:
-        dims = info.type.tensor_type.shape.dim
-        out[info.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
-    return out
+    # AMC's layer state needs a number per dim: an unknown dim counts as 1 (paper's state is
+    # per-sample), an unknown rank as no dims.
+    return {
+        name: [1 if d is None else d for d in dims or ()]
+        for name, dims in tensor_shapes(model).items()
+    }
 
 
 def layer_shapes(
