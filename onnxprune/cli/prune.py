@@ -232,11 +232,14 @@ def register(main: click.Group) -> None:
         calib = None
         if criterion == "activation" and plan_path is None:
             calib = _calibration(data, model, calib_samples)  # type: ignore[arg-type]
+        scores = None
+        if plan_path is None:
+            scores = importance.score_channels(analysis, criterion, calib)
         if plan_path is not None:
             plan = PruningPlan.load(plan_path, analysis)
         elif ratio is not None:
             plan = importance.plan_from_ratios(
-                analysis, ratio, criterion, round_to, min_channels, data=calib
+                analysis, ratio, criterion, round_to, min_channels, scores=scores
             )
         else:
             assert flops is not None  # exactly one mode was checked above
@@ -246,9 +249,9 @@ def register(main: click.Group) -> None:
                 criterion,
                 round_to,
                 min_channels,
-                data=calib,
+                scores=scores,
             )
-        fallbacks = list(importance.LAST_FALLBACKS) if criterion == "bn" else []
+        fallbacks = list(scores.fallbacks) if scores is not None else []
         pruned = apply_plan(analysis, plan)
         check_model(pruned)
         before = model_cost(analysis.model)
