@@ -16,10 +16,11 @@ Channel rounding (:class:`ChannelRounding`), per group of ``size`` channels:
   size: cutting it to 1 or 2 channels would be the odd width the rounding exists to avoid, and
   ``--round-to 1`` is the way to prune it. So a count is never below ``min(min_channels,
   size)``.
-* A prune ratio ``R`` removes ``round(R * size)`` channels (halves round up); the rest is
-  rounded to the nearest multiple of ``step`` (halves up) and clamped to ``[low, size]``;
-  ``R = 0`` keeps the group whole. A keep-ratio ``k`` is the prune ratio ``1 - k``. Counts are
-  monotone in the ratio.
+* A keep-ratio ``k`` keeps ``k * size`` channels rounded to the nearest multiple of ``step``
+  (halves up), clamped to ``[low, size]``; ``k = 1`` keeps the group whole. A prune ratio
+  ``R`` is the keep-ratio ``1 - R`` (with ``round_to`` 1: ``round(R * size)`` channels go).
+  One rounding, not two: ``11.84`` kept channels at round-to 8 are 8, not ``12 -> 16``.
+  Counts are monotone in the ratio.
 
 Fitting a budget (:meth:`Budget.fit`): the *wall* path ``u in [0, 2]`` from keep-ratios ``keep``
 and prune ratios ``action``: prune ``u * action`` for ``u <= 1`` (shrinks an overshooting
@@ -97,19 +98,17 @@ class ChannelRounding:
     def group_ids(self) -> list[int]:
         return [int(g.id) for g in self.groups]
 
-    def counts_for_prune(self, prune_ratios: np.ndarray | float) -> np.ndarray:
-        """Prune ratios ``[n]`` (or one for all) in [0, 1] -> kept counts ``[n]`` (int64)."""
-        ratios = np.clip(
-            np.broadcast_to(np.asarray(prune_ratios, np.float64), self.sizes.shape), 0, 1
-        )
-        raw = self.sizes - np.floor(ratios * self.sizes + 0.5)
+    def counts(self, keep_ratios: np.ndarray) -> np.ndarray:
+        """Keep-ratios ``[n]`` (or one for all) in [0, 1] -> kept counts ``[n]`` (int64)."""
+        ratios = np.broadcast_to(np.asarray(keep_ratios, dtype=np.float64), self.sizes.shape)
+        raw = np.clip(ratios, 0.0, 1.0) * self.sizes
         rounded = np.floor(raw / self.units + 0.5) * self.units
         counts = np.clip(rounded, self.lows, self.sizes)
         return np.where(raw >= self.sizes, self.sizes, counts).astype(np.int64)
 
-    def counts(self, keep_ratios: np.ndarray) -> np.ndarray:
-        """Keep-ratios ``[n]`` in [0, 1] -> kept counts ``[n]`` (int64)."""
-        return self.counts_for_prune(1.0 - np.asarray(keep_ratios, dtype=np.float64))
+    def counts_for_prune(self, prune_ratios: np.ndarray | float) -> np.ndarray:
+        """Prune ratios ``[n]`` (or one for all) in [0, 1] -> kept counts ``[n]`` (int64)."""
+        return self.counts(1.0 - np.asarray(prune_ratios, dtype=np.float64))
 
     def grown(self, index: int, count: int) -> int:
         """The next legal count above ``count`` for group ``index`` (its size at most)."""
@@ -199,8 +198,7 @@ class Budget:
 
         def counts_at(u: float) -> np.ndarray:
             prune = u * action if u <= 1 else action + (u - 1) * (1 - action)
-            # total prune ratio 1 - keep * (1 - prune), written so keep == 1 gives prune exactly
-            return self.rounding.counts_for_prune((1.0 - keep) + keep * prune)
+            return self.rounding.counts(keep * (1 - prune))
 
         def fits(u: float) -> bool:
             return self.fraction(counts_at(u)) <= flops_fraction

@@ -25,11 +25,12 @@ Plans:
 Plans (kept counts follow the one rounding rule of :mod:`onnxprune.budget`, shared with the
 search environment):
 
-- :func:`plan_from_ratios` removes ``round(R * C)`` channels per group, then rounds the kept
-  count to the nearest multiple of ``lcm(round_to, block_count)`` (default ``round_to`` 8,
-  because channel counts decide the speed of a pruned model more than MACs), never above
-  ``C``, never below ``min_channels``; a group with no such multiple below ``C`` stays whole.
-  Within each block the highest-scoring channels are kept; ties go to the lower index.
+- :func:`plan_from_ratios` keeps ``(1 - R) * C`` channels per group rounded to the nearest
+  multiple of ``lcm(round_to, block_count)`` (default ``round_to`` 8, because channel counts
+  decide the speed of a pruned model more than MACs), never above ``C``, never below
+  ``min_channels``; a group with no such multiple below ``C`` stays whole. With ``round_to``
+  1 that removes ``round(R * C)`` channels. Within each block the highest-scoring channels
+  are kept; ties go to the lower index.
 - :func:`plan_for_flops` finds the smallest uniform ratio ``R`` whose plan keeps at most
   ``flops_fraction`` of the MACs (bisection; kept counts are monotone in ``R``), then fills
   the budget rounding left.
@@ -409,7 +410,7 @@ def plan_from_ratios(
     scores: Mapping[int, np.ndarray] | ChannelScores | None = None,
     data: Any = None,
 ) -> PruningPlan:
-    """A plan removing ``round(R * C)`` channels of each group (rounded, see module doc).
+    """A plan removing about ``R * C`` channels of each group (rounded, see module doc).
 
     ``prune_ratios`` is one ratio for every prunable group or ``{group id: ratio}`` (other
     groups untouched); ratios are fractions *removed*, in ``[0, 1)``. ``scores`` overrides

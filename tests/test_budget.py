@@ -36,6 +36,11 @@ def test_prune_and_search_env_agree_on_a_group_smaller_than_round_to(small):
     env_counts = env.kept_dict(env.rounding.counts(np.full(env.n_actions, 0.25)))
     assert prune_counts == env_counts
     assert env_counts[by_size[small]] == small and env_counts[by_size[16]] == 8
+    # one rounding, not two: keeping 0.74 * 16 = 11.84 channels at round-to 8 keeps 8 (the
+    # nearest multiple) in both, where prune used to round to 12 first and then to 16
+    prune_counts = importance.keep_counts_for_ratios(analysis, 0.26, round_to=8)
+    assert prune_counts == env.kept_dict(env.rounding.counts(np.full(env.n_actions, 0.74)))
+    assert prune_counts[by_size[16]] == 8
 
     smallest = tiny_cnn_macs((small, 8)) / tiny_cnn_macs((small, 16))
     assert env.min_fraction == pytest.approx(smallest, abs=1e-12)
