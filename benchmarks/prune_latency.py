@@ -30,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxprune import importance
+from onnxprune.budget import Budget, ChannelRounding
 from onnxprune.cost import PlanCost, model_cost
 from onnxprune.data import load_data
 from onnxprune.deps import analyze
@@ -63,6 +64,42 @@ def time_interleaved(
     return times
 
 
+def _uniform_plan(analysis, plan_cost, scores, flops, round_to, groups):
+    """``(plan, note)``: the uniform plan at ``flops``, or at the smallest reachable fraction
+    (with a note) when the budget is out of reach with this rounding."""
+    try:
+        plan = importance.plan_for_flops(
+            analysis, flops, round_to=round_to, scores=scores, plan_cost=plan_cost, groups=groups
+        )
+        return plan, None
+    except PlanError as exc:
+        targets = set(groups) if groups is not None else {g.id for g in analysis.prunable_groups()}
+        chosen = [g for g in analysis.prunable_groups() if g.id in targets]
+        reachable = Budget(plan_cost, ChannelRounding(chosen, round_to)).smallest_fraction
+        plan = importance.plan_for_flops(
+            analysis, reachable, round_to=round_to, scores=scores, plan_cost=plan_cost,
+            groups=groups,
+        )  # fmt: skip
+        return plan, f"target unreachable ({exc}); timed at {reachable:.4f}"
+
+
+def _print_table(record: dict, base_macs: int, flops: float, threads: int) -> None:
+    print(
+        f"{record['model']}: {base_macs:,} MACs, target {flops}, {threads} thread(s), {record['machine']}"
+    )
+    header = f"{'variant':18s} {'MACs':>6s} {'b32 ms':>8s} {'ratio':>6s} {'b1 ms':>7s} {'ratio':>6s} {'top1':>6s}  widths"
+    print(header)
+    for name, v in record["variants"].items():
+        top1 = f"{v['top1']:.1f}" if v.get("top1") is not None else "-"
+        print(
+            f"{name:18s} {v['macs_fraction']:6.3f} {v['ms_b32']:8.2f} {v['ratio_b32']:6.3f} "
+            f"{v['ms_b1']:7.3f} {v['ratio_b1']:6.3f} {top1:>6s}  {v.get('widths', '')}"
+        )
+        if "note" in v:
+            print(f"{'':18s} ^ {v['note']}")
+    print(f"wrote {record['out']} in {record['seconds']} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=EXAMPLE / "resnet56.onnx")
@@ -91,33 +128,9 @@ def main() -> None:
     for scope, groups in (("all", None), ("interior", interior)):
         for round_to in (1, 4, 8, 16):
             name = f"{scope}/round{round_to}"
-            try:
-                plan = importance.plan_for_flops(
-                    analysis,
-                    args.flops,
-                    round_to=round_to,
-                    scores=scores,
-                    plan_cost=plan_cost,
-                    groups=groups,
-                )
-            except PlanError as exc:
-                # Budget out of reach with this rounding: time the smallest reachable plan.
-                targets = (
-                    groups if groups is not None else [g.id for g in analysis.prunable_groups()]
-                )
-                floor = importance.keep_counts_for_ratios(
-                    analysis, dict.fromkeys(targets, 1 - 1e-9), round_to
-                )
-                reachable = plan_cost.macs_fraction(floor)
-                plan = importance.plan_for_flops(
-                    analysis,
-                    reachable,
-                    round_to=round_to,
-                    scores=scores,
-                    plan_cost=plan_cost,
-                    groups=groups,
-                )
-                variants[name] = {"note": f"target unreachable ({exc}); timed at {reachable:.4f}"}
+            plan, note = _uniform_plan(analysis, plan_cost, scores, args.flops, round_to, groups)
+            if note:
+                variants[name] = {"note": note}
             pruned = apply_plan(analysis, plan)
             counts = kept_counts(plan, analysis)
             widths = sorted({counts[g.id] for g in analysis.prunable_groups()})
@@ -176,20 +189,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
 
-    print(
-        f"{record['model']}: {base_macs:,} MACs, target {args.flops}, {args.threads} thread(s), {record['machine']}"
-    )
-    header = f"{'variant':18s} {'MACs':>6s} {'b32 ms':>8s} {'ratio':>6s} {'b1 ms':>7s} {'ratio':>6s} {'top1':>6s}  widths"
-    print(header)
-    for name, v in variants.items():
-        top1 = f"{v['top1']:.1f}" if v.get("top1") is not None else "-"
-        print(
-            f"{name:18s} {v['macs_fraction']:6.3f} {v['ms_b32']:8.2f} {v['ratio_b32']:6.3f} "
-            f"{v['ms_b1']:7.3f} {v['ratio_b1']:6.3f} {top1:>6s}  {v.get('widths', '')}"
-        )
-        if "note" in v:
-            print(f"{'':18s} ^ {v['note']}")
-    print(f"wrote {args.out} in {record['seconds']} s")
+    _print_table({**record, "out": args.out}, base_macs, args.flops, args.threads)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ given plan file, then measure top-1 on ``test.npz`` for
     finetune     distillation fine-tuning from the pruned model
     ls+finetune  least squares, then fine-tuning
 
+(each through ``onnxprune.pipeline.recover_model``, the dispatch ``onnxprune recover`` uses).
+
 Each method runs in a forked child process, so its wall time and peak resident memory
 (``ru_maxrss`` of the child, which counts the parent's pages once the child touches them;
 the parent's peak at fork time is ``rss_at_fork_mib``) are its own. Results go to ``benchmarks/results/recover_cifar.json``.
@@ -43,29 +45,25 @@ def _rss_mib() -> float:
 
 
 def _run_method(method: str, pruned, reference, calib, args, queue) -> None:
-    from onnxprune.recover.finetune import distill
-    from onnxprune.recover.lsq import reconstruct
+    from onnxprune.pipeline import recover_model
 
     start = time.perf_counter()
+    result = recover_model(
+        pruned, reference, calib, method, ls_images=args.ls_images, epochs=args.epochs,
+        lr=args.lr, batch=args.batch, minutes=args.minutes, seed=args.seed,
+    )  # fmt: skip
     info: dict[str, Any] = {}
-    model = pruned
-    if method in ("ls", "ls+finetune"):
-        result = reconstruct(model, reference, calib, max_images=args.ls_images, seed=args.seed)
-        model = result.model
-        info["ls_seconds"] = round(result.seconds, 2)
-        info["ls_layers"] = len(result.layers)
-        info["ls_images"] = result.images
-        info["ls_peak_activation_mib"] = round(result.peak_activation_bytes / 2**20, 1)
-    if method in ("finetune", "ls+finetune"):
-        tuned = distill(
-            model, reference, calib, epochs=args.epochs, lr=args.lr, batch=args.batch,
-            max_minutes=args.minutes, seed=args.seed,
-        )  # fmt: skip
-        model = tuned.model
-        info["finetune"] = tuned.to_dict()
+    if result.least_squares is not None:
+        fit = result.least_squares
+        info["ls_seconds"] = round(fit.seconds, 2)
+        info["ls_layers"] = len(fit.layers)
+        info["ls_images"] = fit.images
+        info["ls_peak_activation_mib"] = round(fit.peak_activation_bytes / 2**20, 1)
+    if result.finetune is not None:
+        info["finetune"] = result.finetune.to_dict()
     info["seconds"] = round(time.perf_counter() - start, 2)
     info["peak_rss_mib"] = round(_rss_mib(), 1)
-    queue.put((model.SerializeToString(), info))
+    queue.put((result.model.SerializeToString(), info))
 
 
 def _in_child(method: str, pruned, reference, calib, args) -> tuple[Any, dict[str, Any]]:

@@ -30,8 +30,10 @@ Unknown keys are an error (a typo must not silently change the preprocessing).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,7 +44,16 @@ import onnx
 from onnxprune.errors import DataError
 from onnxprune.model import graph_inputs, load_model
 
-__all__ = ["Dataset", "Preprocess", "input_spec", "load_data", "PREPROCESS_FILE"]
+__all__ = [
+    "PREPROCESS_FILE",
+    "Dataset",
+    "Preprocess",
+    "holds_raw_images",
+    "input_spec",
+    "load_data",
+    "preprocess_from_flags",
+    "raw_images_note",
+]
 
 PREPROCESS_FILE = "preprocess.json"
 IMAGE_EXTENSIONS = frozenset(
@@ -140,6 +151,14 @@ class Dataset:
         return Dataset(
             self.x[idx], None if self.y is None else self.y[idx], self.source, self.classes
         )
+
+    def sample(self, count: int, seed: int = 0) -> Dataset:
+        """At most ``count`` samples, a seeded random choice kept in the original order (many
+        data sets are sorted by class, so the first rows would be one class)."""
+        if len(self) <= count:
+            return self
+        order = np.random.default_rng(seed).permutation(len(self))[:count]
+        return self.subset(np.sort(order))
 
     def split(self, *sizes: int | float, seed: int = 0) -> tuple[Dataset, ...]:
         """Disjoint random subsets of the given sizes, after a seeded shuffle.
@@ -428,4 +447,89 @@ def load_data(
         return Dataset(_array_dataset(x, None, spec, preprocess, str(path)), None, str(path))
     raise DataError(
         f"data file '{path}' has unknown extension '{path.suffix}'; use .npz, .npy or a folder of images"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# preprocessing flags and format sniffing (the command-line options of every data command)
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise DataError(f"{flag} '{text}' is not a comma-separated list of numbers") from None
+
+
+def preprocess_from_flags(
+    data: str | os.PathLike[str],
+    scale: float | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    layout: str | None = None,
+    resize: str | None = None,
+) -> Preprocess | None:
+    """A :class:`Preprocess` from the ``--scale/--mean/--std/--layout/--resize`` flags (as
+    text), over ``preprocess.json`` next to ``data``; ``None`` when no flag is given
+    (:func:`load_data` then reads ``preprocess.json`` or uses the defaults)."""
+    if all(v is None for v in (scale, mean, std, layout, resize)):
+        return None
+    spec = _find_preprocess(Path(data))
+    changes: dict[str, object] = {}
+    if scale is not None:
+        changes["scale"] = scale
+    if mean is not None:
+        changes["mean"] = _floats(mean, "--mean")
+    if std is not None:
+        changes["std"] = _floats(std, "--std")
+    if layout is not None:
+        changes["layout"] = layout.upper()
+    if resize is not None:
+        try:
+            h, w = (int(v) for v in resize.lower().split("x"))
+        except ValueError:
+            raise DataError(f"--resize '{resize}' is not HxW, e.g. --resize 224x224") from None
+        changes["resize"] = (h, w)
+    return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
+
+
+def holds_raw_images(data: str | os.PathLike[str]) -> bool:
+    """True when ``data`` holds uint8 images (an image folder, or uint8 ``x`` in .npz/.npy);
+    reads only the array header."""
+    data = Path(data)
+    if data.is_dir():
+        return True
+    try:
+        if data.suffix == ".npy":
+            return np.load(data, mmap_mode="r").dtype == np.uint8
+        if data.suffix == ".npz":
+            with zipfile.ZipFile(data) as archive, archive.open("x.npy") as member:
+                version = np.lib.format.read_magic(member)
+                header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                return header(member)[2] == np.uint8
+    except Exception:  # unreadable files are reported by load_data with a proper message
+        return False
+    return False
+
+
+def raw_images_note(data: str | os.PathLike[str], preprocess: Preprocess | None) -> str | None:
+    """The warning for uint8 images loaded with neither a spec nor a ``preprocess.json``:
+    they are only scaled by 1/255, and most models expect a mean/std normalisation too; a
+    silent mismatch would make every accuracy meaningless. ``None`` when nothing to say."""
+    data = Path(data)
+    folder = data if data.is_dir() else data.parent
+    if preprocess is not None or (folder / PREPROCESS_FILE).exists():
+        return None
+    if not holds_raw_images(data):
+        return None
+    return (
+        f"note: '{data}' holds uint8 images and there is no {PREPROCESS_FILE} next to it: "
+        "pixels are only scaled by 1/255. If the model expects normalised input, pass "
+        "--mean/--std (and --layout/--resize) or write a preprocess.json there."
     )

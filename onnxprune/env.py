@@ -14,15 +14,17 @@ One episode is one compression of the model, in up to ``steps_per_episode`` prun
   ``1 - (1 - flops) * t / T`` of the original, so the model shrinks in ``T`` equal steps
   and the agent sees the pruned graph after each one (paper: "continuously compress the
   DNN until it satisfies the constraint"; the graph is rebuilt after every step).
-* **FLOPs wall (hard guarantee).** Kept channel counts are rounded (``round_to``,
-  ``min_channels``, grouped-conv blocks) and priced with :class:`onnxprune.cost.PlanCost`.
-  Every step is rescaled along the path ``u in [0, 2]``: prune ``u * a`` for ``u <= 1``
-  (shrinks an overshooting action back so the step's budget is used fully), and
+* **FLOPs wall (hard guarantee).** Kept channel counts follow the one rounding rule
+  (:class:`onnxprune.budget.ChannelRounding`: ``round_to``, ``min_channels``, grouped-conv
+  blocks) and are priced with :class:`onnxprune.cost.PlanCost`. Every step is rescaled along
+  the wall path of :meth:`onnxprune.budget.Budget.fit`: ``u in [0, 2]``, prune ``u * a`` for
+  ``u <= 1`` (shrinks an overshooting action back so the step's budget is used fully), and
   ``a + (u - 1) * (1 - a)`` for ``u > 1`` (prunes further, in proportion to what each group
   has left, down to the minimum channel counts at ``u = 2``). MACs are monotone in ``u``, so
   bisection finds the smallest ``u`` whose MACs fit the step's target; since the
-  construction checked that the all-minimum plan fits the final budget, every episode ends
-  inside it.
+  construction checked that the all-minimum plan fits the final budget
+  (:meth:`~onnxprune.budget.Budget.require`, the same check as ``prune --flops``), every
+  episode ends inside it.
 * **Episode end.** After ``T`` steps (earlier if rounding already met the final budget).
 * **Reward.** Zero for intermediate steps; at the end ``reward_fn(kept)`` (eq. 8: minus the
   top-1 error on the reward split, or a fidelity score without labels - the caller decides).
@@ -34,15 +36,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from onnxprune.budget import Budget, ChannelRounding
 from onnxprune.cost import PlanCost
 from onnxprune.errors import OnnxPruneError
-
-WALL_ITERATIONS = 40
 
 
 @dataclass(frozen=True)
@@ -88,49 +89,6 @@ class StepResult:
         }
 
 
-def _lcm(a: int, b: int) -> int:
-    return a * b // math.gcd(a, b)
-
-
-@dataclass
-class ChannelRounding:
-    """Maps keep-ratios to legal kept channel counts, monotonically.
-
-    Per group: the count is a multiple of ``unit = lcm(round_to, block_count)`` (or of
-    ``block_count`` when the group is smaller than ``unit``), at least ``min_channels``
-    rounded up to that multiple, at most the full size. A ratio of 0 gives the minimum.
-    """
-
-    groups: Sequence[ActionGroup]
-    round_to: int = 8
-    min_channels: int = 1
-    units: np.ndarray = field(init=False, repr=False)
-    lows: np.ndarray = field(init=False, repr=False)
-    sizes: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.round_to < 1 or self.min_channels < 1:
-            raise OnnxPruneError(
-                f"round_to and min_channels must be >= 1, got {self.round_to}, {self.min_channels}"
-            )
-        units, lows = [], []
-        for group in self.groups:
-            unit = _lcm(max(1, self.round_to), max(1, group.block_count))
-            if unit > group.size:
-                unit = max(1, group.block_count)
-            units.append(unit)
-            lows.append(min(group.size, unit * math.ceil(self.min_channels / unit)))
-        self.units = np.array(units, dtype=np.float64)
-        self.lows = np.array(lows, dtype=np.float64)
-        self.sizes = np.array([g.size for g in self.groups], dtype=np.float64)
-
-    def counts(self, keep_ratios: np.ndarray) -> np.ndarray:
-        """``keep_ratios [n_groups]`` -> kept channel counts ``[n_groups]`` (int64)."""
-        raw = np.clip(keep_ratios, 0.0, 1.0) * self.sizes
-        rounded = np.floor(raw / self.units + 0.5) * self.units
-        return np.clip(rounded, self.lows, self.sizes).astype(np.int64)
-
-
 class PruningEnv:
     """FLOPs-constrained DNN-Graph environment (see module docstring).
 
@@ -173,16 +131,11 @@ class PruningEnv:
         self.flops_target = float(flops_target)
         self.steps_per_episode = steps_per_episode
         self.rounding = ChannelRounding(self.groups, round_to, min_channels)
+        self.budget = Budget(plan_cost, self.rounding)
         self.observe = observe or self.feature_matrix
         self.target_macs = self.flops_target * plan_cost.full_macs
-        self.min_fraction = self.macs_fraction(self.rounding.lows.astype(np.int64))
-        if self.min_fraction > self.flops_target:
-            raise OnnxPruneError(
-                f"--flops {self.flops_target:g} is out of reach: with every prunable group at its "
-                f"minimum ({min_channels} channel(s), rounded to {round_to}) the model keeps "
-                f"{self.min_fraction:.4f} of its MACs (frozen and skipped groups stay full); ask for "
-                f"--flops >= {math.ceil(self.min_fraction * 1000) / 1000:.3f}"
-            )
+        self.min_fraction = self.budget.smallest_fraction
+        self.budget.require(self.flops_target)
         self.cache: dict[tuple[int, ...], float] = {}
         self._sizes = self.rounding.sizes
         self.removable_macs = self._marginal_macs()  # [n] MACs fraction each group can remove alone
@@ -227,10 +180,10 @@ class PruningEnv:
 
     def macs_fraction(self, counts: np.ndarray) -> float:
         """MACs kept by ``counts [n_groups]`` as a fraction of the original model."""
-        return self.plan_cost.macs(self.kept_dict(counts)) / self.plan_cost.full_macs
+        return self.budget.fraction(counts)
 
     def _macs(self, counts: np.ndarray) -> int:
-        return self.plan_cost.macs(self.kept_dict(counts))
+        return self.budget.macs(counts)
 
     def _marginal_macs(self) -> np.ndarray:
         """MACs removed by pruning each group alone to its minimum, as a fraction ``[n]``."""
@@ -283,28 +236,14 @@ class PruningEnv:
         self, keep: np.ndarray, action: np.ndarray, target_macs: float | None = None
     ) -> tuple[np.ndarray, float]:
         """Smallest ``u in [0, 2]`` on the wall path whose kept counts fit ``target_macs``
-        (default: the episode's budget).
+        (default: the episode's budget); see :meth:`onnxprune.budget.Budget.fit`.
 
         ``keep [n]``: keep-ratios before this step; ``action [n]``: prune ratios.
         Returns ``(counts [n], u)``.
         """
         target = self.target_macs if target_macs is None else target_macs
-        action = np.clip(action, 0.0, 1.0)
-
-        def counts_at(u: float) -> np.ndarray:
-            prune = u * action if u <= 1 else action + (u - 1) * (1 - action)
-            return self.rounding.counts(keep * (1 - prune))
-
-        if self._macs(counts_at(0.0)) <= target:
-            return counts_at(0.0), 0.0
-        low, high = 0.0, 2.0  # macs(low) > target >= macs(high)
-        for _ in range(WALL_ITERATIONS):
-            mid = 0.5 * (low + high)
-            if self._macs(counts_at(mid)) <= target:
-                high = mid
-            else:
-                low = mid
-        return counts_at(high), high
+        full = self.plan_cost.full_macs
+        return self.budget.fit(keep, action, target / full if full else 1.0)
 
     def step(self, action: np.ndarray) -> StepResult:
         """Apply prune ratios ``action [n_groups]`` in [0, 1]; see the module docstring."""
@@ -325,7 +264,7 @@ class PruningEnv:
         counts, wall_u = self.wall(self._keep, action, target)
         self._keep = counts / self._sizes
         # a rounding overshoot may already meet the final budget before the last step
-        done = last or self._macs(counts) <= self.target_macs
+        done = last or self.macs_fraction(counts) <= self.flops_target
         kept = self.kept_dict(counts)
         fraction = self.macs_fraction(counts)
         reward, cached = 0.0, False

@@ -13,7 +13,8 @@ Criteria (``channel_scores``), one score per channel of every group, higher = mo
 ``bn``
     ``|gamma|`` of the BatchNormalization nodes whose channels belong to the group, summed
     over those nodes (Network Slimming). A group with no BN falls back to ``l1``; the
-    fallback is reported in :data:`LAST_FALLBACKS` and by the CLI.
+    fallback is reported in :attr:`ChannelScores.fallbacks` (:func:`score_channels`) and by
+    the CLI.
 ``activation``
     Mean ``|activation|`` of each channel over calibration data, averaged over the group's
     tensors whose channel axis holds one position per channel (flattened tensors skipped),
@@ -21,26 +22,31 @@ Criteria (``channel_scores``), one score per channel of every group, higher = mo
 
 Plans:
 
-- :func:`plan_from_ratios` removes ``round(R * C)`` channels per group, then rounds the kept
-  count to the nearest multiple of ``round_to`` (default 8, because channel counts decide the
-  speed of a pruned model more than MACs: DESIGN.md measured odd widths at a latency ratio of
-  0.96 against 0.80 for multiples of 8 at the same 50 % MACs), never above ``C``, never below
-  ``min_channels``, and a multiple of the group's ``block_count`` (grouped convolutions keep
-  equal counts per block). Within each block the highest-scoring channels are kept; ties go
-  to the lower index.
+Plans (kept counts follow the one rounding rule of :mod:`onnxprune.budget`, shared with the
+search environment):
+
+- :func:`plan_from_ratios` keeps ``(1 - R) * C`` channels per group rounded to the nearest
+  multiple of ``lcm(round_to, block_count)`` (default ``round_to`` 8, because channel counts
+  decide the speed of a pruned model more than MACs), never above ``C``, never below
+  ``min_channels``; a group with no such multiple below ``C`` stays whole. With ``round_to``
+  1 that removes ``round(R * C)`` channels. Within each block the highest-scoring channels
+  are kept; ties go to the lower index.
 - :func:`plan_for_flops` finds the smallest uniform ratio ``R`` whose plan keeps at most
-  ``flops_fraction`` of the MACs (bisection on ``R``; kept counts are monotone in ``R``).
+  ``flops_fraction`` of the MACs (bisection; kept counts are monotone in ``R``), then fills
+  the budget rounding left.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
+from onnxprune.budget import Budget, ChannelRounding
 from onnxprune.errors import DataError, OnnxPruneError, PlanError
 from onnxprune.model import graph_inputs
 from onnxprune.plan import PruningPlan, model_sha256
@@ -49,10 +55,6 @@ if TYPE_CHECKING:
     from onnxprune.deps import ChannelGroup, DependencyAnalysis
 
 CRITERIA = ("l1", "l2", "bn", "activation")
-
-# Group ids that fell back from ``bn`` to ``l1`` in the last ``channel_scores`` call.
-LAST_FALLBACKS: list[int] = []
-
 
 # --------------------------------------------------------------------------- scores
 
@@ -229,10 +231,39 @@ def _activation_tensors(analysis: DependencyAnalysis) -> dict[int, list[tuple[st
     return out
 
 
-def channel_scores(
+@dataclass
+class ChannelScores:
+    """Channel importance of every group, and how it was obtained.
+
+    ``scores``: ``{group id: float64 [group.size]}``; ``criterion``: one of :data:`CRITERIA`;
+    ``fallbacks``: prunable groups the ``bn`` criterion scored by ``l1`` (no
+    BatchNormalization in the group), empty for the other criteria.
+    """
+
+    scores: dict[int, np.ndarray]
+    criterion: str
+    fallbacks: list[int] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        fallback = (
+            f", groups {', '.join(map(str, self.fallbacks))} scored by l1 (no BatchNormalization)"
+            if self.fallbacks
+            else ""
+        )
+        return f"{self.criterion} scores of {len(self.scores)} groups{fallback}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "criterion": self.criterion,
+            "scores": {str(k): v.tolist() for k, v in self.scores.items()},
+            "fallbacks": list(self.fallbacks),
+        }
+
+
+def score_channels(
     analysis: DependencyAnalysis, criterion: str = "l1", data: Any = None
-) -> dict[int, np.ndarray]:
-    """Importance of every channel of every group: ``{group id: float64 [group.size]}``.
+) -> ChannelScores:
+    """Importance of every channel of every group, with the ``bn`` fallbacks.
 
     ``criterion`` is one of :data:`CRITERIA` (definitions in the module docstring);
     ``activation`` needs ``data`` (float32 array ``[N, ...model input]`` or a ``Dataset``).
@@ -242,9 +273,9 @@ def channel_scores(
         raise OnnxPruneError(
             f"unknown criterion '{criterion}'; choose one of {', '.join(CRITERIA)}"
         )
-    LAST_FALLBACKS.clear()
     sizes = {g.id: int(g.size) for g in analysis.groups}
     scores: dict[int, np.ndarray] = {}
+    fallbacks: list[int] = []
     if criterion in ("l1", "l2", "bn"):
         weights = _weight_scores(analysis, squared=criterion == "l2")
         for group_id in sizes:
@@ -252,43 +283,41 @@ def channel_scores(
             scores[group_id] = np.sqrt(total) if criterion == "l2" else total
         if criterion == "bn":
             gammas = _bn_gammas(analysis)
+            prunable = {g.id for g in analysis.prunable_groups()}
             for group_id in sizes:
                 if group_id in gammas:
                     scores[group_id] = np.asarray(gammas[group_id], dtype=np.float64)
-                elif group_id in {g.id for g in analysis.prunable_groups()}:
-                    LAST_FALLBACKS.append(group_id)
+                elif group_id in prunable:
+                    fallbacks.append(group_id)
     else:
         measured = _activation_scores(analysis, data)
         for group_id, size in sizes.items():
             scores[group_id] = np.asarray(measured.get(group_id, np.zeros(size)), dtype=np.float64)
-    return scores
+    return ChannelScores(scores, criterion, fallbacks)
+
+
+def channel_scores(
+    analysis: DependencyAnalysis, criterion: str = "l1", data: Any = None
+) -> dict[int, np.ndarray]:
+    """``{group id: float64 [group.size]}``: the scores of :func:`score_channels` alone."""
+    return score_channels(analysis, criterion, data).scores
+
+
+def _score_table(
+    analysis: DependencyAnalysis,
+    scores: Mapping[int, np.ndarray] | ChannelScores | None,
+    criterion: str,
+    data: Any,
+) -> tuple[Mapping[int, np.ndarray], str]:
+    """The score mapping a plan is cut by, and the label its meta records."""
+    if scores is None:
+        return channel_scores(analysis, criterion, data), criterion
+    if isinstance(scores, ChannelScores):
+        return scores.scores, scores.criterion
+    return scores, "given scores"
 
 
 # --------------------------------------------------------------------------- plans
-
-
-def rounded_keep_count(
-    size: int, ratio: float, round_to: int = 8, min_channels: int = 1, block_count: int = 1
-) -> int:
-    """Channels a group of ``size`` keeps at prune ratio ``ratio`` (see module docstring).
-
-    ``size - round(ratio * size)``, rounded to the nearest multiple of
-    ``lcm(round_to, block_count)``, then clamped to ``[max(min_channels, block_count), size]``
-    (the floor itself rounded up to a multiple of the step). ``ratio == 0`` keeps ``size``.
-    """
-    if ratio <= 0:
-        return size
-    kept = size - int(math.floor(ratio * size + 0.5))
-    step = math.lcm(max(int(round_to), 1), max(int(block_count), 1))
-    kept = int(math.floor(kept / step + 0.5)) * step
-    floor = max(int(min_channels), 1)
-    floor = int(math.ceil(floor / step)) * step
-    kept = max(kept, floor)
-    if kept >= size:
-        return size
-    if block_count > 1 and kept % block_count:
-        kept -= kept % block_count
-    return max(kept, min(size, block_count))
 
 
 def _top_indices(scores: np.ndarray, kept: int, blocks: int) -> list[int]:
@@ -330,6 +359,15 @@ def _resolve_ratios(
     return ratios
 
 
+def _rounding(
+    analysis: DependencyAnalysis, group_ids: Iterable[int], round_to: int, min_channels: int
+) -> ChannelRounding:
+    """The one channel rounding (:mod:`onnxprune.budget`) over these prunable groups."""
+    wanted = set(group_ids)
+    groups = [g for g in analysis.prunable_groups() if g.id in wanted]
+    return ChannelRounding(groups, round_to, min_channels)
+
+
 def keep_counts_for_ratios(
     analysis: DependencyAnalysis,
     prune_ratios: Mapping[int, float] | float,
@@ -338,13 +376,9 @@ def keep_counts_for_ratios(
 ) -> dict[int, int]:
     """Kept channels per prunable group for ``prune_ratios`` (no scores needed)."""
     ratios = _resolve_ratios(analysis, prune_ratios)
-    counts = {}
-    for group in analysis.prunable_groups():
-        if group.id in ratios:
-            counts[group.id] = rounded_keep_count(
-                int(group.size), ratios[group.id], round_to, min_channels, _blocks(group)
-            )
-    return counts
+    rounding = _rounding(analysis, ratios, round_to, min_channels)
+    counts = rounding.counts_for_prune(np.array([ratios[g] for g in rounding.group_ids]))
+    return dict(zip(rounding.group_ids, counts.tolist(), strict=True))
 
 
 def _blocks(group: ChannelGroup) -> int:
@@ -373,65 +407,28 @@ def plan_from_ratios(
     criterion: str = "l1",
     round_to: int = 8,
     min_channels: int = 1,
-    scores: Mapping[int, np.ndarray] | None = None,
+    scores: Mapping[int, np.ndarray] | ChannelScores | None = None,
     data: Any = None,
 ) -> PruningPlan:
-    """A plan removing ``round(R * C)`` channels of each group (rounded, see module doc).
+    """A plan removing about ``R * C`` channels of each group (rounded, see module doc).
 
     ``prune_ratios`` is one ratio for every prunable group or ``{group id: ratio}`` (other
     groups untouched); ratios are fractions *removed*, in ``[0, 1)``. ``scores`` overrides
-    ``criterion`` (``{group id: [size]}``). Raises :class:`PlanError` for a frozen or unknown
+    ``criterion`` (``{group id: [size]}``, or a :class:`ChannelScores` record, whose criterion
+    goes into the plan's meta). Raises :class:`PlanError` for a frozen or unknown
     group or a ratio out of range.
     """
     counts = keep_counts_for_ratios(analysis, prune_ratios, round_to, min_channels)
-    given = scores is not None
-    if scores is None:
-        scores = channel_scores(analysis, criterion, data)
+    table, label = _score_table(analysis, scores, criterion, data)
     meta: dict[str, Any] = {
-        "criterion": "given scores" if given else criterion,
+        "criterion": label,
         "prune_ratio": prune_ratios if not isinstance(prune_ratios, Mapping) else None,
         "round_to": round_to,
         "min_channels": min_channels,
     }
     if isinstance(prune_ratios, Mapping):
         meta["prune_ratios"] = {str(k): v for k, v in prune_ratios.items()}
-    return plan_from_counts(analysis, counts, scores, meta)
-
-
-def _grown(count: int, group: ChannelGroup, round_to: int) -> int:
-    step = math.lcm(max(round_to, 1), _blocks(group))
-    return min(count + step, int(group.size))
-
-
-def _fill_budget(
-    analysis: DependencyAnalysis,
-    counts: dict[int, int],
-    flops_fraction: float,
-    plan_cost: Any,
-    round_to: int,
-) -> dict[int, int]:
-    """Grow groups by one rounding step while the MACs fraction stays ``<= flops_fraction``;
-    the group whose kept share *after* growing is smallest goes first (keeps the plan as
-    uniform as the rounding allows)."""
-    counts = dict(counts)
-    groups = {g.id: g for g in analysis.prunable_groups() if g.id in counts}
-    blocked: set[int] = set()
-    while True:
-        candidates = sorted(
-            (_grown(counts[g], groups[g], round_to) / groups[g].size, g)
-            for g in groups
-            if g not in blocked and counts[g] < groups[g].size
-        )
-        if not candidates:
-            return counts
-        _, group_id = candidates[0]
-        group = groups[group_id]
-        grown = _grown(counts[group_id], group, round_to)
-        trial = {**counts, group_id: grown}
-        if plan_cost.macs_fraction(trial) <= flops_fraction:
-            counts = trial
-        else:
-            blocked.add(group_id)
+    return plan_from_counts(analysis, counts, table, meta)
 
 
 def plan_for_flops(
@@ -440,7 +437,7 @@ def plan_for_flops(
     criterion: str = "l1",
     round_to: int = 8,
     min_channels: int = 1,
-    scores: Mapping[int, np.ndarray] | None = None,
+    scores: Mapping[int, np.ndarray] | ChannelScores | None = None,
     data: Any = None,
     plan_cost: Any = None,
     groups: list[int] | None = None,
@@ -448,16 +445,17 @@ def plan_for_flops(
 ) -> PruningPlan:
     """The uniform-ratio plan keeping at most ``flops_fraction`` of the MACs.
 
-    Bisection on the uniform prune ratio ``R`` over the prunable groups (or only ``groups``):
-    the smallest ``R`` whose rounded kept counts (see :func:`plan_from_ratios`) keep
-    ``PlanCost.macs <= flops_fraction * full MACs``. With coarse rounding (``round_to`` 8 on
-    16..64-channel layers) that uniform plan can land far below the target (ResNet-56:
-    0.36 for a 0.5 target), so with ``fill`` the budget left is then spent greedily: the
-    group whose kept share after one more rounding step is smallest grows by that step, as
-    long as the MACs stay within the target. The realised fraction is in
-    ``plan.meta['macs_fraction']``; it is always ``<= flops_fraction``.
-    Raises :class:`PlanError` with the smallest reachable fraction when even ``R -> 1`` keeps
-    too much.
+    The smallest uniform prune ratio ``R`` over the prunable groups (or only ``groups``) whose
+    rounded kept counts keep ``PlanCost.macs <= flops_fraction * full MACs``: the wall of
+    :meth:`onnxprune.budget.Budget.fit` from the unpruned model with a zero action, the same
+    fit the search environment uses. With coarse rounding (``round_to`` 8 on 16..64-channel
+    layers) that uniform plan can land far below the target (ResNet-56: 0.36 for a 0.5
+    target), so with ``fill`` the budget left is then spent greedily
+    (:meth:`~onnxprune.budget.Budget.fill`): the group whose kept share after one more
+    rounding step is smallest grows by that step, as long as the MACs stay within the target.
+    The realised fraction is in ``plan.meta['macs_fraction']``; it is always
+    ``<= flops_fraction``. Raises :class:`PlanError` with the smallest reachable fraction
+    (:meth:`~onnxprune.budget.Budget.require`) when even the minimum counts keep too much.
     """
     from onnxprune.cost import PlanCost
 
@@ -468,66 +466,35 @@ def plan_for_flops(
     targets = [g.id for g in analysis.prunable_groups()]
     if groups is not None:
         targets = [g for g in targets if g in set(groups)]
-
-    def counts_at(ratio: float) -> dict[int, int]:
-        return keep_counts_for_ratios(
-            analysis, dict.fromkeys(targets, ratio), round_to, min_channels
-        )
-
-    def fraction_at(ratio: float) -> float:
-        return float(plan_cost.macs_fraction(counts_at(ratio)))
-
-    if fraction_at(0.0) <= flops_fraction:
-        ratio = 0.0
-    else:
-        highest = 1.0 - 1e-9
-        smallest = fraction_at(highest)
-        if smallest > flops_fraction:
-            raise PlanError(
-                f"cannot keep only {flops_fraction:.4g} of the MACs: with round-to {round_to} and "
-                f"min-channels {min_channels} the smallest reachable fraction is {smallest:.4f} "
-                f"({len(targets)} prunable groups); ask for at least that, or lower --round-to"
-            )
-        low, high = 0.0, highest
-        for _ in range(50):
-            middle = (low + high) / 2
-            if fraction_at(middle) <= flops_fraction:
-                high = middle
-            else:
-                low = middle
-        ratio = high
-    counts = counts_at(ratio)
+    budget = Budget(plan_cost, _rounding(analysis, targets, round_to, min_channels))
+    budget.require(flops_fraction)
+    keep = np.ones(len(budget.rounding.groups))
+    vector, u = budget.fit(keep, np.zeros_like(keep), flops_fraction)
     if fill:
-        counts = _fill_budget(analysis, counts, flops_fraction, plan_cost, round_to)
-    given = scores is not None
-    if scores is None:
-        scores = channel_scores(analysis, criterion, data)
-    plan = plan_from_counts(
-        analysis,
-        counts,
-        scores,
-        meta={
-            "criterion": "given scores" if given else criterion,
-            "flops_target": flops_fraction,
-            "prune_ratio": round(ratio, 6),
-            "round_to": round_to,
-            "min_channels": min_channels,
-            "macs_fraction": round(float(plan_cost.macs_fraction(counts)), 6),
-            "filled": fill,
-        },
-    )
-    return plan
+        vector = budget.fill(vector, flops_fraction)
+    counts = dict(zip(budget.rounding.group_ids, vector.tolist(), strict=True))
+    table, label = _score_table(analysis, scores, criterion, data)
+    meta = {
+        "criterion": label,
+        "flops_target": flops_fraction,
+        "prune_ratio": round(max(u - 1.0, 0.0), 6),  # the wall's u > 1 is the uniform R + 1
+        "round_to": round_to,
+        "min_channels": min_channels,
+        "macs_fraction": round(budget.fraction(vector), 6),
+        "filled": fill,
+    }
+    return plan_from_counts(analysis, counts, table, meta=meta)
 
 
 __all__ = [
     "CRITERIA",
-    "LAST_FALLBACKS",
+    "ChannelScores",
     "channel_scores",
     "keep_counts_for_ratios",
     "model_sha256",
     "plan_for_flops",
     "plan_from_counts",
     "plan_from_ratios",
-    "rounded_keep_count",
+    "score_channels",
     "channel_map",
 ]

@@ -8,7 +8,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from onnxprune.cli import main
-from onnxprune.cli.common import load_cli_data, preprocess_from_flags
+from onnxprune.cli.common import load_cli_data
+from onnxprune.data import preprocess_from_flags
 
 
 def _images(path, n=12, dtype=np.uint8):

@@ -179,3 +179,37 @@ def test_refuses_to_overwrite_input(resnet_b, tmp_path):
     assert code == 2
     assert "refusing to overwrite the input model" in err
     assert _sha(copy) == before
+
+
+def test_prune_activation_applies_the_preprocessing_flags(resnet_b, tmp_path):
+    from PIL import Image
+
+    from onnxprune import importance
+    from onnxprune.data import Preprocess, load_data
+    from onnxprune.deps import analyze
+
+    folder = tmp_path / "images"
+    rng = np.random.default_rng(3)
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 256, size=(20, 20, 3)).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / label / f"{i}.png")
+    flags = ["--resize", "16x16", "--mean", "0.9,0.1,0.5", "--std", "0.05,0.5,0.1"]
+    plan_file = tmp_path / "plan.json"
+    code, _, err = invoke(
+        "prune", resnet_b, "--ratio", "0.5", "--round-to", "1", "--criterion", "activation",
+        "--data", folder, *flags, "--save-plan", plan_file, "-o", tmp_path / "p.onnx",
+    )  # fmt: skip
+    assert code == 0, err
+    analysis = analyze(load_model(resnet_b))
+    spec = Preprocess(mean=(0.9, 0.1, 0.5), std=(0.05, 0.5, 0.1), resize=(16, 16))
+
+    def keep(preprocess):
+        data = load_data(folder, analysis.model, preprocess)
+        plan = importance.plan_from_ratios(analysis, 0.5, "activation", round_to=1, data=data.x)
+        return {str(k): v for k, v in plan.keep.items()}
+
+    saved = {str(g["id"]): g["keep"] for g in json.loads(plan_file.read_text())["groups"]}
+    assert keep(spec) != keep(None)  # the flags change which channels survive
+    assert saved == keep(spec)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnxprune.data import Preprocess, input_spec, load_data
+from onnxprune.data import (
+    Dataset,
+    Preprocess,
+    holds_raw_images,
+    input_spec,
+    load_data,
+    raw_images_note,
+)
 from onnxprune.errors import DataError
 from tests.conftest import make_tiny_cnn
 
@@ -140,3 +147,25 @@ def test_split_is_seeded_disjoint_and_shuffled(tmp_path):
     with pytest.raises(DataError, match="need 101 samples but only 100"):
         data.split(100, 1)
     assert data.subset([5, 7]).y.tolist() == [0, 0]
+
+
+def test_sample_is_seeded_and_keeps_the_original_order():
+    x = np.arange(20, dtype=np.float32).reshape(20, 1)
+    dataset = Dataset(x, np.arange(20), "sorted")
+    sample = dataset.sample(5, seed=0)
+    expected = np.sort(np.random.default_rng(0).permutation(20)[:5])
+    np.testing.assert_array_equal(sample.y, expected)
+    np.testing.assert_array_equal(sample.x[:, 0], expected.astype(np.float32))
+    assert dataset.sample(50) is dataset
+
+
+def test_raw_image_sniffing_reads_headers_only(tmp_path):
+    images, floats = tmp_path / "u8.npy", tmp_path / "f.npz"
+    np.save(images, np.zeros((2, 4, 4, 3), np.uint8))
+    np.savez(floats, x=np.zeros((2, 3, 4, 4), np.float32))
+    assert holds_raw_images(images) and holds_raw_images(tmp_path)
+    assert not holds_raw_images(floats) and not holds_raw_images(tmp_path / "missing.npz")
+    assert "holds uint8 images" in raw_images_note(images, None)
+    assert raw_images_note(images, Preprocess()) is None and raw_images_note(floats, None) is None
+    (tmp_path / "preprocess.json").write_text("{}")
+    assert raw_images_note(images, None) is None

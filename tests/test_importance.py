@@ -96,7 +96,7 @@ def test_bn_is_abs_gamma(tiny):
     analysis, gid = tiny
     scores = importance.channel_scores(analysis, "bn")
     np.testing.assert_allclose(scores[gid], [0.5, 2.0, 1.0])
-    assert importance.LAST_FALLBACKS == []
+    assert importance.score_channels(analysis, "bn").fallbacks == []
 
 
 def test_activation_is_mean_abs_over_the_group_tensors(tiny):
@@ -121,34 +121,13 @@ def test_activation_needs_data(tiny):
 
 def test_bn_falls_back_to_l1_without_batchnorm(corpus_model):  # noqa: F811
     analysis = analyze(load_model(corpus_model("tf_nhwc_flatten")))
-    bn = importance.channel_scores(analysis, "bn")
-    fallbacks = list(importance.LAST_FALLBACKS)
+    result = importance.score_channels(analysis, "bn")
+    bn, fallbacks = result.scores, result.fallbacks
     l1 = importance.channel_scores(analysis, "l1")
     # tf-style graph: BN is unfolded into Mul/Add, so no group has a BatchNormalization node
     assert sorted(fallbacks) == sorted(g.id for g in analysis.prunable_groups())
     for gid in fallbacks:
         np.testing.assert_array_equal(bn[gid], l1[gid])
-
-
-@pytest.mark.parametrize(
-    ("size", "ratio", "round_to", "min_channels", "blocks", "kept"),
-    [
-        (64, 0.5, 8, 1, 1, 32),
-        (16, 0.3, 8, 1, 1, 8),  # removes round(4.8)=5 -> 11 -> nearest multiple of 8
-        (16, 0.2, 8, 1, 1, 16),  # 13 -> 16
-        (10, 0.5, 8, 1, 1, 8),  # 5 -> 8
-        (6, 0.9, 8, 1, 1, 6),  # 1 -> floor 8 -> capped at the size: nothing removed
-        (64, 0.97, 8, 1, 1, 8),  # 2 -> 0 -> floor one step
-        (16, 0.6, 1, 1, 4, 8),  # 6 -> multiple of the 4 blocks -> 8
-        (16, 0.9, 1, 1, 4, 4),  # 2 -> 4 (one per block)
-        (16, 0.5, 1, 12, 1, 12),  # min-channels floor
-        (16, 0.5, 8, 12, 1, 16),  # floor 12 rounds up to 16
-        (20, 0.0, 8, 1, 1, 20),  # ratio 0 keeps odd sizes untouched
-        (20, 0.5, 1, 1, 1, 10),
-    ],
-)
-def test_rounded_keep_count(size, ratio, round_to, min_channels, blocks, kept):
-    assert importance.rounded_keep_count(size, ratio, round_to, min_channels, blocks) == kept
 
 
 def test_plan_from_ratios_keeps_the_best_channels(corpus_model):  # noqa: F811

@@ -111,97 +111,15 @@ def preprocess_options(func: Any) -> Any:
     return func
 
 
-def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise OnnxPruneError(f"{flag} '{text}' is not a comma-separated list of numbers") from None
-
-
-def preprocess_from_flags(
-    data: Path,
-    scale: float | None = None,
-    mean: str | None = None,
-    std: str | None = None,
-    layout: str | None = None,
-    resize: str | None = None,
-) -> Any:
-    """A ``Preprocess`` from flags (over ``preprocess.json`` next to the data), or ``None``
-    when no flag is given (``load_data`` then reads ``preprocess.json`` or uses defaults)."""
-    import dataclasses
-
-    from onnxprune.data import PREPROCESS_FILE, Preprocess
-
-    if all(v is None for v in (scale, mean, std, layout, resize)):
-        return None
-    folder = data if data.is_dir() else data.parent
-    spec = (
-        Preprocess.from_json(folder / PREPROCESS_FILE)
-        if (folder / PREPROCESS_FILE).exists()
-        else Preprocess()
-    )
-    changes: dict[str, Any] = {}
-    if scale is not None:
-        changes["scale"] = scale
-    if mean is not None:
-        changes["mean"] = _floats(mean, "--mean")
-    if std is not None:
-        changes["std"] = _floats(std, "--std")
-    if layout is not None:
-        changes["layout"] = layout.upper()
-    if resize is not None:
-        try:
-            h, w = (int(v) for v in resize.lower().split("x"))
-        except ValueError:
-            raise OnnxPruneError(f"--resize '{resize}' is not HxW, e.g. --resize 224x224") from None
-        changes["resize"] = (h, w)
-    return dataclasses.replace(spec, **changes)
-
-
-def _holds_raw_images(data: Path) -> bool:
-    """True when ``data`` holds uint8 images (an image folder, or uint8 ``x`` in .npz/.npy)."""
-    import zipfile
-
-    import numpy as np
-
-    if data.is_dir():
-        return True
-    try:
-        if data.suffix == ".npy":
-            return np.load(data, mmap_mode="r").dtype == np.uint8
-        if data.suffix == ".npz":
-            with zipfile.ZipFile(data) as archive, archive.open("x.npy") as member:
-                version = np.lib.format.read_magic(member)
-                header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                return header(member)[2] == np.uint8
-    except Exception:  # unreadable files are reported by load_data with a proper message
-        return False
-    return False
-
-
 def load_cli_data(data: Path, model: Any, flags: dict[str, Any] | None = None) -> Any:
-    """``load_data`` with the command's preprocessing flags.
+    """``load_data`` with the command's preprocessing flags (:func:`onnxprune.data.
+    preprocess_from_flags`); the raw-image note (:func:`onnxprune.data.raw_images_note`)
+    goes to stderr."""
+    from onnxprune.data import load_data, preprocess_from_flags, raw_images_note
 
-    Raw uint8 images with neither flags nor a ``preprocess.json`` are only scaled by 1/255;
-    most models expect a mean/std normalisation too, and a silent mismatch would make every
-    accuracy meaningless, so the user is told on stderr how to fix it.
-    """
-    from onnxprune.data import PREPROCESS_FILE, load_data
-
-    spec = preprocess_from_flags(Path(data), **(flags or {}))
+    spec = preprocess_from_flags(data, **(flags or {}))
     dataset = load_data(data, model, spec)
-    folder = Path(data) if Path(data).is_dir() else Path(data).parent
-    if spec is None and not (folder / PREPROCESS_FILE).exists() and _holds_raw_images(Path(data)):
-        click.echo(
-            f"note: '{data}' holds uint8 images and there is no {PREPROCESS_FILE} next to it: "
-            "pixels are only scaled by 1/255. If the model expects normalised input, pass "
-            "--mean/--std (and --layout/--resize) or write a preprocess.json there.",
-            err=True,
-        )
+    note = raw_images_note(data, spec)
+    if note is not None:
+        click.echo(note, err=True)
     return dataset

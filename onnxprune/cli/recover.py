@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
-from onnxprune.cli.common import echo_json, load_cli_data, progress
+from onnxprune.cli.common import echo_json, load_cli_data
 from onnxprune.errors import OnnxPruneError
 
 
@@ -101,20 +100,15 @@ def recover(
     Accuracy (top-1 with labels, agreement with the reference always) is measured on a
     seeded held-out part of the data before and after. The output has PRUNED's structure.
     """
-    from onnxprune.evaluate import evaluate, make_session, predict
     from onnxprune.model import load_model, save_model
-    from onnxprune.recover.finetune import distill
-    from onnxprune.recover.lsq import layers_to_refit, reconstruct
+    from onnxprune.pipeline import compare, recover_model
 
     if plan_path is not None and not plan_path.exists():
         raise OnnxPruneError(f"plan file '{plan_path}' does not exist; check --plan")
     if not 0.0 < holdout < 1.0:
         raise OnnxPruneError(f"--holdout {holdout} must be a fraction in (0, 1)")
-    for path in (output,):
-        if path.resolve() in (pruned.resolve(), reference.resolve()):
-            raise OnnxPruneError(
-                f"-o '{output}' would overwrite an input model; choose another path"
-            )
+    if output.resolve() in (pruned.resolve(), reference.resolve()):
+        raise OnnxPruneError(f"-o '{output}' would overwrite an input model; choose another path")
     pruned_model = load_model(pruned)
     reference_model = load_model(reference)
     dataset = load_cli_data(data_path, reference_model)
@@ -122,49 +116,27 @@ def recover(
     if held_count >= len(dataset):
         raise OnnxPruneError(f"'{data_path}' has only {len(dataset)} samples; need at least 2")
     held_out, train = dataset.split(held_count, len(dataset) - held_count, seed=seed)
-
-    def score(model: Any, reference_logits: Any) -> Any:
-        return evaluate(make_session(model, device="cpu"), held_out, reference_logits)
-
-    reference_logits = predict(make_session(reference_model, device="cpu"), held_out.x)
-    reference_eval = score(reference_model, None)
-    before = score(pruned_model, reference_logits)
-    record: dict[str, Any] = {
-        "method": method, "pruned": str(pruned), "reference": str(reference),
-        "data": str(data_path), "output": str(output), "held_out": len(held_out),
-        "recovery_samples": len(train), "reference_eval": reference_eval.to_dict(),
-        "before": before.to_dict(),
-    }  # fmt: skip
-    model = pruned_model
-    if method in ("ls", "ls+finetune"):
-        total = len(layers_to_refit(model, reference_model))
-        with progress("least squares", total, enabled=not as_json) as task:
-            result = reconstruct(
-                model, reference_model, train, max_images=ls_images, seed=seed,
-                on_layer=lambda fit: task.advance(1, status=fit.node),
-            )  # fmt: skip
-        model = result.model
-        record["least_squares"] = result.to_dict()
-        if not as_json:
-            click.echo(str(result).splitlines()[0], err=True)
-    if method in ("finetune", "ls+finetune"):
-        with progress("fine-tune", None, enabled=not as_json) as task:
-            tuned = distill(
-                model, reference_model, train, epochs=epochs, lr=lr, batch=batch,
-                optimizer=optimizer, bn=bn, augment=not no_augment, max_minutes=minutes,
-                seed=seed, on_step=lambda step, total, loss: task.advance(1, status=f"loss {loss:.3f}"),
-            )  # fmt: skip
-        model = tuned.model
-        record["finetune"] = tuned.to_dict()
-        if not as_json:
-            click.echo(str(tuned), err=True)
-    after = score(model, reference_logits)
-    record["after"] = after.to_dict()
-    save_model(model, output, protect=[pruned, reference])
+    before = compare(reference_model, pruned_model, held_out)
+    result = recover_model(
+        pruned_model, reference_model, train, method, ls_images=ls_images, epochs=epochs,
+        lr=lr, batch=batch, optimizer=optimizer, bn=bn, augment=not no_augment,
+        minutes=minutes, seed=seed, show_progress=not as_json,
+        report=None if as_json else lambda line: click.echo(line, err=True),
+    )  # fmt: skip
+    after = compare(reference_model, result.model, held_out, original_logits=before.original_logits)
+    save_model(result.model, output, protect=[pruned, reference])
     if as_json:
-        echo_json(record)
+        phases = {k: v for k, v in result.to_dict().items() if k in ("least_squares", "finetune")}
+        echo_json(
+            {
+                "method": method, "pruned": str(pruned), "reference": str(reference),
+                "data": str(data_path), "output": str(output), "held_out": len(held_out),
+                "recovery_samples": len(train), "reference_eval": before.original.to_dict(),
+                "before": before.pruned.to_dict(), **phases, "after": after.pruned.to_dict(),
+            }
+        )  # fmt: skip
         return
-    click.echo(f"reference: {reference_eval}")
-    click.echo(f"before:    {before}")
-    click.echo(f"after:     {after}")
+    click.echo(f"reference: {before.original}")
+    click.echo(f"before:    {before.pruned}")
+    click.echo(f"after:     {after.pruned}")
     click.echo(f"wrote {output}")

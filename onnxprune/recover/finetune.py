@@ -125,6 +125,74 @@ def distillation_loss(
     return kd_weight * kd + (1.0 - kd_weight) * F.cross_entropy(student, labels)
 
 
+def _optimizer(
+    params: list[torch.nn.Parameter], optimizer: str, lr: float, weight_decay: float | None
+) -> torch.optim.Optimizer:
+    """Adam, or SGD with Nesterov momentum 0.9; default weight decay 0 / 5e-4."""
+    if weight_decay is None:
+        weight_decay = 5e-4 if optimizer == "sgd" else 0.0
+    if optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+        )
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+class _Teacher:
+    """The reference model in onnxruntime; its logits are computed once when the inputs are
+    never augmented (they never change)."""
+
+    def __init__(self, model: ModelProto, x_all: np.ndarray, layout: str | None) -> None:
+        self.session = _teacher_session(model)
+        self.input = self.session.get_inputs()[0].name
+        self.cache: np.ndarray | None = None
+        if layout is None:
+            self.cache = np.concatenate(
+                [self._run(x_all[i : i + 256]) for i in range(0, len(x_all), 256)]
+            )
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: x})[0]
+
+    def logits(self, index: np.ndarray, inputs: Tensor) -> Tensor:
+        if self.cache is not None:
+            return torch.from_numpy(self.cache[index])
+        return torch.from_numpy(self._run(inputs.numpy()))
+
+
+@dataclass
+class _Schedule:
+    """Step count and learning-rate factor; a wall-clock budget shortens ``total``."""
+
+    planned: int
+    max_minutes: float | None
+    start: float
+    total: int = 0
+    warmup: int = 1
+    loop_start: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.total = self.planned
+        self.warmup = max(1, min(100, self.planned // 20))
+
+    def lr_factor(self, step: int) -> float:
+        # Linear warm-up (the first full-size steps would undo least squares' solution),
+        # then cosine decay to zero at the (possibly budget-shortened) last step.
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(step / self.total, 1.0)))
+        return min(1.0, (step + 1) / self.warmup) * cosine
+
+    def after_step(self, step: int) -> None:
+        """Update ``total`` from the measured step time (with a wall-clock budget)."""
+        if step == 1:
+            self.loop_start = time.perf_counter()  # setup and the first step are not typical
+        elif self.max_minutes is not None and step >= 6:
+            now = time.perf_counter()
+            per_step = (now - self.loop_start) / (step - 1)
+            left = self.max_minutes * 60.0 - (now - self.start)
+            affordable = step + int(max(left, 0.0) / per_step)
+            self.total = max(step, min(self.planned, affordable))
+
+
 def distill(
     pruned_model: ModelProto,
     reference_model: ModelProto,
@@ -186,46 +254,21 @@ def distill(
             f"fine-tuning supports single-input models; this one has inputs "
             f"{', '.join(student.input_names)}"
         )
-    teacher = _teacher_session(reference_model)
-    teacher_input = teacher.get_inputs()[0].name
     layout = _image_layout(tuple(x_all.shape[1:])) if augment else None
-    teacher_cache: np.ndarray | None = None
-    if layout is None:  # inputs never change: compute the teacher once
-        teacher_cache = np.concatenate(
-            [
-                teacher.run(None, {teacher_input: x_all[i : i + 256]})[0]
-                for i in range(0, len(x_all), 256)
-            ]  # fmt: skip
-        )
+    teacher = _Teacher(reference_model, x_all, layout)
     params = list(student.parameters())
     if not params:
         raise OnnxPruneError("the pruned model has no trainable float initializers")
-    if weight_decay is None:
-        weight_decay = 5e-4 if optimizer == "sgd" else 0.0
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
-        )
-    else:
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    opt = _optimizer(params, optimizer, lr, weight_decay)
     steps_per_epoch = max(1, math.ceil(len(x_all) / batch))
-    total_steps = max(1, int(round(epochs * steps_per_epoch)))
-    schedule = {"total": total_steps}
-    warmup = max(1, min(100, total_steps // 20))
-
-    def lr_factor(step: int) -> float:
-        # Linear warm-up (the first full-size steps would undo least squares' solution),
-        # then cosine decay to zero at the (possibly budget-shortened) last step.
-        cosine = 0.5 * (1.0 + math.cos(math.pi * min(step / schedule["total"], 1.0)))
-        return min(1.0, (step + 1) / warmup) * cosine
-
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    schedule = _Schedule(max(1, int(round(epochs * steps_per_epoch))), max_minutes, start)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule.lr_factor)
     result = FinetuneResult(model=pruned_model)
     student.train()
     step, epoch_loss, epoch_count = 0, 0.0, 0
     order = torch.randperm(len(x_all), generator=generator).numpy()
     position = 0
-    while step < schedule["total"]:
+    while step < schedule.total:
         if position >= len(order):
             order = torch.randperm(len(x_all), generator=generator).numpy()
             position = 0
@@ -234,10 +277,7 @@ def distill(
         index = np.sort(order[position : position + batch])
         position += batch
         inputs = augment_batch(torch.from_numpy(x_all[index]), layout, generator)
-        if teacher_cache is not None:
-            teacher_logits = torch.from_numpy(teacher_cache[index])
-        else:
-            teacher_logits = torch.from_numpy(teacher.run(None, {teacher_input: inputs.numpy()})[0])
+        teacher_logits = teacher.logits(index, inputs)
         labels = None if labels_all is None else torch.from_numpy(labels_all[index]).long()
         output = student(inputs)
         output = output[0] if isinstance(output, tuple) else output
@@ -254,16 +294,9 @@ def distill(
             result.first_loss = value
         epoch_loss, epoch_count = epoch_loss + value, epoch_count + 1
         if on_step is not None:
-            on_step(step, schedule["total"], value)
-        if step == 1:
-            loop_start = time.perf_counter()  # setup and the first step are not typical
-        elif max_minutes is not None and step >= 6:
-            now = time.perf_counter()
-            per_step = (now - loop_start) / (step - 1)
-            left = max_minutes * 60.0 - (now - start)
-            affordable = step + int(max(left, 0.0) / per_step)
-            schedule["total"] = max(step, min(total_steps, affordable))
-            result.stopped_by_budget = schedule["total"] < total_steps
+            on_step(step, schedule.total, value)
+        schedule.after_step(step)
+    result.stopped_by_budget = schedule.total < schedule.planned
     if epoch_count:
         result.epoch_losses.append(epoch_loss / epoch_count)
     result.last_loss = result.epoch_losses[-1] if result.epoch_losses else float("nan")

@@ -544,18 +544,11 @@ def reconstruct(
 
 
 def least_squares_recover(
-    pruned_model: ModelProto,
-    reference_model: ModelProto,
-    dataset: Any,
-    plan: Any = None,
-    analysis: Any = None,
-    **options: Any,
+    pruned_model: ModelProto, reference_model: ModelProto, dataset: Any, **options: Any
 ) -> ModelProto:
     """Pruned model with its pruned-input layers refit by least squares (see :func:`reconstruct`).
 
-    ``plan`` and ``analysis`` are accepted for API symmetry with the search; the channel
-    correspondence is read from the weights (exact match), which also covers models pruned
-    by hand. ``options`` are passed to :func:`reconstruct`.
+    The channel correspondence is read from the weights (exact match), which also covers
+    models pruned by hand. ``options`` are passed to :func:`reconstruct`.
     """
-    del plan, analysis
     return reconstruct(pruned_model, reference_model, dataset, **options).model

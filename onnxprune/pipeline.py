@@ -1,0 +1,422 @@
+"""Library-level verbs over the pipeline stages: prune, recover, compare.
+
+- :func:`prune_model` -- a model and one of a uniform ratio, a MACs budget or a plan ->
+  :class:`PruneResult` (the plan, the pruned model, costs before and after, the ``bn``
+  fallbacks, notes). ``onnxprune prune`` is this call plus saving and printing.
+- :func:`recover_model` -- the one recovery dispatch: ``none``, ``ls`` (least squares),
+  ``finetune`` (distillation) or ``ls+finetune`` -> :class:`RecoverResult` with ``.model``.
+  ``onnxprune recover`` and ``benchmarks/recover_cifar.py`` use it; its defaults are those of
+  :func:`~onnxprune.recover.lsq.least_squares_recover` and
+  :func:`~onnxprune.recover.finetune.finetune`, so ``recover_model(pruned, reference, data,
+  method).model`` is what the search's final step computes.
+- :func:`compare` -- accuracy / fidelity of an original and a pruned model on the same data
+  (:mod:`onnxprune.evaluate`), plus p50 latency at batch 1 and 32 when asked ->
+  :class:`Comparison`. Either side may be an open onnxruntime session.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxprune.errors import InternalError, OnnxPruneError
+
+RECOVERY_METHODS = ("none", "ls", "finetune", "ls+finetune")
+
+ModelLike = onnx.ModelProto | str | os.PathLike[str]
+
+
+# --------------------------------------------------------------------------------------------
+# prune
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune_model` made. Costs are :class:`~onnxprune.cost.CostReport` records."""
+
+    plan: Any
+    model: onnx.ModelProto
+    original_cost: Any
+    pruned_cost: Any
+    how: str
+    groups: int
+    prunable_groups: int
+    groups_pruned: int
+    channels_removed: int
+    fallbacks: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def _ratio(before: int, after: int) -> float:
+        return after / before if before else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        before, after = self.original_cost, self.pruned_cost
+        return {
+            "plan": self.plan.meta,
+            "groups": self.groups,
+            "prunable_groups": self.prunable_groups,
+            "groups_pruned": self.groups_pruned,
+            "channels_removed": self.channels_removed,
+            "macs_before": before.macs,
+            "macs_after": after.macs,
+            "macs_ratio": self._ratio(before.macs, after.macs),
+            "params_before": before.params,
+            "params_after": after.params,
+            "params_ratio": self._ratio(before.params, after.params),
+            "bn_fallback_groups": list(self.fallbacks),
+        }
+
+    def __str__(self) -> str:
+        def change(before: int, after: int) -> str:
+            if not before:
+                return f"{before} -> {after}"
+            return f"{before:,} -> {after:,} ({after / before:.4f})"
+
+        before, after = self.original_cost, self.pruned_cost
+        return "\n".join(
+            [
+                f"plan     {self.how}",
+                f"groups   {self.groups_pruned} of {self.prunable_groups} prunable groups "
+                f"thinned, {self.channels_removed} channels removed",
+                f"MACs     {change(before.macs, after.macs)}",
+                f"params   {change(before.params, after.params)}",
+            ]
+        )
+
+
+def _prune_checks(
+    ratio: float | None, flops: float | None, plan: Any, criterion: str, data: Any
+) -> None:
+    if sum(v is not None for v in (ratio, flops, plan)) != 1:
+        raise OnnxPruneError("give exactly one of --ratio, --flops or --plan")
+    if criterion == "activation" and data is None and plan is None:
+        raise OnnxPruneError("--criterion activation needs calibration data: add --data PATH")
+    if ratio is not None and not 0.0 <= ratio < 1.0:
+        raise OnnxPruneError(f"--ratio {ratio} must be in [0, 1): the fraction of channels removed")
+
+
+def _make_plan(
+    analysis: Any,
+    ratio: float | None,
+    flops: float | None,
+    plan: Any,
+    criterion: str,
+    round_to: int,
+    min_channels: int,
+    data: Any,
+) -> tuple[Any, Any]:
+    """``(plan, ChannelScores or None)`` for the one mode given."""
+    from onnxprune import importance
+    from onnxprune.plan import PruningPlan
+
+    if plan is not None:
+        loaded = plan if isinstance(plan, PruningPlan) else PruningPlan.load(plan, analysis)
+        return loaded, None
+    scores = importance.score_channels(analysis, criterion, data)
+    if ratio is not None:
+        made = importance.plan_from_ratios(
+            analysis, ratio, criterion, round_to, min_channels, scores=scores
+        )
+    elif flops is not None:
+        made = importance.plan_for_flops(
+            analysis, flops, criterion, round_to, min_channels, scores=scores
+        )
+    else:
+        raise InternalError("prune mode checked by _prune_checks: one of ratio, flops, plan")
+    return made, scores
+
+
+def prune_model(
+    model: ModelLike,
+    *,
+    ratio: float | None = None,
+    flops: float | None = None,
+    plan: Any = None,
+    criterion: str = "l1",
+    round_to: int = 8,
+    min_channels: int = 1,
+    data: Any = None,
+    calib_samples: int = 256,
+) -> PruneResult:
+    """Prune ``model`` (a ``ModelProto`` or a path) by exactly one of:
+
+    - ``ratio``: remove ``round(R * C)`` channels of every prunable group (then rounded);
+    - ``flops``: keep at most this fraction of the MACs (uniform ratio + budget fill);
+    - ``plan``: a :class:`~onnxprune.plan.PruningPlan` or a plan JSON path.
+
+    ``criterion`` ranks channels (``activation`` needs ``data``: a ``Dataset`` or an array of
+    model inputs, of which a seeded ``calib_samples`` are used); ``round_to`` and
+    ``min_channels`` are the rounding of :mod:`onnxprune.budget`. The pruned model passes
+    ``onnx.checker``. Raises :class:`OnnxPruneError` for an impossible request.
+    """
+    from onnxprune.cost import model_cost
+    from onnxprune.data import Dataset
+    from onnxprune.deps import analyze
+    from onnxprune.model import check_model, load_model
+    from onnxprune.surgery import apply_plan
+
+    _prune_checks(ratio, flops, plan, criterion, data)
+    name = None if isinstance(model, onnx.ModelProto) else str(model)
+    analysis = analyze(model if isinstance(model, onnx.ModelProto) else load_model(model))
+    notes = []
+    if not analysis.prunable_groups() and plan is None:
+        where = f"'{name}'" if name else "the model"
+        notes.append(
+            f"{where} has no prunable channel group; `onnxprune groups {name or 'MODEL'}` shows why"
+        )
+    calib = None
+    if criterion == "activation" and plan is None:
+        dataset = data if isinstance(data, Dataset) else Dataset(np.asarray(data), None, "data")
+        calib = np.asarray(dataset.sample(calib_samples).x, dtype=np.float32)
+    chosen, scores = _make_plan(
+        analysis, ratio, flops, plan, criterion, round_to, min_channels, calib
+    )
+    pruned = apply_plan(analysis, chosen)
+    check_model(pruned)
+    sizes = analysis.group_sizes()
+    thinned = [g for g, keep in chosen.keep.items() if len(keep) < sizes[g]]
+    if plan is not None:
+        how = f"plan file {plan}" if not hasattr(plan, "keep") else "given plan"
+    else:
+        how = f"uniform ratio {chosen.meta.get('prune_ratio')}"
+        if flops is not None:
+            how = f"MACs target {flops}: {how}" + (
+                " + budget fill" if chosen.meta.get("filled") else ""
+            )
+        how += f" ({criterion}, round-to {round_to}, min-channels {min_channels})"
+    return PruneResult(
+        plan=chosen,
+        model=pruned,
+        original_cost=model_cost(analysis.model),
+        pruned_cost=model_cost(pruned),
+        how=how,
+        groups=len(analysis.groups),
+        prunable_groups=len(analysis.prunable_groups()),
+        groups_pruned=len(thinned),
+        channels_removed=sum(sizes[g] - len(chosen.keep[g]) for g in thinned),
+        fallbacks=list(scores.fallbacks) if scores is not None else [],
+        notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# recover
+
+
+@dataclass
+class RecoverResult:
+    """What :func:`recover_model` did: the recovered ``model`` (same structure as the pruned
+    one) and the record of each phase that ran."""
+
+    model: onnx.ModelProto
+    method: str
+    least_squares: Any = None
+    finetune: Any = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"method": self.method, "seconds": self.seconds}
+        if self.least_squares is not None:
+            record["least_squares"] = self.least_squares.to_dict()
+        if self.finetune is not None:
+            record["finetune"] = self.finetune.to_dict()
+        return record
+
+    def __str__(self) -> str:
+        lines = [f"recovery '{self.method}' in {self.seconds:.1f} s"]
+        if self.least_squares is not None:
+            lines.append(str(self.least_squares).splitlines()[0])
+        if self.finetune is not None:
+            lines.append(str(self.finetune))
+        return "\n".join(lines)
+
+
+def recover_model(
+    pruned: onnx.ModelProto,
+    reference: onnx.ModelProto,
+    data: Any,
+    method: str = "ls",
+    *,
+    ls_images: int = 1000,
+    epochs: float = 1.0,
+    lr: float = 3e-4,
+    batch: int = 64,
+    optimizer: str = "adam",
+    bn: str = "train",
+    augment: bool = True,
+    minutes: float | None = None,
+    seed: int = 0,
+    show_progress: bool = False,
+    report: Callable[[str], None] | None = None,
+) -> RecoverResult:
+    """Recover ``pruned``'s accuracy from the unpruned ``reference`` on ``data`` (a
+    ``Dataset`` or an array of model inputs).
+
+    ``method`` is one of :data:`RECOVERY_METHODS`: ``ls`` refits each layer whose inputs were
+    pruned (:func:`~onnxprune.recover.lsq.reconstruct`, on a seeded ``ls_images`` subset),
+    ``finetune`` distils the reference into the pruned graph
+    (:func:`~onnxprune.recover.finetune.distill`: ``epochs``, ``lr``, ``batch``,
+    ``optimizer``, ``bn``, ``augment``, ``minutes`` of wall clock), ``ls+finetune`` both in
+    that order. ``show_progress`` draws a progress bar per phase on stderr; ``report`` gets
+    a one-line summary after each phase.
+    """
+    from onnxprune.progress import progress
+
+    if method not in RECOVERY_METHODS:
+        raise OnnxPruneError(
+            f"recovery method '{method}' is unknown; choose one of {', '.join(RECOVERY_METHODS)}"
+        )
+    start = time.perf_counter()
+    result = RecoverResult(model=pruned, method=method)
+    if method in ("ls", "ls+finetune"):
+        from onnxprune.recover.lsq import layers_to_refit, reconstruct
+
+        total = len(layers_to_refit(pruned, reference)) if show_progress else None
+        with progress("least squares", total, enabled=show_progress) as task:
+            result.least_squares = reconstruct(
+                result.model, reference, data, max_images=ls_images, seed=seed,
+                on_layer=lambda fit: task.advance(1, status=fit.node),
+            )  # fmt: skip
+        result.model = result.least_squares.model
+        if report is not None:
+            report(str(result.least_squares).splitlines()[0])
+    if method in ("finetune", "ls+finetune"):
+        from onnxprune.recover.finetune import distill
+
+        with progress("fine-tune", None, enabled=show_progress) as task:
+            result.finetune = distill(
+                result.model, reference, data, epochs=epochs, lr=lr, batch=batch,
+                optimizer=optimizer, bn=bn, augment=augment, max_minutes=minutes, seed=seed,
+                on_step=lambda step, total, loss: task.advance(1, status=f"loss {loss:.3f}"),
+            )  # fmt: skip
+        result.model = result.finetune.model
+        if report is not None:
+            report(str(result.finetune))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# compare
+
+
+@dataclass
+class Comparison:
+    """Both models on the same ``samples``: ``original`` scored against the labels, ``pruned``
+    against the labels and against the original's logits (agreement, KL). Latency: p50 in ms
+    per batch size, empty when not measured."""
+
+    original: Any
+    pruned: Any
+    samples: int
+    labelled: bool
+    original_latency_ms: dict[int, float] = field(default_factory=dict)
+    pruned_latency_ms: dict[int, float] = field(default_factory=dict)
+    original_logits: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def original_accuracy(self) -> float | None:
+        """Top-1 with labels; without, 100 (the original agrees with itself)."""
+        return self.original.top1 if self.labelled else 100.0
+
+    @property
+    def pruned_accuracy(self) -> float | None:
+        """Top-1 with labels, else agreement with the original."""
+        return self.pruned.top1 if self.labelled else self.pruned.agreement
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "labelled": self.labelled,
+            "original": self.original.to_dict(),
+            "pruned": self.pruned.to_dict(),
+            "original_accuracy": self.original_accuracy,
+            "pruned_accuracy": self.pruned_accuracy,
+            "original_latency_ms": {str(b): v for b, v in self.original_latency_ms.items()},
+            "pruned_latency_ms": {str(b): v for b, v in self.pruned_latency_ms.items()},
+        }
+
+    def __str__(self) -> str:
+        lines = [f"original: {self.original}", f"pruned:   {self.pruned}"]
+        for batch, ms in self.pruned_latency_ms.items():
+            base = self.original_latency_ms.get(batch)
+            ratio = f" ({ms / base:.3f}x)" if base else ""
+            lines.append(f"latency b{batch}: {base:.3f} ms -> {ms:.3f} ms{ratio}")
+        return "\n".join(lines)
+
+
+def _session(model: Any, device: str, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    from onnxprune.evaluate import make_session
+
+    if isinstance(model, ort.InferenceSession):
+        return model
+    return make_session(model, device=device, threads=threads)
+
+
+def _p50(session: Any, batch: int, runs: int) -> float:
+    from onnxprune.evaluate import measure_latency
+
+    return float(measure_latency(session, runs=runs, warmup=max(2, runs // 5), batch=batch).p50)
+
+
+def compare(
+    original: Any,
+    pruned: Any,
+    data: Any,
+    *,
+    original_logits: np.ndarray | None = None,
+    batch_size: int = 256,
+    latency_runs: int = 0,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Comparison:
+    """Accuracy / fidelity of ``original`` and ``pruned`` on ``data`` (a ``Dataset``).
+
+    Each model is a ``ModelProto``, a path, or an open ``InferenceSession`` (used as is).
+    ``original_logits`` (from an earlier :class:`Comparison` on the same data) skips running
+    the original again. ``latency_runs > 0`` also times both at batch 1 (that many runs) and
+    batch 32 (``max(5, runs // 2)``).
+    """
+    from onnxprune.evaluate import accuracy_from_logits, predict
+
+    original_session = _session(original, device, threads)
+    pruned_session = _session(pruned, device, threads)
+    if original_logits is None:
+        original_logits = predict(original_session, data.x, batch_size)
+    pruned_logits = predict(pruned_session, data.x, batch_size)
+    result = Comparison(
+        original=accuracy_from_logits(original_logits, data.y),
+        pruned=accuracy_from_logits(pruned_logits, data.y, original_logits),
+        samples=len(data.x),
+        labelled=data.y is not None,
+        original_logits=original_logits,
+    )
+    if latency_runs:
+        plan = ((1, latency_runs), (32, max(5, latency_runs // 2)))
+        for session, timings in (
+            (original_session, result.original_latency_ms),
+            (pruned_session, result.pruned_latency_ms),
+        ):
+            for batch, runs in plan:
+                timings[batch] = _p50(session, batch, runs)
+    return result
+
+
+__all__ = [
+    "RECOVERY_METHODS",
+    "Comparison",
+    "PruneResult",
+    "RecoverResult",
+    "compare",
+    "prune_model",
+    "recover_model",
+]
