@@ -738,8 +738,8 @@ class PlanCost:
     :meth:`macs` is then one small matrix-vector product and one dot product.
 
     ``kept`` is a ``dict[group_id, int]`` (missing groups keep every channel) or a numpy
-    vector ordered like :attr:`group_ids`. ``frozen`` groups stay at full size in
-    :meth:`min_fraction`.
+    vector ordered like :attr:`group_ids`. The smallest reachable fraction under a rounding
+    rule is :attr:`onnxprune.budget.Budget.smallest_fraction`.
     """
 
     def __init__(
@@ -750,12 +750,10 @@ class PlanCost:
         *,
         batch: int = 1,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
-        frozen: Iterable[int] = (),
     ) -> None:
         _, shapes, builder, _ = _build(model, batch, input_shapes)
         self.group_ids: list[int] = sorted(group_sizes)
         self.group_sizes = dict(group_sizes)
-        self.frozen = set(frozen)
         self._full = np.array([group_sizes[g] for g in self.group_ids] + [1], dtype=np.float64)
         self._position = {group_id: i for i, group_id in enumerate(self.group_ids)}
         self._compiled = _Compiled(builder.terms, shapes, channel_exprs, self.group_ids)
@@ -791,15 +789,6 @@ class PlanCost:
     def macs_fraction(self, kept) -> float:
         """``macs(kept) / macs(full)``."""
         return self.macs(kept) / self.full_macs if self.full_macs else 1.0
-
-    def min_fraction(self, min_channels: int = 1) -> float:
-        """MACs fraction when every non-frozen group keeps ``min(min_channels, size)``."""
-        kept = {
-            group_id: min(min_channels, size)
-            for group_id, size in self.group_sizes.items()
-            if group_id not in self.frozen
-        }
-        return self.macs_fraction(kept)
 
     def __str__(self) -> str:
         return (

@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import DataError
-from onnxprune.model import graph_inputs, load_model
+from onnxprune.model import graph_inputs, load_model, value_dims
 
 __all__ = [
     "PREPROCESS_FILE",
@@ -241,10 +241,8 @@ def input_spec(model: onnx.ModelProto) -> InputSpec:
             "data loading supports single-input models"
         )
     inp = inputs[0]
-    shape: list[int | None] = [
-        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-        for d in inp.type.tensor_type.shape.dim
-    ]
+    # a 0-sized dim cannot be fed either: unknown, like the dims model.value_dims leaves open
+    shape: list[int | None] = [d or None for d in value_dims(inp) or ()]
     layout = None
     if len(shape) == 4:
         c_first, c_last = shape[1] in _CHANNEL_SIZES, shape[3] in _CHANNEL_SIZES

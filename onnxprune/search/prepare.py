@@ -95,10 +95,7 @@ def _load(model_file: Path, strat: Strategy) -> tuple[Any, Any, list[Any], Any, 
     model = load_model(model_file)
     analysis = analyze(model)
     groups, notes = select_groups(analysis, strat.skip)
-    frozen = [g.id for g in analysis.groups if not g.prunable]
-    plan_cost = PlanCost(
-        analysis.model, analysis.channel_exprs(), analysis.group_sizes(), frozen=frozen
-    )
+    plan_cost = PlanCost(analysis.model, analysis.channel_exprs(), analysis.group_sizes())
     if not groups:
         raise OnnxPruneError(
             f"model '{model_file}' has no prunable channel group left after the skip rules "
