@@ -285,14 +285,9 @@ def test_least_squares_recovery_inside_reward_and_on_final_model(
     assert result.best_reward == pytest.approx(np.mean(logits.argmax(1) == reward_split.y) - 1)
 
 
-def test_unavailable_recovery_is_a_clear_error(
-    tiny_model: Path, tiny_data: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_unknown_recovery_is_a_clear_error(
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path
 ) -> None:
-    import onnxprune.search as search_module
-
-    monkeypatch.setitem(
-        search_module._RECOVER_FUNCTIONS, "finetune", ("onnxprune.recover.no_such_module", "x")
-    )
-    with pytest.raises(OnnxPruneError, match="--recover finetune is not available"):
-        _run(tiny_model, tiny_data, tmp_path, _strategy(tmp_path), recover="finetune")
+    with pytest.raises(OnnxPruneError, match="--recover must be one of none, ls, finetune"):
+        _run(tiny_model, tiny_data, tmp_path, _strategy(tmp_path), recover="magic")
     assert not (tmp_path / "checkpoint.pt").exists()  # failed before any search work

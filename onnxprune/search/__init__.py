@@ -23,7 +23,6 @@ Presets and their ``extends`` chains: :mod:`~onnxprune.search.strategy`; records
 from onnxprune.rl.agents import BASELINE_MOMENTUM
 from onnxprune.rl.config import DDPGConfig, NoiseSettings
 from onnxprune.search.checkpoint import CHECKPOINT
-from onnxprune.search.finalize import _RECOVER_FUNCTIONS
 from onnxprune.search.loop import run_search
 from onnxprune.search.prepare import select_groups
 from onnxprune.search.result import EpisodeRecord, SearchResult
@@ -54,7 +53,6 @@ __all__ = [
     "PlanEvaluator",
     "SearchResult",
     "Strategy",
-    "_RECOVER_FUNCTIONS",
     "load_strategy",
     "parse_strategy",
     "reward_from",

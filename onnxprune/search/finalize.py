@@ -9,37 +9,12 @@ held-out split; latency p50 at batch 1 and 32) and :func:`_write` (``pruned.onnx
 
 from __future__ import annotations
 
-import importlib
 import time
-from collections.abc import Callable
 from typing import Any
 
-from onnxprune.errors import InternalError, OnnxPruneError
+from onnxprune.errors import InternalError
 from onnxprune.search.prepare import SearchSetup
 from onnxprune.search.result import SearchOutcome, SearchResult
-
-_RECOVER_FUNCTIONS = {
-    "ls": ("onnxprune.recover.lsq", "least_squares_recover"),
-    "finetune": ("onnxprune.recover.finetune", "finetune"),
-}
-
-
-def recover_function(method: str) -> Callable[..., Any] | None:
-    """The recovery function for ``method`` (``None`` for ``none``): ``(pruned, original,
-    calibration split) -> recovered model``; a clear error when this build lacks it."""
-    if method == "none":
-        return None
-    module_name, function = _RECOVER_FUNCTIONS[method]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        module = None
-    if module is None or not hasattr(module, function):
-        raise OnnxPruneError(
-            f"--recover {method} is not available in this build ({module_name}.{function} is "
-            "missing); use --recover none or ls"
-        )
-    return getattr(module, function)
 
 
 def _materialize(setup: SearchSetup, outcome: SearchOutcome) -> tuple[Any, Any]:
@@ -64,28 +39,24 @@ def _materialize(setup: SearchSetup, outcome: SearchOutcome) -> tuple[Any, Any]:
 
 
 def _recover(setup: SearchSetup, pruned: Any) -> Any:
-    """The strategy's final recovery of ``pruned`` (the one place that dispatches on it)."""
-    recover_fn = recover_function(setup.strategy.recover)
-    if recover_fn is None:
+    """The strategy's final recovery of ``pruned``, fitted on the reward split
+    (:func:`onnxprune.pipeline.recover_model`, the one recovery dispatch)."""
+    from onnxprune.pipeline import recover_model
+
+    method = setup.strategy.recover
+    if method == "none":
         return pruned
-    setup.notes.append(
-        f"recovery '{setup.strategy.recover}' used the reward split as calibration data"
-    )
-    return recover_fn(pruned, setup.analysis.model, setup.splits.reward)
-
-
-def _latency(session: Any, batch: int, runs: int) -> float:
-    from onnxprune.evaluate import measure_latency
-
-    return float(measure_latency(session, runs=runs, warmup=max(2, runs // 5), batch=batch).p50)
+    setup.notes.append(f"recovery '{method}' used the reward split as calibration data")
+    return recover_model(pruned, setup.analysis.model, setup.splits.reward, method).model
 
 
 def _evaluate(
     setup: SearchSetup, pruned: Any, latency_runs: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(original, pruned)`` report sides: cost, held-out accuracy, latency p50."""
+    """``(original, pruned)`` report sides: cost, held-out accuracy, latency p50
+    (:func:`onnxprune.pipeline.compare` on the held-out split)."""
     from onnxprune.cost import model_cost
-    from onnxprune.evaluate import accuracy_from_logits, make_session, predict
+    from onnxprune.pipeline import compare
 
     original_cost, pruned_cost = model_cost(setup.analysis.model), model_cost(pruned)
     if pruned_cost.macs > setup.flops * original_cost.macs + 1e-9:
@@ -93,33 +64,37 @@ def _evaluate(
             f"the pruned model keeps {pruned_cost.macs / original_cost.macs:.4f} of the "
             f"MACs, above --flops {setup.flops}"
         )
-    heldout, batch = setup.splits.heldout, setup.strategy.batch_size
-    pruned_session = make_session(
-        pruned.SerializeToString(), device=setup.device, threads=setup.threads
+    comparison = compare(
+        setup.original_session,
+        pruned.SerializeToString(),
+        setup.splits.heldout,
+        batch_size=setup.strategy.batch_size,
+        latency_runs=latency_runs,
+        device=setup.device,
+        threads=setup.threads,
     )
-    original_logits = predict(setup.original_session, heldout.x, batch)
-    original_eval = accuracy_from_logits(original_logits, heldout.y)
-    pruned_eval = accuracy_from_logits(
-        predict(pruned_session, heldout.x, batch), heldout.y, original_logits
-    )
-    labelled = heldout.y is not None
 
-    def side(cost: Any, evaluation: Any, session: Any) -> dict[str, Any]:
-        timed = bool(latency_runs)
+    def side(cost: Any, evaluation: Any, accuracy: float | None, latency: dict) -> dict:
         return {
             "macs": int(cost.macs),
             "flops": int(cost.flops),
             "params": int(cost.params),
-            "accuracy": evaluation.top1 if labelled else evaluation.agreement,
+            "accuracy": accuracy,
             "eval": evaluation.to_dict(),
-            "latency_ms_b1": _latency(session, 1, latency_runs) if timed else None,
-            "latency_ms_b32": _latency(session, 32, max(5, latency_runs // 2)) if timed else None,
+            "latency_ms_b1": latency.get(1),
+            "latency_ms_b32": latency.get(32),
         }
 
-    original = side(original_cost, original_eval, setup.original_session)
-    if not labelled:
-        original["accuracy"] = 100.0  # agreement of the model with itself
-    return original, side(pruned_cost, pruned_eval, pruned_session)
+    original = side(
+        original_cost,
+        comparison.original,
+        comparison.original_accuracy,
+        comparison.original_latency_ms,
+    )
+    pruned_side = side(
+        pruned_cost, comparison.pruned, comparison.pruned_accuracy, comparison.pruned_latency_ms
+    )
+    return original, pruned_side
 
 
 def _group_rows(setup: SearchSetup, plan: Any, kept: dict[int, int]) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from onnxprune.errors import InternalError, OnnxPruneError
 from onnxprune.search.checkpoint import CHECKPOINT, Checkpoint, SearchState, fingerprint
-from onnxprune.search.finalize import finalize, recover_function
+from onnxprune.search.finalize import finalize
 from onnxprune.search.prepare import SearchSetup, prepare
 from onnxprune.search.result import BestPlan, EpisodeRecord, SearchOutcome, SearchResult
 from onnxprune.search.reward import select_final
@@ -67,7 +67,6 @@ def run_search(
     strat = overrides.apply(preset)
     if not 0 < flops <= 1:
         raise OnnxPruneError(f"--flops must be a fraction of the MACs in (0, 1], got {flops}")
-    recover_function(strat.recover)  # an unavailable recovery fails before any search work
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise OnnxPruneError(f"output '{out}' exists and is not a folder; pass a folder with -o")

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.pipeline import RECOVERY_METHODS
 from onnxprune.rl.agents import AGENT_REGISTRY, BUILTIN_AGENTS, agent_class
 from onnxprune.rl.config import DDPGConfig, NoiseSettings
 
 AGENTS = BUILTIN_AGENTS
 SKIP_RULES = ("residual", "grouped")
 REWARDS = ("auto", "top1", "agreement", "kl")
-RECOVERY = ("none", "ls", "finetune")
+RECOVERY = RECOVERY_METHODS  # the final recovery: any method of pipeline.recover_model
 CRITERIA = ("l1", "l2", "bn", "activation")
 TABLES: dict[str, type[NoiseSettings] | type[DDPGConfig]] = {
     "noise": NoiseSettings,
