@@ -450,7 +450,7 @@ def _conv_terms(b: _TermBuilder, index: int, node: onnx.NodeProto, transposed: b
     x, w, y, x_shape, w_shape, y_shape = _operands(b, node)
     group = int(attr(node, "group", 1))
     kernel = int(np.prod(w_shape[2:], dtype=np.int64))
-    # CONTRACTS depthwise rule: group == C_in means one input channel per group, and the
+    # ARCHITECTURE.md depthwise rule: group == C_in means one input channel per group, and the
     # group count follows the kept input channels; any other group count stays fixed.
     depthwise = group == x_shape[1]
     # Per-group input channels as a function of the kept input channels.

@@ -44,8 +44,7 @@ def _fake_reward(kept: dict[int, int]) -> float:
 
 def _env(analysis: Any, steps: int = 1) -> PruningEnv:
     groups = list(analysis.prunable_groups())
-    frozen = [g.id for g in analysis.groups if not g.prunable]
-    cost = PlanCost(analysis.model, analysis.channel_exprs(), analysis.group_sizes(), frozen=frozen)
+    cost = PlanCost(analysis.model, analysis.channel_exprs(), analysis.group_sizes())
     return PruningEnv(
         [ActionGroup(g.id, g.size, g.block_count) for g in groups],
         cost,

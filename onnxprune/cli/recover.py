@@ -8,6 +8,7 @@ import click
 
 from onnxprune.cli.common import echo_json, load_cli_data
 from onnxprune.errors import OnnxPruneError
+from onnxprune.pipeline import RECOVERY_METHODS
 
 
 def register(main: click.Group) -> None:
@@ -32,7 +33,7 @@ def register(main: click.Group) -> None:
 )
 @click.option(
     "--method",
-    type=click.Choice(["ls", "finetune", "ls+finetune"]),
+    type=click.Choice([m for m in RECOVERY_METHODS if m != "none"]),
     default="ls",
     show_default=True,
     help="Least squares, distillation fine-tuning, or both.",

@@ -13,6 +13,7 @@ from onnxprune.cli.common import (
     preprocess_options,
     resolve_model_path,
 )
+from onnxprune.pipeline import RECOVERY_METHODS
 
 
 def register(main: click.Group) -> None:
@@ -63,7 +64,7 @@ def register(main: click.Group) -> None:
 )
 @click.option(
     "--recover",
-    type=click.Choice(["none", "ls", "finetune"]),
+    type=click.Choice(RECOVERY_METHODS),
     help="Accuracy recovery on the final model (presets: ls); fits on the reward split.",
 )
 @click.option(

@@ -1,0 +1,79 @@
+"""Data flows one way: a stage imports only from the stages before it (docs/ARCHITECTURE.md).
+
+The layering is read from the source (every ``import``, also those inside functions), so a
+new import that points backwards fails here with the file and the stage it reached for.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import onnxprune
+
+# Stage -> level. A module may import from its own stage and from stages of a lower level.
+LEVELS = {
+    "errors": 0, "atomic": 0, "progress": 0, "ops": 0,
+    "model": 1,
+    "normalize": 2, "data": 2, "convert": 2,
+    "deps": 3,
+    "cost": 4, "plan": 4,
+    "budget": 5,
+    "importance": 6, "surgery": 6, "evaluate": 6, "hgraph": 6,
+    "recover": 7, "env": 7, "gate": 7,
+    "rl": 8,
+    "pipeline": 9,
+    "search": 10,
+    "cli": 11,
+}  # fmt: skip
+PACKAGE = Path(onnxprune.__file__).parent
+
+
+def _stage(path: Path) -> str:
+    return path.relative_to(PACKAGE).with_suffix("").parts[0]
+
+
+def _imported_stages(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] != "onnxprune":
+                continue
+            if len(parts) > 1:
+                found.append((node.lineno, parts[1]))
+            else:  # from onnxprune import ops
+                found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "onnxprune" and len(parts) > 1:
+                    found.append((node.lineno, parts[1]))
+    return found
+
+
+def _modules() -> list[Path]:
+    return sorted(
+        p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE
+    )
+
+
+def test_every_stage_has_a_level() -> None:
+    stages = {_stage(p) for p in _modules()}
+    assert stages - set(LEVELS) == set(), "add the new stage to LEVELS and to ARCHITECTURE.md"
+
+
+def test_imports_point_to_earlier_stages_only() -> None:
+    backwards = []
+    for path in _modules():
+        stage = _stage(path)
+        for line, target in _imported_stages(ast.parse(path.read_text())):
+            if target in LEVELS and target != stage and LEVELS[target] >= LEVELS[stage]:
+                backwards.append(f"{path.relative_to(PACKAGE)}:{line} ({stage}) imports {target}")
+    assert backwards == []
+
+
+def test_the_check_sees_a_backward_import() -> None:
+    tree = ast.parse("def f():\n    from onnxprune.search import run_search\n")
+    assert _imported_stages(tree) == [(2, "search")]
+    assert LEVELS["search"] > LEVELS["deps"]
