@@ -358,7 +358,7 @@ class _TermBuilder:
         if coef * static != 0:
             self.terms.append(_Term(index, kind, coef * static, tuple(dynamic)))
 
-    def elements(self, tensor: str, shape: list[int]) -> list[_Factor]:
+    def elements(self, tensor: str, shape: Sequence[int]) -> list[_Factor]:
         return [(tensor, axis) for axis in range(len(shape))]
 
     def build(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, overload
 
 import onnx
 from onnx import ModelProto, TensorProto, numpy_helper
@@ -182,6 +183,14 @@ Dims = tuple[int | None, ...]
 SymbolicDims = tuple[int | str | None, ...]
 
 
+@overload
+def value_dims(
+    value: onnx.ValueInfoProto | onnx.TypeProto, *, symbolic: Literal[False] = False
+) -> Dims | None: ...
+@overload
+def value_dims(
+    value: onnx.ValueInfoProto | onnx.TypeProto, *, symbolic: bool
+) -> SymbolicDims | None: ...
 def value_dims(
     value: onnx.ValueInfoProto | onnx.TypeProto, *, symbolic: bool = False
 ) -> SymbolicDims | None:
@@ -209,7 +218,15 @@ def value_dims(
     return tuple(dims)
 
 
-def tensor_shapes(model: ModelProto, *, symbolic: bool = False) -> dict[str, SymbolicDims | None]:
+@overload
+def tensor_shapes(
+    model: ModelProto, *, symbolic: Literal[False] = False
+) -> dict[str, Dims | None]: ...
+@overload
+def tensor_shapes(model: ModelProto, *, symbolic: bool) -> dict[str, SymbolicDims | None]: ...
+def tensor_shapes(
+    model: ModelProto, *, symbolic: bool = False
+) -> dict[str, SymbolicDims | None] | dict[str, Dims | None]:
     """Shape of every tensor ``model`` declares, by name: the one reader of tensor shapes.
 
     Convention: ``None`` for an unknown rank, and inside a known rank ``None`` for an unknown

@@ -46,7 +46,7 @@ class GraphIndex:
         init_names = set(self.initializers)
         self.graph_inputs = [i.name for i in graph.input if i.name not in init_names]
         self._shapes: dict[str, Shape | None] = {
-            name: None if dims is None else list(dims)  # type: ignore[misc]
+            name: None if dims is None else list(dims)
             for name, dims in tensor_shapes(model).items()
         }
         self.opset = next(
