@@ -1,0 +1,205 @@
+"""Import the normalised model into onnx-graphsurgeon and export the rewritten graph.
+
+Contract:
+
+- :func:`import_model` returns a :class:`GsModel` whose ``nodes[i]`` is the ``gs.Node`` of
+  node ``i`` of the model (the indices the channel analysis records actions with). The
+  model is never written to: graphsurgeon's constants keep pointing at the model's own
+  ``TensorProto`` objects (no copy of weights that are not edited), so the few objects its
+  exporter would write into are detached here first.
+- :func:`export_model` returns a new ``ModelProto``: nodes and initializers from
+  graphsurgeon; everything the rewrite does not change and graphsurgeon does not carry is
+  taken verbatim from the source model: model-level fields (IR version, opsets, producer,
+  metadata, functions, ...), graph inputs and outputs (in order, with their exact types),
+  optionally the ``value_info``, quantization annotations, node doc strings and metadata,
+  and node attributes graphsurgeon cannot represent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import Message
+from onnx import AttributeProto, ModelProto
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from onnxprune.errors import InternalError
+
+# Attribute kinds graphsurgeon's importer reads; it skips the others with a warning.
+_GS_ATTRIBUTE_TYPES = {
+    AttributeProto.FLOAT,
+    AttributeProto.INT,
+    AttributeProto.STRING,
+    AttributeProto.TENSOR,
+    AttributeProto.GRAPH,
+    AttributeProto.FLOATS,
+    AttributeProto.INTS,
+    AttributeProto.STRINGS,
+}
+_LIST_FIELDS = {
+    AttributeProto.FLOATS: "floats",
+    AttributeProto.INTS: "ints",
+    AttributeProto.STRINGS: "strings",
+}
+
+
+@dataclass
+class GsModel:
+    """A model imported into graphsurgeon.
+
+    - ``graph``: the ``gs.Graph`` being rewritten.
+    - ``nodes``: ``nodes[i]`` is the ``gs.Node`` of node ``i`` of the source model.
+    - ``held``: per node index, the attributes kept out of graphsurgeon (see
+      :func:`_held_attributes`); :func:`export_model` puts them back.
+    """
+
+    graph: gs.Graph
+    nodes: list[gs.Node]
+    held: dict[int, list[AttributeProto]] = field(default_factory=dict)
+
+
+def _held_attributes(node: onnx.NodeProto) -> list[AttributeProto]:
+    """Attributes graphsurgeon cannot round-trip: kinds it does not import (sparse tensors,
+    type protos, lists of tensors or graphs), empty lists (its exporter cannot infer their
+    type) and strings that are not UTF-8 (it decodes them)."""
+    held = []
+    for attribute in node.attribute:
+        if attribute.ref_attr_name:
+            continue
+        if attribute.type not in _GS_ATTRIBUTE_TYPES:
+            held.append(attribute)
+        elif attribute.type in _LIST_FIELDS and not getattr(
+            attribute, _LIST_FIELDS[attribute.type]
+        ):
+            held.append(attribute)
+        elif attribute.type in (AttributeProto.STRING, AttributeProto.STRINGS):
+            values = [attribute.s] if attribute.type == AttributeProto.STRING else attribute.strings
+            try:
+                for value in values:
+                    value.decode()
+            except UnicodeDecodeError:
+                held.append(attribute)
+    return held
+
+
+def _detach_unnamed_tensors(graph: gs.Graph) -> None:
+    """Give graphsurgeon private copies of the model's unnamed tensor protos.
+
+    Its exporter writes ``tensor.name`` into the ``TensorProto`` it was imported from. For a
+    named tensor that rewrites the same value, but on an unnamed one (a ``Constant`` node's
+    ``value``) it sets the proto2 field and so changes the source model's bytes."""
+    for subgraph in [graph, *graph.subgraphs(recursive=True)]:
+        for node in subgraph.nodes:
+            for value in node.attrs.values():
+                lazy = getattr(value, "_values", None) if isinstance(value, gs.Constant) else None
+                if isinstance(lazy, LazyValues) and not lazy.tensor.HasField("name"):
+                    copy = onnx.TensorProto()
+                    copy.CopyFrom(lazy.tensor)
+                    lazy.tensor = copy
+
+
+def import_model(model: ModelProto) -> GsModel:
+    """Import ``model`` into graphsurgeon without copying its weights (see module doc)."""
+    held: dict[int, list[AttributeProto]] = {}
+    for index, node in enumerate(model.graph.node):
+        attributes = _held_attributes(node)
+        if attributes:
+            held[index] = attributes
+    graph = gs.import_onnx(model)
+    if len(graph.nodes) != len(model.graph.node):
+        raise InternalError(
+            f"graphsurgeon imported {len(graph.nodes)} nodes from a graph of "
+            f"{len(model.graph.node)}"
+        )
+    # The exporter appends missing domains to these lists; they are the source model's own
+    # opset_import containers, so give it lists of its own.
+    graph.import_domains = list(graph.import_domains or [])
+    for function in graph.functions:
+        function.import_domains = list(function.import_domains or [])
+    _detach_unnamed_tensors(graph)
+    nodes = list(graph.nodes)
+    for index, attributes in held.items():
+        for attribute in attributes:
+            nodes[index].attrs.pop(attribute.name, None)
+    return GsModel(graph, nodes, held)
+
+
+def _copy_fields(source: Message, target: Message, skip: set[str]) -> None:
+    """Make every field of ``target`` not in ``skip`` equal to ``source``'s."""
+    for descriptor in target.DESCRIPTOR.fields:
+        if descriptor.name not in skip:
+            target.ClearField(descriptor.name)
+    for descriptor, value in source.ListFields():
+        if descriptor.name in skip:
+            continue
+        if isinstance(value, Message):
+            getattr(target, descriptor.name).CopyFrom(value)
+        elif isinstance(value, (bool, int, float, str, bytes)):
+            setattr(target, descriptor.name, value)
+        else:
+            getattr(target, descriptor.name).extend(value)
+
+
+def _restore_nodes(gs_model: GsModel, source: ModelProto, exported: ModelProto) -> None:
+    """Put back per-node fields graphsurgeon drops: held attributes (at their original
+    position), ``doc_string`` and ``metadata_props``."""
+    position = {id(node): k for k, node in enumerate(gs_model.graph.nodes)}
+    for index, node in enumerate(source.graph.node):
+        metadata = getattr(node, "metadata_props", ())
+        if index not in gs_model.held and not node.doc_string and not metadata:
+            continue
+        if id(gs_model.nodes[index]) not in position:
+            raise InternalError(f"node '{node.name}' disappeared from the rewritten graph")
+        target = exported.graph.node[position[id(gs_model.nodes[index])]]
+        if node.HasField("doc_string"):
+            target.doc_string = node.doc_string
+        if metadata:
+            target.metadata_props.extend(metadata)
+        if index in gs_model.held:
+            held = {a.name for a in gs_model.held[index]}
+            rewritten = {a.name: a for a in target.attribute}
+            merged = [
+                a if a.name in held else rewritten.pop(a.name)
+                for a in node.attribute
+                if a.name in held or a.name in rewritten
+            ]
+            merged.extend(rewritten.values())
+            del target.attribute[:]
+            target.attribute.extend(merged)
+
+
+def export_model(gs_model: GsModel, source: ModelProto, *, keep_value_info: bool) -> ModelProto:
+    """Export the rewritten graph as a new model, taking from ``source`` what the rewrite
+    leaves alone (see module doc). ``keep_value_info``: copy ``source``'s value_info (the
+    rewrite changed no shape); otherwise the result has none (the caller re-infers)."""
+    exported = gs.export_onnx(
+        gs_model.graph, do_type_check=False, opset_imports=list(source.opset_import)
+    )
+    _copy_fields(source, exported, skip={"graph"})
+    graph, source_graph = exported.graph, source.graph
+    # Channels reaching graph inputs or outputs are frozen, so the interface is unchanged;
+    # copying it keeps initializers listed as inputs, dim names, denotations and doc strings.
+    kept = ["input", "output", "quantization_annotation", "metadata_props"]
+    if keep_value_info:
+        kept.append("value_info")
+    for name in kept:
+        if name in graph.DESCRIPTOR.fields_by_name:
+            graph.ClearField(name)
+            getattr(graph, name).extend(getattr(source_graph, name))
+    if not keep_value_info:
+        graph.ClearField("value_info")
+    # graphsurgeon exports only the constants nodes read; an initializer listed as a graph
+    # input (a default value the caller may override) stays even when nothing reads it.
+    exported_names = {t.name for t in graph.initializer}
+    source_inits = {t.name: t for t in source_graph.initializer}
+    for value in source_graph.input:
+        if value.name in source_inits and value.name not in exported_names:
+            graph.initializer.append(source_inits[value.name])
+    # graphsurgeon writes constants in the order nodes first read them; keep the source
+    # order instead (new constants last). Sorting moves pointers, it copies no tensor.
+    order = {name: k for k, name in enumerate(source_inits)}
+    graph.initializer.sort(key=lambda tensor: order.get(tensor.name, len(order)))
+    _restore_nodes(gs_model, source, exported)
+    return exported
