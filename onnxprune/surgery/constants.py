@@ -101,6 +101,8 @@ class ConstantEdits:
                 # The new values live in memory, wherever the old ones were stored.
                 constant.data_location = None
                 continue
+            if not untouched:
+                self.gs_model.replaced.add(name)
             for variant, keys in variants.items():
                 first = self.index.nodes[keys[0][0]].name
                 copy = gs.Constant(self.names.new(f"{name}__{first}"), values[variant])

@@ -19,30 +19,59 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import Message
 from onnx import AttributeProto, ModelProto
-from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnxprune.errors import InternalError
 
-# Attribute kinds graphsurgeon's importer reads; it skips the others with a warning.
+# Attribute kinds graphsurgeon carries faithfully and surgery may edit (group, split, ...).
 _GS_ATTRIBUTE_TYPES = {
     AttributeProto.FLOAT,
     AttributeProto.INT,
     AttributeProto.STRING,
-    AttributeProto.TENSOR,
-    AttributeProto.GRAPH,
     AttributeProto.FLOATS,
     AttributeProto.INTS,
     AttributeProto.STRINGS,
 }
+# Never edited, imported by graphsurgeon but not exported faithfully: a Constant's value
+# (it writes the name of an unnamed tensor into the source proto) and If/Loop bodies (it
+# exports an outer initializer a body reads as that body's own initializer).
+_OPAQUE_TYPES = {AttributeProto.TENSOR, AttributeProto.GRAPH}
 _LIST_FIELDS = {
     AttributeProto.FLOATS: "floats",
     AttributeProto.INTS: "ints",
     AttributeProto.STRINGS: "strings",
 }
+
+
+def _is_utf8(attribute: AttributeProto) -> bool:
+    values = [attribute.s] if attribute.type == AttributeProto.STRING else attribute.strings
+    try:
+        for value in values:
+            value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _bypass(attribute: AttributeProto) -> str | None:
+    """How ``attribute`` bypasses graphsurgeon: ``"hold"`` (imported, then taken out of the
+    gs node and put back verbatim on export: tensors, graphs, empty lists, whose type its
+    exporter cannot infer), ``"strip"`` (its importer fails or drops it with a warning:
+    sparse tensors, type protos, lists of tensors or graphs, strings that are not UTF-8),
+    ``None`` (graphsurgeon carries it)."""
+    if attribute.ref_attr_name:
+        return None
+    if attribute.type in _OPAQUE_TYPES:
+        return "hold"
+    if attribute.type not in _GS_ATTRIBUTE_TYPES:
+        return "strip"
+    if attribute.type in _LIST_FIELDS and not getattr(attribute, _LIST_FIELDS[attribute.type]):
+        return "hold"
+    if attribute.type in (AttributeProto.STRING, AttributeProto.STRINGS):
+        return None if _is_utf8(attribute) else "strip"
+    return None
 
 
 @dataclass
@@ -52,62 +81,37 @@ class GsModel:
     - ``graph``: the ``gs.Graph`` being rewritten.
     - ``nodes``: ``nodes[i]`` is the ``gs.Node`` of node ``i`` of the source model.
     - ``held``: per node index, the attributes kept out of graphsurgeon (see
-      :func:`_held_attributes`); :func:`export_model` puts them back.
+      :func:`_bypass`); :func:`export_model` puts them back verbatim.
+    - ``replaced``: initializers the rewrite replaced by copies for all their readers.
     """
 
     graph: gs.Graph
     nodes: list[gs.Node]
     held: dict[int, list[AttributeProto]] = field(default_factory=dict)
-
-
-def _held_attributes(node: onnx.NodeProto) -> list[AttributeProto]:
-    """Attributes graphsurgeon cannot round-trip: kinds it does not import (sparse tensors,
-    type protos, lists of tensors or graphs), empty lists (its exporter cannot infer their
-    type) and strings that are not UTF-8 (it decodes them)."""
-    held = []
-    for attribute in node.attribute:
-        if attribute.ref_attr_name:
-            continue
-        if attribute.type not in _GS_ATTRIBUTE_TYPES:
-            held.append(attribute)
-        elif attribute.type in _LIST_FIELDS and not getattr(
-            attribute, _LIST_FIELDS[attribute.type]
-        ):
-            held.append(attribute)
-        elif attribute.type in (AttributeProto.STRING, AttributeProto.STRINGS):
-            values = [attribute.s] if attribute.type == AttributeProto.STRING else attribute.strings
-            try:
-                for value in values:
-                    value.decode()
-            except UnicodeDecodeError:
-                held.append(attribute)
-    return held
-
-
-def _detach_unnamed_tensors(graph: gs.Graph) -> None:
-    """Give graphsurgeon private copies of the model's unnamed tensor protos.
-
-    Its exporter writes ``tensor.name`` into the ``TensorProto`` it was imported from. For a
-    named tensor that rewrites the same value, but on an unnamed one (a ``Constant`` node's
-    ``value``) it sets the proto2 field and so changes the source model's bytes."""
-    for subgraph in [graph, *graph.subgraphs(recursive=True)]:
-        for node in subgraph.nodes:
-            for value in node.attrs.values():
-                lazy = getattr(value, "_values", None) if isinstance(value, gs.Constant) else None
-                if isinstance(lazy, LazyValues) and not lazy.tensor.HasField("name"):
-                    copy = onnx.TensorProto()
-                    copy.CopyFrom(lazy.tensor)
-                    lazy.tensor = copy
+    replaced: set[str] = field(default_factory=set)
 
 
 def import_model(model: ModelProto) -> GsModel:
     """Import ``model`` into graphsurgeon without copying its weights (see module doc)."""
     held: dict[int, list[AttributeProto]] = {}
+    strip = False
     for index, node in enumerate(model.graph.node):
-        attributes = _held_attributes(node)
-        if attributes:
-            held[index] = attributes
-    graph = gs.import_onnx(model)
+        for attribute in node.attribute:
+            how = _bypass(attribute)
+            if how is not None:
+                held.setdefault(index, []).append(attribute)
+                strip = strip or how == "strip"
+    source = model
+    if strip:
+        # Rare: graphsurgeon cannot even import these, so import a private copy without them.
+        source = ModelProto()
+        source.CopyFrom(model)
+        for index, attributes in held.items():
+            names = {a.name for a in attributes}
+            kept = [a for a in source.graph.node[index].attribute if a.name not in names]
+            del source.graph.node[index].attribute[:]
+            source.graph.node[index].attribute.extend(kept)
+    graph = gs.import_onnx(source)
     if len(graph.nodes) != len(model.graph.node):
         raise InternalError(
             f"graphsurgeon imported {len(graph.nodes)} nodes from a graph of "
@@ -118,7 +122,6 @@ def import_model(model: ModelProto) -> GsModel:
     graph.import_domains = list(graph.import_domains or [])
     for function in graph.functions:
         function.import_domains = list(function.import_domains or [])
-    _detach_unnamed_tensors(graph)
     nodes = list(graph.nodes)
     for index, attributes in held.items():
         for attribute in attributes:
@@ -190,13 +193,14 @@ def export_model(gs_model: GsModel, source: ModelProto, *, keep_value_info: bool
             getattr(graph, name).extend(getattr(source_graph, name))
     if not keep_value_info:
         graph.ClearField("value_info")
-    # graphsurgeon exports only the constants nodes read; an initializer listed as a graph
-    # input (a default value the caller may override) stays even when nothing reads it.
+    # graphsurgeon exports only the constants main-graph nodes read. Keep the others as
+    # the source has them (read by a held If/Loop body, or listed as a graph input: a
+    # default the caller may override), except the ones the rewrite replaced.
     exported_names = {t.name for t in graph.initializer}
     source_inits = {t.name: t for t in source_graph.initializer}
-    for value in source_graph.input:
-        if value.name in source_inits and value.name not in exported_names:
-            graph.initializer.append(source_inits[value.name])
+    for name, tensor in source_inits.items():
+        if name not in exported_names and name not in gs_model.replaced:
+            graph.initializer.append(tensor)
     # graphsurgeon writes constants in the order nodes first read them; keep the source
     # order instead (new constants last). Sorting moves pointers, it copies no tensor.
     order = {name: k for k, name in enumerate(source_inits)}
