@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.deps import analyze
+from onnxprune.errors import InternalError
 from onnxprune.model import load_model
 from onnxprune.plan import PruningPlan
 from onnxprune.surgery import apply_plan, masked_reference
@@ -160,12 +161,21 @@ def _custom_op_model() -> onnx.ModelProto:
 
 def test_attributes_graphsurgeon_cannot_carry_are_kept_in_order():
     analysis = analyze(_custom_op_model())
+    before = analysis.model.SerializeToString()
     source_probe = next(n for n in analysis.model.graph.node if n.name == "probe")
     plan = Plan({group_of(analysis, "conv1").id: [1, 2, 6]})
     for out in (apply_plan(analysis, plan), masked_reference(analysis, plan)):
         probe = next(n for n in out.graph.node if n.name == "probe")
         assert _bytes(probe.attribute) == _bytes(source_probe.attribute)
         assert probe.domain == "test.custom"
+    assert analysis.model.SerializeToString() == before, "the input model was modified"
+
+
+def test_action_without_rewrite_is_an_internal_error():
+    analysis = analyze(TINY["chain"]())
+    analysis.state.actions.append(("not", "an", "action"))
+    with pytest.raises(InternalError, match="no rewrite for action"):
+        apply_plan(analysis, PruningPlan.full(analysis))
 
 
 def test_shared_constant_original_kept_for_unchanged_reader():

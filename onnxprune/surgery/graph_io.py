@@ -5,8 +5,8 @@ Contract:
 - :func:`import_model` returns a :class:`GsModel` whose ``nodes[i]`` is the ``gs.Node`` of
   node ``i`` of the model (the indices the channel analysis records actions with). The
   model is never written to: graphsurgeon's constants keep pointing at the model's own
-  ``TensorProto`` objects (no copy of weights that are not edited), so the few objects its
-  exporter would write into are detached here first.
+  ``TensorProto`` objects (no copy of weights that are not edited), so what its exporter
+  would write into (unnamed attribute tensors, the opset lists) never reaches it.
 - :func:`export_model` returns a new ``ModelProto``: nodes and initializers from
   graphsurgeon; everything the rewrite does not change and graphsurgeon does not carry is
   taken verbatim from the source model: model-level fields (IR version, opsets, producer,
@@ -151,7 +151,7 @@ def _restore_nodes(gs_model: GsModel, source: ModelProto, exported: ModelProto) 
     position = {id(node): k for k, node in enumerate(gs_model.graph.nodes)}
     for index, node in enumerate(source.graph.node):
         metadata = getattr(node, "metadata_props", ())
-        if index not in gs_model.held and not node.doc_string and not metadata:
+        if index not in gs_model.held and not node.HasField("doc_string") and not metadata:
             continue
         if id(gs_model.nodes[index]) not in position:
             raise InternalError(f"node '{node.name}' disappeared from the rewritten graph")
@@ -161,12 +161,14 @@ def _restore_nodes(gs_model: GsModel, source: ModelProto, exported: ModelProto) 
         if metadata:
             target.metadata_props.extend(metadata)
         if index in gs_model.held:
+            # Source order; an attribute the surgery set wins over the held original, a
+            # carried one it removed stays removed, new ones go last.
             held = {a.name for a in gs_model.held[index]}
             rewritten = {a.name: a for a in target.attribute}
             merged = [
-                a if a.name in held else rewritten.pop(a.name)
+                rewritten.pop(a.name) if a.name in rewritten else a
                 for a in node.attribute
-                if a.name in held or a.name in rewritten
+                if a.name in rewritten or a.name in held
             ]
             merged.extend(rewritten.values())
             del target.attribute[:]
