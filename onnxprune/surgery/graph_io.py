@@ -179,6 +179,10 @@ def export_model(gs_model: GsModel, source: ModelProto, *, keep_value_info: bool
     """Export the rewritten graph as a new model, taking from ``source`` what the rewrite
     leaves alone (see module doc). ``keep_value_info``: copy ``source``'s value_info (the
     rewrite changed no shape); otherwise the result has none (the caller re-infers)."""
+    # No graph.cleanup(): the exporter already writes only the constants nodes read (a
+    # replaced original is gone), and cleanup would also drop dead custom-domain nodes that
+    # normalisation deliberately keeps. No toposort(): the rewrite adds no node, the masked
+    # reference puts each Mul right before its reader, so the source order stays valid.
     exported = gs.export_onnx(
         gs_model.graph, do_type_check=False, opset_imports=list(source.opset_import)
     )
