@@ -5,25 +5,49 @@ fingerprint of the run (model hash, strategy, seed, budget, reward split size), 
 ``state_dict()``, the env's plan cache, the episode log and the best plan. A resumed run
 loads it and ends with the same result as an uninterrupted one.
 
-It is read with ``torch.load(weights_only=False)``: only load checkpoints you wrote.
+The file cannot carry code. It is ``MAGIC``, the SHA-256 of the payload, and the payload:
+a ``torch.save`` of plain types and tensors only (numpy arrays are stored as bytes + dtype +
+shape), read back with ``torch.load(weights_only=True)``, whose unpickler refuses anything
+else. A truncated, corrupted, foreign or crafted file is one clear error, never a traceback
+and never executed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from onnxprune.atomic import atomic_path
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import InternalError, OnnxPruneError
 from onnxprune.search.result import BestPlan, EpisodeRecord
 from onnxprune.search.strategy import Strategy
 
 CHECKPOINT = "checkpoint.pt"
+MAGIC = b"onnxprune checkpoint 2\n"
+_ARRAY = "__ndarray__"
 
 # Strategy keys a resumed run may change: the episode count may grow (extend a finished
 # run), and the evaluation budget, final recovery and held-out size do not touch the search.
 _FREE_KEYS = ("episodes", "evaluations", "recover", "eval_samples", "name", "source")
+
+
+def data_sha256(*arrays: np.ndarray | None) -> str:
+    """Hash of the samples a search learns from (inputs and labels of its splits), so a
+    ``--resume`` with other data is refused even when the sample count matches."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        if array is None:
+            digest.update(b"none")
+            continue
+        contiguous = np.ascontiguousarray(array)
+        digest.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
+        digest.update(contiguous.tobytes())
+    return digest.hexdigest()
 
 
 def fingerprint(
@@ -33,9 +57,11 @@ def fingerprint(
     flops: float,
     n_reward: int,
     free_keys: tuple[str, ...] = (),
+    data_sha: str = "",
 ) -> dict[str, Any]:
     """What must match for ``--resume``; ``free_keys``: further strategy keys the agent
-    derives from the episode count (``Agent.resume_free_keys``), so they may change too."""
+    derives from the episode count (``Agent.resume_free_keys``), so they may change too;
+    ``data_sha``: :func:`data_sha256` of the search's data."""
     settings = strategy.to_dict()
     for free in (*_FREE_KEYS, *free_keys):
         settings.pop(free)
@@ -45,7 +71,35 @@ def fingerprint(
         "seed": seed,
         "flops": flops,
         "reward_samples": n_reward,
+        "data_sha": data_sha,
     }
+
+
+def _encode(value: Any) -> Any:
+    """``value`` with numpy arrays and scalars turned into types ``weights_only`` accepts."""
+    if isinstance(value, np.ndarray):
+        contiguous = np.ascontiguousarray(value)
+        if contiguous.dtype.hasobject:
+            raise InternalError("a search state holds an object array; it cannot be saved")
+        return {_ARRAY: contiguous.tobytes(), "dtype": contiguous.dtype.str, "shape": value.shape}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {_encode(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_encode(v) for v in value)
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if _ARRAY in value:
+            flat = np.frombuffer(value[_ARRAY], dtype=np.dtype(value["dtype"]))
+            return flat.reshape(tuple(value["shape"])).copy()
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_decode(v) for v in value)
+    return value
 
 
 @dataclass
@@ -96,24 +150,55 @@ class Checkpoint:
         return {"path": str(self.path), "fingerprint": self.fingerprint}
 
     def save(self, state: SearchState) -> None:
-        """Write ``state`` atomically (temporary file + rename)."""
+        """Write ``state`` atomically (temporary file + rename) with its checksum."""
         import torch
 
+        buffer = io.BytesIO()
+        torch.save(_encode({"fingerprint": self.fingerprint, **state.to_dict()}), buffer)
+        payload = buffer.getvalue()
         with atomic_path(self.path) as tmp:
-            torch.save({"fingerprint": self.fingerprint, **state.to_dict()}, tmp)
+            Path(tmp).write_bytes(MAGIC + hashlib.sha256(payload).hexdigest().encode() + payload)
 
-    def load(self) -> SearchState:
-        """The saved state; refuses a missing file or another run's checkpoint."""
+    def _read(self) -> dict[str, Any]:
+        """The checkpoint's content, or one clear error for a damaged or foreign file."""
         import torch
 
-        if not self.path.exists():
+        damaged = (
+            f"--resume: checkpoint '{self.path}' is damaged or not an onnxprune checkpoint "
+            "({why}); delete it to start over, or use a new output folder"
+        )
+        if not self.path.is_file():
             raise OnnxPruneError(
                 f"--resume: no checkpoint '{self.path}' in the output folder; run without --resume"
             )
-        data = torch.load(self.path, weights_only=False)
+        raw = self.path.read_bytes()
+        if not raw.startswith(MAGIC):
+            raise OnnxPruneError(damaged.format(why="unknown format"))
+        digest, payload = raw[len(MAGIC) : len(MAGIC) + 64], raw[len(MAGIC) + 64 :]
+        if hashlib.sha256(payload).hexdigest().encode() != digest:
+            raise OnnxPruneError(damaged.format(why="checksum mismatch: truncated or modified"))
+        try:
+            data = torch.load(io.BytesIO(payload), weights_only=True)
+        except Exception as exc:  # the safe unpickler refuses anything but plain data
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            raise OnnxPruneError(damaged.format(why=why)) from exc
+        if not isinstance(data, dict):
+            raise OnnxPruneError(damaged.format(why="unexpected content"))
+        return _decode(data)
+
+    def load(self) -> SearchState:
+        """The saved state; refuses a missing, damaged or foreign file or another run's."""
+        data = self._read()
         if data.get("fingerprint") != self.fingerprint:
             raise OnnxPruneError(
                 f"--resume: checkpoint '{self.path}' was made with another model, strategy, "
-                "seed, --flops or --reward-samples; use the same arguments or a new output folder"
+                "seed, --flops, --reward-samples or data; use the same arguments or a new "
+                "output folder"
             )
-        return SearchState.from_dict(data)
+        try:
+            return SearchState.from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OnnxPruneError(
+                f"--resume: checkpoint '{self.path}' has the right fingerprint but an unreadable "
+                f"state ({type(exc).__name__}: {exc}); delete it to start over"
+            ) from exc

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from onnxprune.errors import InternalError, OnnxPruneError
-from onnxprune.search.checkpoint import CHECKPOINT, Checkpoint, SearchState, fingerprint
+from onnxprune.search.checkpoint import (
+    CHECKPOINT,
+    Checkpoint,
+    SearchState,
+    data_sha256,
+    fingerprint,
+)
 from onnxprune.search.finalize import finalize
 from onnxprune.search.prepare import SearchSetup, prepare
 from onnxprune.search.result import BestPlan, EpisodeRecord, SearchOutcome, SearchResult
@@ -97,6 +103,7 @@ def _start(setup: SearchSetup, resume: bool) -> tuple[SearchState, int | None, C
         setup.flops,
         len(setup.splits.reward),
         type(setup.agent).resume_free_keys,
+        _searched_data_sha(setup),
     )
     checkpoint = Checkpoint(setup.outdir / CHECKPOINT, run_fingerprint)
     # Created only now, after every input check: a refused run leaves nothing behind.
@@ -107,6 +114,16 @@ def _start(setup: SearchSetup, resume: bool) -> tuple[SearchState, int | None, C
     setup.agent.load_state_dict(state.agent)
     setup.env.cache.update(state.cache)
     return state, len(state.log), checkpoint
+
+
+def _searched_data_sha(setup: SearchSetup) -> str:
+    """Hash of the splits that decide the plan (reward, LS fit, selection); the held-out
+    split only grades the result, so ``--eval-data`` may change on resume."""
+    splits = setup.splits
+    arrays = []
+    for split in (splits.reward, splits.fit, splits.select):
+        arrays += [None, None] if split is None else [split.x, split.y]
+    return data_sha256(*arrays)
 
 
 @contextlib.contextmanager
