@@ -75,6 +75,30 @@ def _describe(group_id: int, tensors: Iterable[str]) -> str:
     return f"group {group_id} (tensor '{names[0]}'{more})"
 
 
+_PLAN_KEYS = frozenset({"format", "model_sha256", "meta", "groups"})
+_GROUP_KEYS = frozenset({"id", "channels", "kept", "tensors", "tensor_count", "keep"})
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _json_int(value: Any, where: str) -> int:
+    """``value`` if it is a JSON integer (``bool`` is not, nor ``3.0``, ``"3"`` or ``Infinity``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PlanError(f"{where} must be an integer, got {_short(value)}")
+    return value
+
+
+def _check_keys(data: Mapping[str, Any], known: frozenset[str], where: str) -> None:
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise PlanError(
+            f"{where} has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+        )
+
+
 @dataclass
 class PruningPlan:
     """Keep indices per channel group, for the model whose normalised SHA-256 is ``model_sha``.
@@ -160,38 +184,56 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "plan") -> PruningPlan:
-        """Parse the JSON form (structure only; :func:`validate_plan` checks the groups)."""
+        """Parse the JSON form (structure only; :func:`validate_plan` checks the groups).
+
+        Strict: every field must have its JSON type (integers are integers, not ``3.9``,
+        ``true`` or ``"3"``), ``format`` (if given) must be :data:`PLAN_FORMAT`, unknown keys are
+        refused, so an edit that does not mean what it says is an error, never coerced.
+        """
         if not isinstance(data, Mapping) or not isinstance(data.get("groups"), list):
             raise PlanError(
                 f"{source} is not an onnxprune plan: expected an object with a 'groups' list "
                 f"(format {PLAN_FORMAT}); write one with `onnxprune prune --save-plan`"
             )
-        keep: dict[int, list[int]] = {}
-        sizes: dict[int, int] = {}
-        tensors: dict[int, list[str]] = {}
+        _check_keys(data, _PLAN_KEYS, source)
+        if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:  # hand-written plans may omit it
+            raise PlanError(
+                f"{source} has format {data.get('format')!r}, this onnxprune reads "
+                f"{PLAN_FORMAT!r}; write a new plan with `onnxprune prune --save-plan`"
+            )
+        model_sha = data.get("model_sha256", "")
+        if not isinstance(model_sha, str):
+            raise PlanError(f"{source}: 'model_sha256' must be a string, got {model_sha!r}")
+        meta = data.get("meta") or {}
+        if not isinstance(meta, Mapping):
+            raise PlanError(f"{source}: 'meta' must be an object, got {_short(meta)}")
+        plan = cls(keep={}, model_sha=model_sha, meta=dict(meta))
         for position, entry in enumerate(data["groups"]):
-            if not isinstance(entry, Mapping) or "id" not in entry or "keep" not in entry:
-                raise PlanError(f"{source}: groups[{position}] needs an 'id' and a 'keep' list")
-            try:
-                group_id = int(entry["id"])
-                indices = [int(i) for i in entry["keep"]]
-            except (TypeError, ValueError) as exc:
-                raise PlanError(
-                    f"{source}: groups[{position}] has a non-integer id or keep index ({exc})"
-                ) from exc
-            if group_id in keep:
-                raise PlanError(f"{source}: group {group_id} is listed twice; merge the entries")
-            keep[group_id] = indices
-            if entry.get("channels") is not None:
-                sizes[group_id] = int(entry["channels"])
-            tensors[group_id] = [str(t) for t in entry.get("tensors", [])]
-        return cls(
-            keep=keep,
-            model_sha=str(data.get("model_sha256", "")),
-            meta=dict(data.get("meta") or {}),
-            sizes=sizes,
-            tensors=tensors,
-        )
+            plan._add_entry(entry, f"{source}: groups[{position}]")
+        return plan
+
+    def _add_entry(self, entry: Any, where: str) -> None:
+        """One ``groups[i]`` object of the JSON form, type-checked."""
+        if not isinstance(entry, Mapping) or "id" not in entry or "keep" not in entry:
+            raise PlanError(f"{where} needs an 'id' and a 'keep' list")
+        _check_keys(entry, _GROUP_KEYS, where)
+        group_id = _json_int(entry["id"], f"{where}.id")
+        if not isinstance(entry["keep"], list):
+            raise PlanError(
+                f"{where}.keep must be a list of channel indices, got {_short(entry['keep'])}"
+            )
+        indices = [_json_int(i, f"{where}.keep[{k}]") for k, i in enumerate(entry["keep"])]
+        if group_id in self.keep:
+            raise PlanError(f"{where}: group {group_id} is listed twice; merge the entries")
+        self.keep[group_id] = indices
+        if entry.get("channels") is not None:
+            self.sizes[group_id] = _json_int(entry["channels"], f"{where}.channels")
+        tensors = entry.get("tensors", [])
+        if not isinstance(tensors, list) or not all(isinstance(t, str) for t in tensors):
+            raise PlanError(
+                f"{where}.tensors must be a list of tensor names, got {_short(tensors)}"
+            )
+        self.tensors[group_id] = list(tensors)
 
     @classmethod
     def load(
@@ -214,6 +256,8 @@ class PruningPlan:
             raise PlanError(f"plan file '{file}' does not exist; check the path") from exc
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PlanError(f"plan file '{file}' is not readable JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise PlanError(f"plan file '{file}' is nested too deeply to be a plan") from exc
         plan = cls.from_dict(data, source=f"plan file '{file}'")
         expected = model_sha256(analysis.model)
         if check_sha and plan.model_sha and plan.model_sha != expected:

@@ -153,3 +153,48 @@ def test_to_dict_and_str_of_full_plan(tf_flatten):
     assert plan.to_dict()["groups"] == []
     assert kept_counts(plan, tf_flatten) == tf_flatten.group_sizes()
     assert str(plan).startswith(f"PruningPlan for model {plan.model_sha[:12]} (0 groups listed)")
+
+
+# Strict plans (issue 15): what used to be coerced silently or crash is one clear PlanError.
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d, g: g.update(keep="123"), r"groups\[0\]\.keep must be a list"),
+        (
+            lambda d, g: g.update(keep=[0, 3.9]),
+            r"groups\[0\]\.keep\[1\] must be an integer, got 3\.9",
+        ),
+        (lambda d, g: g.update(keep=[True, 2]), r"keep\[0\] must be an integer, got True"),
+        (lambda d, g: g.update(keep=["1"]), r"keep\[0\] must be an integer, got '1'"),
+        (lambda d, g: g.update(id="0"), r"groups\[0\]\.id must be an integer"),
+        (lambda d, g: g.update(channels=8.0), r"groups\[0\]\.channels must be an integer"),
+        (lambda d, g: g.update(tensors="a"), r"groups\[0\]\.tensors must be a list"),
+        (lambda d, g: g.update(kep=[1]), r"groups\[0\] has unknown key\(s\) kep"),
+        (lambda d, g: d.update(meta=[1, 2]), r"'meta' must be an object, got \[1, 2\]"),
+        (lambda d, g: d.update(format="onnxprune-plan/0"), r"has format 'onnxprune-plan/0'"),
+        (lambda d, g: d.update(model_sha256=5), r"'model_sha256' must be a string"),
+        (lambda d, g: d.update(group=[]), r"has unknown key\(s\) group"),
+    ],
+)
+def test_plan_fields_are_never_coerced(tf_flatten, tmp_path, edit, message):
+    group = next(g for g in tf_flatten.groups if g.prunable)
+    entry = {"id": group.id, "keep": [0, 1]}
+    data = {"format": "onnxprune-plan/1", "model_sha256": model_sha256(tf_flatten.model)}
+    data["groups"] = [entry]
+    edit(data, entry)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlanError, match=message) as info:
+        PruningPlan.load(path, tf_flatten)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_infinity_and_deep_nesting_are_clear_errors(tf_flatten, tmp_path):
+    group = next(g for g in tf_flatten.groups if g.prunable)
+    path = tmp_path / "inf.json"
+    path.write_text(f'{{"groups": [{{"id": {group.id}, "keep": [0, Infinity]}}]}}')
+    with pytest.raises(PlanError, match=r"keep\[1\] must be an integer, got inf"):
+        PruningPlan.load(path, tf_flatten)
+    path.write_text('{"groups": [], "meta": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(PlanError, match="nested too deeply|not readable JSON"):
+        PruningPlan.load(path, tf_flatten)
