@@ -12,6 +12,9 @@ Contract:
 from __future__ import annotations
 
 import os
+import re
+import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, overload
@@ -19,7 +22,7 @@ from typing import Literal, overload
 import onnx
 from onnx import ModelProto, TensorProto, numpy_helper
 
-from onnxprune.atomic import atomic_path
+from onnxprune.atomic import atomic_path, commit_file, staging_folder, write_error
 from onnxprune.errors import OnnxPruneError
 
 # Models above this size are saved with external data (protobuf's 2 GB limit).
@@ -307,33 +310,94 @@ def save_model(
     """Atomically write ``model`` to ``path`` (temp file in the same folder + rename).
 
     ``protect`` lists paths that must never be overwritten (the input model): saving onto
-    one of them raises :class:`OnnxPruneError` and writes nothing.
+    one of them, or onto the external-data file of one of them, raises
+    :class:`OnnxPruneError` and writes nothing. A model too large for one protobuf is saved
+    with its weights in ``<name>.<token>.data`` beside it (see :func:`_save_external`).
     """
     target = Path(path)
-    for p in protect:
-        if _same_file(target, Path(p)):
+    protected = _protected_files(protect)
+    for p in protected:
+        if _same_file(target, p):
+            what = "input model" if p.suffix == ".onnx" else "input model's external data"
             raise OnnxPruneError(
-                f"refusing to overwrite the input model '{p}'; choose another output path with -o"
+                f"refusing to overwrite the {what} '{p}'; choose another output path with -o"
             )
     if target.exists() and target.is_dir():
         raise OnnxPruneError(
             f"output path '{target}' is a folder; give a file name ending in .onnx"
         )
-    large = model.ByteSize() >= _EXTERNAL_DATA_THRESHOLD
-    with atomic_path(target) as tmp:
-        tmp_name = str(tmp)
-        if large:
-            data_name = target.name + ".data"
-            onnx.save_model(
-                model,
-                tmp_name,
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-            )
-        else:
-            onnx.save_model(model, tmp_name)
+    if model.ByteSize() >= _EXTERNAL_DATA_THRESHOLD:
+        _save_external(model, target, protected)
+    else:
+        with atomic_path(target) as tmp:
+            onnx.save_model(model, str(tmp))
+        _remove_stale_data(target, keep=None, protected=protected)
     return target
+
+
+def _protected_files(protect: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The protected paths plus the external-data files their models reference."""
+    files = [Path(p) for p in protect]
+    for path in list(files):
+        if path.is_dir():  # a model given as its folder: protect every model file in it
+            files += sorted(p for p in path.iterdir() if p.suffix == ".onnx")
+    for model_file in list(files):
+        if model_file.is_file() and model_file.suffix == ".onnx":
+            try:
+                header = onnx.load(str(model_file), load_external_data=False)
+            except Exception:  # not a readable model: nothing more to protect
+                continue
+            for tensor in header.graph.initializer:
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        files.append(model_file.parent / entry.value)
+    return files
+
+
+def _data_files(target: Path) -> list[Path]:
+    """External-data files an earlier :func:`save_model` wrote for ``target``."""
+    pattern = re.compile(re.escape(target.name) + r"\.[0-9a-f]{16}\.data")
+    if not target.parent.is_dir():
+        return []
+    return [p for p in target.parent.iterdir() if pattern.fullmatch(p.name)]
+
+
+def _remove_stale_data(target: Path, keep: Path | None, protected: list[Path]) -> None:
+    for stale in _data_files(target):
+        if stale != keep and not any(_same_file(stale, p) for p in protected):
+            stale.unlink(missing_ok=True)
+
+
+def _save_external(model: ModelProto, target: Path, protected: list[Path]) -> None:
+    """Write a large model and its weights as one crash-safe file set.
+
+    The weights go to a new file ``<name>.<token>.data`` (a fresh name, so it never lands on
+    a file this run did not create, e.g. an input's ``<name>.data``), both files are written
+    in a private staging folder and renamed in: data first, then the model. At every moment
+    the ``.onnx`` on disk references a complete data file (the old or the new one); data
+    files of earlier saves to the same path are removed afterwards.
+    """
+    data_name = f"{target.name}.{secrets.token_hex(8)}.data"
+    # onnx's external-data writer moves the weights out of the proto it is given: write a
+    # copy, so the caller's model keeps its weights.
+    staged_model = ModelProto()
+    staged_model.CopyFrom(model)
+    with staging_folder(target) as folder:
+        onnx.save_model(
+            staged_model,
+            str(folder / target.name),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+        )
+        data_target = target.parent / data_name
+        try:
+            commit_file(folder / data_name, data_target)
+            commit_file(folder / target.name, target)
+        except OSError as exc:
+            data_target.unlink(missing_ok=True)
+            raise write_error(target, exc) from exc
+    _remove_stale_data(target, keep=target.parent / data_name, protected=protected)
 
 
 def initializer_map(model: ModelProto) -> dict[str, TensorProto]:
