@@ -13,18 +13,19 @@ import onnxprune
 
 # Stage -> level. A module may import from its own stage and from stages of a lower level.
 LEVELS = {
-    "errors": 0, "atomic": 0, "progress": 0, "ops": 0,
-    "model": 1,
-    "normalize": 2, "data": 2, "convert": 2,
-    "deps": 3,
-    "cost": 4, "plan": 4,
-    "budget": 5,
-    "importance": 6, "surgery": 6, "evaluate": 6, "hgraph": 6,
-    "recover": 7, "env": 7, "gate": 7,
-    "rl": 8,
-    "pipeline": 9,
-    "search": 10,
-    "cli": 11,
+    "errors": 0, "ops": 0,
+    "atomic": 1, "progress": 1,
+    "model": 2,
+    "normalize": 3, "data": 3, "convert": 3,
+    "deps": 4,
+    "cost": 5, "plan": 5,
+    "budget": 6,
+    "importance": 7, "surgery": 7, "evaluate": 7, "hgraph": 7,
+    "recover": 8, "env": 8, "gate": 8,
+    "rl": 9,
+    "pipeline": 10,
+    "search": 11,
+    "cli": 12,
 }  # fmt: skip
 PACKAGE = Path(onnxprune.__file__).parent
 

@@ -27,6 +27,7 @@ from onnxprune.search.checkpoint import (
     fingerprint,
 )
 from onnxprune.search.finalize import finalize
+from onnxprune.search.outdir import OutputLock, check_output_folder
 from onnxprune.search.prepare import SearchSetup, prepare
 from onnxprune.search.result import BestPlan, EpisodeRecord, SearchOutcome, SearchResult
 from onnxprune.search.reward import select_final
@@ -74,21 +75,20 @@ def run_search(
     if not 0 < flops <= 1:
         raise OnnxPruneError(f"--flops must be a fraction of the MACs in (0, 1], got {flops}")
     out = Path(outdir)
-    if out.exists() and not out.is_dir():
-        raise OnnxPruneError(f"output '{out}' exists and is not a folder; pass a folder with -o")
+    check_output_folder(out, resume)  # before any work: nothing of another run is touched
     setup = prepare(
         Path(model_path), data, eval_data, flops, strat, out, seed, device, threads, started
     )
-    state, resumed_from, checkpoint = _start(setup, resume)
-    search_start = time.perf_counter()
-    interrupted = _run_episodes(setup, state, checkpoint, show_progress, on_episode)
-    if state.best is None:
-        raise InternalError("the search ended without a single finished episode")
-    best, selection = _final_pick(setup, state.best, state.log, interrupted)
-    outcome = SearchOutcome(
-        best, state.log, interrupted, resumed_from, time.perf_counter() - search_start, selection
-    )
-    return finalize(setup, outcome, latency_runs)
+    with OutputLock(out):
+        state, resumed_from, checkpoint = _start(setup, resume)
+        search_start = time.perf_counter()
+        interrupted = _run_episodes(setup, state, checkpoint, show_progress, on_episode)
+        if state.best is None:
+            raise InternalError("the search ended without a single finished episode")
+        best, selection = _final_pick(setup, state.best, state.log, interrupted)
+        seconds = time.perf_counter() - search_start
+        outcome = SearchOutcome(best, state.log, interrupted, resumed_from, seconds, selection)
+        return finalize(setup, outcome, latency_runs)
 
 
 def _start(setup: SearchSetup, resume: bool) -> tuple[SearchState, int | None, Checkpoint]:
