@@ -24,6 +24,7 @@ from onnx import ModelProto, TensorProto, numpy_helper
 
 from onnxprune.atomic import atomic_path, commit_file, staging_folder, write_error
 from onnxprune.errors import OnnxPruneError
+from onnxprune.validate import check_declared_sizes, validate_model
 
 # Models above this size are saved with external data (protobuf's 2 GB limit).
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -95,10 +96,12 @@ def load_model(path: str | os.PathLike[str], *, infer_shapes: bool = True) -> Mo
             f"'{file}' parsed but holds no graph; it is probably not an ONNX model or is truncated"
         )
     _check_external_data_paths(model, file.parent)
+    check_declared_sizes(model, file.parent, f"model '{file}'")
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(file.parent))
     except Exception as exc:
         raise OnnxPruneError(f"could not read the external data of '{file}': {exc}") from exc
+    validate_model(model, f"model '{file}'")
     if infer_shapes:
         model = infer_model_shapes(model)
     return model

@@ -14,7 +14,7 @@ import onnxprune
 # Stage -> level. A module may import from its own stage and from stages of a lower level.
 LEVELS = {
     "errors": 0, "ops": 0,
-    "atomic": 1, "progress": 1,
+    "atomic": 1, "progress": 1, "validate": 1,
     "model": 2,
     "normalize": 3, "data": 3, "convert": 3,
     "deps": 4,

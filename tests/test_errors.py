@@ -43,3 +43,20 @@ def test_internal_error_asks_for_a_report_exit_3(capsys: pytest.CaptureFixture[s
 def test_internal_error_traceback_with_debug() -> None:
     with pytest.raises(InternalError, match="budget"):
         run_guarded(_group(InternalError("budget")), ["--debug", "boom"])
+
+
+def test_any_other_exception_is_an_internal_error_without_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_guarded(_group(ValueError("shape mismatch\nsecond line")), ["boom"]) == EXIT_INTERNAL
+    err = capsys.readouterr().err
+    # the innermost frame inside the package (here the CLI runner; the test's own frame is not)
+    assert err.startswith("internal error, please report: ValueError: shape mismatch at common.py:")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(ValueError):
+        run_guarded(_group(ValueError("x")), ["--debug", "boom"])
+
+
+def test_memory_error_is_a_user_error_with_advice(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_guarded(_group(MemoryError()), ["boom"]) == EXIT_USAGE
+    assert "out of memory" in capsys.readouterr().err

@@ -48,7 +48,38 @@ def run_guarded(cli: click.Group, args: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
+    except MemoryError:
+        if debug:
+            raise
+        click.echo(
+            "error: out of memory; use less data (--reward-samples, --eval-samples, fewer "
+            "images) or a machine with more memory",
+            err=True,
+        )
+        return EXIT_USAGE
+    except Exception as exc:  # any other exception is a bug: never a bare traceback
+        if debug:
+            raise
+        first_line = (str(exc).splitlines() or [""])[0][:300]
+        click.echo(
+            f"internal error, please report: {type(exc).__name__}: {first_line}{_where(exc)} "
+            "(rerun with --debug for the traceback)",
+            err=True,
+        )
+        return EXIT_INTERNAL
     return rv if isinstance(rv, int) else EXIT_OK
+
+
+def _where(exc: BaseException) -> str:
+    """`` at file:line`` of the innermost onnxprune frame, for the bug report."""
+    import traceback
+
+    package = str(Path(__file__).resolve().parents[1])
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(package)]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" at {Path(frame.filename).name}:{frame.lineno}"
 
 
 def echo_json(obj: Any) -> None:
