@@ -24,7 +24,7 @@ from onnx import ModelProto, TensorProto, numpy_helper
 
 from onnxprune.atomic import atomic_path, commit_file, staging_folder, write_error
 from onnxprune.errors import OnnxPruneError
-from onnxprune.validate import check_declared_sizes, validate_model
+from onnxprune.validate import check_declared_sizes, validate_model, validate_shapes
 
 # Models above this size are saved with external data (protobuf's 2 GB limit).
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -104,6 +104,7 @@ def load_model(path: str | os.PathLike[str], *, infer_shapes: bool = True) -> Mo
     validate_model(model, f"model '{file}'")
     if infer_shapes:
         model = infer_model_shapes(model)
+        validate_shapes(model, tensor_shapes(model), f"model '{file}'")
     return model
 
 

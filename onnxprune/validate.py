@@ -8,7 +8,7 @@
    sizes against declared shapes, SSA form, topological order), its message reduced to one
    line that names the node;
 3. onnxprune's own checks of what the checker leaves alone but analysis and surgery rely
-   on: weights consistent with the attributes of Conv / ConvTranspose (``group``,
+   on: every initializer's stored bytes equal what its type and dims declare; weights consistent with the attributes of Conv / ConvTranspose (``group``,
    ``kernel_shape``, ``pads``, ``strides``, ``dilations``), Gemm (``transA``/``transB``, bias
    length) and BatchNormalization (per-channel parameter lengths).
 
@@ -139,6 +139,27 @@ def _check_weights(model: ModelProto, source: str) -> None:
             )
 
 
+def _check_initializers(model: ModelProto, source: str) -> None:
+    """Stored data must match the declared type and dims exactly (the checker only refuses
+    too little ``raw_data``; a float tensor relabelled BOOL passes it and breaks numpy)."""
+    for tensor in model.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
+            continue
+        if tensor.data_type == TensorProto.STRING:
+            raise OnnxPruneError(f"{source}: string tensor '{tensor.name}' cannot hold raw_data")
+        try:
+            expected = _declared_bytes(tensor)
+        except (KeyError, TypeError, ValueError):
+            raise OnnxPruneError(
+                f"{source}: tensor '{tensor.name}' has unknown data type {tensor.data_type}"
+            ) from None
+        if len(tensor.raw_data) != expected:
+            raise OnnxPruneError(
+                f"{source}: tensor '{tensor.name}' holds {len(tensor.raw_data):,} bytes but its "
+                f"type and dims {list(tensor.dims)} declare {expected:,}; re-export the model"
+            )
+
+
 def validate_model(model: ModelProto, source: str) -> None:
     """Refuse a model that onnxprune cannot analyse safely (see the module docstring).
 
@@ -152,7 +173,46 @@ def validate_model(model: ModelProto, source: str) -> None:
             raise OnnxPruneError(
                 f"{source} does not pass onnx.checker: {_one_line(str(exc))}"
             ) from exc
+    _check_initializers(model, source)
     _check_weights(model, source)
+
+
+def _known_dim(dims: tuple[int | None, ...] | None, axis: int) -> int | None:
+    if dims is None or len(dims) <= abs(axis) - (axis < 0):
+        return None
+    return dims[axis]
+
+
+def validate_shapes(model: ModelProto, shapes: dict, source: str) -> None:
+    """After shape inference: input channels and matrix inner sizes agree with the weights.
+
+    ``shapes`` is :func:`onnxprune.model.tensor_shapes` of the inferred model. Only known
+    dims are compared; an unknown one is left to analysis (which freezes what it cannot see).
+    """
+    weights = {t.name: tuple(int(d) for d in t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        problem = None
+        weight = weights.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is None or not node.input[0]:
+            continue
+        if node.op_type == "Conv" and len(weight) >= 3:
+            channels = _known_dim(shapes.get(node.input[0]), 1)
+            group = _int(node, "group", 1)
+            if channels is not None and channels != weight[1] * group:
+                problem = (
+                    f"input has {channels} channels but the weight expects "
+                    f"{weight[1]} x group {group} = {weight[1] * group}"
+                )
+        elif node.op_type == "Gemm" and len(weight) == 2:
+            inner = _known_dim(shapes.get(node.input[0]), 0 if _int(node, "transA", 0) else -1)
+            expected = weight[1] if _int(node, "transB", 0) else weight[0]
+            if inner is not None and inner != expected:
+                problem = f"A's inner size {inner} does not match B's {expected}"
+        if problem is not None:
+            raise OnnxPruneError(
+                f"{source}: node '{node.name or node.output[0]}' ({node.op_type}): {problem}; "
+                "the model is inconsistent, re-export it"
+            )
 
 
 def _available_memory() -> int | None:
@@ -162,9 +222,20 @@ def _available_memory() -> int | None:
         return None
 
 
+# 4-bit types store two elements per byte in raw_data (ONNX IR spec, "sub-byte types")
+_PACKED_4BIT = {
+    getattr(TensorProto, name)
+    for name in ("INT4", "UINT4", "FLOAT4E2M1")
+    if hasattr(TensorProto, name)
+}
+
+
 def _declared_bytes(tensor: TensorProto) -> int:
+    count = math.prod(int(d) for d in tensor.dims)
+    if tensor.data_type in _PACKED_4BIT:
+        return (count + 1) // 2
     itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    return math.prod(int(d) for d in tensor.dims) * itemsize
+    return count * itemsize
 
 
 def check_declared_sizes(model: ModelProto, folder: Path, source: str) -> None:

@@ -51,6 +51,11 @@ def _truncated_weight(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _relabel(model: onnx.ModelProto, data_type: int) -> onnx.ModelProto:
+    model.graph.initializer[0].data_type = data_type  # the fuzzer's find: checker accepts it
+    return model
+
+
 def _old_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     model.opset_import[0].version = 1
     return model
@@ -68,6 +73,9 @@ def _bn_vector_lengths(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 CASES: list[tuple[str, Callable[[], onnx.ModelProto], str]] = [
+    ("channels", lambda: _conv_model(group=2), r"'conv1' \(Conv\): input has 3 channels but the weight expects 3 x group 2 = 6"),
+    ("inner", lambda: _gemm_model((6, 4), 4), r"'fc' \(Gemm\): A's inner size 8 does not match B's 6"),
+    ("dtype", lambda: _relabel(_conv_model(), TensorProto.BOOL), r"tensor 'w' holds 432 bytes but its type and dims \[4, 3, 3, 3\] declare 108"),
     ("group", lambda: _conv_model(group=3), r"node 'conv1' \(Conv\): 4 output channels do not split into group = 3"),
     ("group0", lambda: _conv_model(group=0), r"'conv1' \(Conv\): group = 0"),
     ("kernel", lambda: _conv_model(kernel_shape=[5, 5]), r"kernel_shape \[5, 5\] disagrees"),
