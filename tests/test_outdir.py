@@ -69,3 +69,14 @@ def test_the_lock_is_released_when_the_search_fails(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), OutputLock(tmp_path):
         raise RuntimeError("search failed")
     assert not (tmp_path / LOCK).exists()
+
+
+def test_taking_the_lock_removes_a_killed_runs_temporaries(tmp_path: Path) -> None:
+    for name in (".checkpoint.pt.abc123.pt", ".pruned.onnx.x1.onnx", ".plan.json.q.json"):
+        (tmp_path / name).write_text("half")
+    (tmp_path / ".pruned.onnx.staging").mkdir()  # an external-data staging folder
+    (tmp_path / "plan.json").write_text("{}")  # a real output stays
+    (tmp_path / ".hidden_user_file").write_text("mine")  # not ours: stays
+    with OutputLock(tmp_path):
+        names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".hidden_user_file", LOCK, "plan.json"]

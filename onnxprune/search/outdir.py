@@ -7,13 +7,15 @@
 - :class:`OutputLock` (while the search runs): ``OUTDIR/.onnxprune.lock`` is created
   exclusively and holds the owner's host and pid; a second search into the same folder is
   refused naming that pid. A lock whose process is gone (killed, crashed) is stale and is
-  taken over, so ``kill -9`` never blocks a later ``--resume``.
+  taken over, so ``kill -9`` never blocks a later ``--resume``; the temporaries such a run
+  left half-written are removed once the lock is taken.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +25,7 @@ from onnxprune.search.checkpoint import CHECKPOINT
 
 LOCK = ".onnxprune.lock"
 RESULT_FILES = (CHECKPOINT, "plan.json", "pruned.onnx", "report.json", "report.md")
+_ALL_OUTPUTS = (*RESULT_FILES, "reward.png", "ratios.png")
 
 
 def check_output_folder(outdir: Path, resume: bool) -> None:
@@ -88,8 +91,20 @@ class OutputLock:
                 continue
             with os.fdopen(fd, "w") as handle:
                 handle.write(json.dumps(self.owner))
+            self._remove_temporaries()
             return self
         raise OnnxPruneError(f"could not take the lock '{self.path}'; try again")
+
+    def _remove_temporaries(self) -> None:
+        """Temporaries of outputs a killed run was writing (``.NAME.*`` beside ``NAME``,
+        see :func:`onnxprune.atomic.atomic_path`): the folder is ours now, nobody else is
+        writing them, and the targets themselves were never touched by them."""
+        for entry in self.path.parent.iterdir():
+            if any(entry.name.startswith(f".{name}.") for name in _ALL_OUTPUTS):
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
 
     def __exit__(
         self,
