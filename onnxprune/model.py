@@ -24,7 +24,7 @@ from onnx import ModelProto, TensorProto, numpy_helper
 
 from onnxprune.atomic import atomic_path, commit_file, staging_folder, write_error
 from onnxprune.errors import OnnxPruneError
-from onnxprune.validate import check_declared_sizes, validate_model, validate_shapes
+from onnxprune.validate import check_declared_sizes, one_line, validate_model, validate_shapes
 
 # Models above this size are saved with external data (protobuf's 2 GB limit).
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -124,7 +124,7 @@ def check_model(model: ModelProto, *, full: bool = True) -> None:
         if model.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
             onnx.checker.check_model(model, full_check=full)
     except Exception as exc:
-        raise OnnxPruneError(f"the model does not pass onnx.checker: {exc}") from exc
+        raise OnnxPruneError(f"the model does not pass onnx.checker: {one_line(str(exc))}") from exc
 
 
 @dataclass

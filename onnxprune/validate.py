@@ -37,7 +37,7 @@ def _opset(model: ModelProto) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
     """The checker's first line, plus the node it names in its context block."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     first = lines[0] if lines else "unknown checker error"
@@ -160,18 +160,41 @@ def _check_initializers(model: ModelProto, source: str) -> None:
             )
 
 
+def _check_text(model: ModelProto, source: str) -> None:
+    """Names and symbolic dims must be text: protobuf hands invalid UTF-8 back as ``bytes``
+    (onnx uses proto2), which breaks every stage that formats or compares names."""
+    graph = model.graph
+    values = (*graph.input, *graph.output, *graph.value_info)
+    for value in values:
+        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else ()
+        for text in (value.name, *(d.dim_param for d in dims)):
+            if isinstance(text, bytes):
+                raise OnnxPruneError(
+                    f"{source}: value {value.name!r} has a name or dim that is not valid UTF-8 "
+                    f"({text!r}); the file is corrupted"
+                )
+    for node in graph.node:
+        for text in (node.name, node.op_type, node.domain, *node.input, *node.output):
+            if isinstance(text, bytes):
+                raise OnnxPruneError(
+                    f"{source}: node {node.name!r} has a name, op or tensor that is not valid "
+                    f"UTF-8 ({text!r}); the file is corrupted"
+                )
+
+
 def validate_model(model: ModelProto, source: str) -> None:
     """Refuse a model that onnxprune cannot analyse safely (see the module docstring).
 
     ``source`` names the model in messages (e.g. ``"model 'x.onnx'"``).
     """
     _check_opset(model, source)
+    _check_text(model, source)
     if model.ByteSize() < _CHECKER_LIMIT:
         try:
             onnx.checker.check_model(model)
         except Exception as exc:  # ValidationError, but also protobuf errors on odd fields
             raise OnnxPruneError(
-                f"{source} does not pass onnx.checker: {_one_line(str(exc))}"
+                f"{source} does not pass onnx.checker: {one_line(str(exc))}"
             ) from exc
     _check_initializers(model, source)
     _check_weights(model, source)
