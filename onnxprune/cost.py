@@ -737,7 +737,9 @@ class PlanCost:
         batch: int = 1,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
-        _, shapes, builder, _ = _build(model, batch, input_shapes)
+        _, shapes, builder, used = _build(model, batch, input_shapes)
+        #: The input shapes the costs are for (``{input: dims}``, batch included).
+        self.input_shapes: dict[str, list[int]] = used
         self.group_ids: list[int] = sorted(group_sizes)
         self.group_sizes = dict(group_sizes)
         self._full = np.array([group_sizes[g] for g in self.group_ids] + [1], dtype=np.float64)

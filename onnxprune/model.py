@@ -506,3 +506,26 @@ def format_shapes(shapes: Mapping[str, Sequence[int | str | None]]) -> str:
 def input_shapes(model: ModelProto) -> dict[str, SymbolicDims]:
     """Declared shape of every real input (symbolic names kept)."""
     return {i.name: value_dims(i, symbolic=True) or () for i in graph_inputs(model)}
+
+
+def fixed_input_note(before: ModelProto, after: ModelProto) -> str | None:
+    """A sentence saying which inputs :func:`fix_input_shapes` made static, or ``None``."""
+    old, new = input_shapes(before), input_shapes(after)
+    changed = {
+        name: dims
+        for name, dims in new.items()
+        if any(
+            not isinstance(a, int) and isinstance(b, int)
+            for a, b in zip(old.get(name, ()), dims, strict=False)
+        )
+        or (not old.get(name) and dims)
+    }
+    if not changed:
+        return None
+    shown = {
+        name: [d if isinstance(d, int) else None for d in dims] for name, dims in changed.items()
+    }
+    return (
+        f"input size fixed to {format_shapes(shown)}: shape computations are folded for this "
+        "size, so a model written from it runs at this input size only"
+    )
