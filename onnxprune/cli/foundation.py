@@ -223,9 +223,12 @@ def eval_cmd(
 def bench_cmd(model, batch, runs, warmup, threads, device, input_shapes, as_json) -> int:
     """Latency of one inference (p50/p90/p99 ms) on random input of the model's shape."""
     from onnxprune.evaluate import make_session, measure_latency
+    from onnxprune.model import fix_input_shapes, load_model
 
-    session = make_session(model, device=device, threads=threads)
     shapes = _shapes(input_shapes)
+    # checked against the model's own dims first: a size it cannot run is one clear error
+    onnx_model = fix_input_shapes(load_model(model, infer_shapes=False), shapes)
+    session = make_session(onnx_model, device=device, threads=threads)
     with progress("timing", runs, enabled=not as_json) as task:
         result = measure_latency(
             session, shapes, runs=runs, warmup=warmup, batch=batch, progress=task
