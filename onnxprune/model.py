@@ -355,6 +355,9 @@ def constant_value(model: ModelProto, name: str):
 
 
 # -- input shapes ----------------------------------------------------------------------------
+#: ``dim_param`` values exporters write for "unknown" (paddle2onnx writes ``?``): each
+#: occurrence is its own dim, not one symbol shared by every input.
+ANONYMOUS_DIMS = frozenset({"?", "-1", "None", "unk"})
 #: Key of a bare ``--input-shape DIMS`` (no ``NAME:``): the model's single input.
 SINGLE_INPUT = ""
 
@@ -431,7 +434,7 @@ def _bind_symbols(
                     f"{source} gives input '{inp.name}' size {value} in dimension {axis}, but "
                     f"the model fixes it to {dim}; use {dim} there"
                 )
-            if not isinstance(dim, str) or (keep_batch and axis == 0):
+            if not isinstance(dim, str) or dim in ANONYMOUS_DIMS or (keep_batch and axis == 0):
                 continue
             if dim in bound and bound[dim] != value:
                 raise OnnxPruneError(
@@ -478,7 +481,7 @@ def fix_input_shapes(
                 continue
             if keep_batch and axis == 0 and value.name in inputs:
                 continue
-            size = wanted[axis] if wanted is not None else bound.get(dim.dim_param)
+            size = wanted[axis] if wanted is not None else bound.get(dim.dim_param or "?")
             if size is not None:
                 dim.Clear()
                 dim.dim_value = int(size)

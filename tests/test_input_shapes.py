@@ -187,3 +187,34 @@ def test_groups_info_graph_take_input_shape(dynamic_path: Path):
     assert code == 0 and json.loads(stdout)["inputs"][0]["shape"] == ["batch", 3, 24, 24]
     code, _, err = invoke("graph", dynamic_path, "--input-shape", "input:1x3x24")
     assert code == 2 and "input 'input' has rank 3" in err
+
+
+# ------------------------------------------------------------------ search
+
+
+def test_search_runs_on_a_dynamic_size_at_the_data_size(dynamic_path: Path, tmp_path: Path):
+    from onnxprune.data import Dataset
+    from onnxprune.search import run_search
+    from tests.test_search import _strategy
+
+    x = np.random.default_rng(0).normal(size=(60, 3, 12, 12)).astype(np.float32)
+    result = run_search(
+        dynamic_path, Dataset(x, None, "calib"), 0.6, _strategy(tmp_path, "uniform", 1, 0),
+        tmp_path / "out", show_progress=False, latency_runs=0, reward_samples=30,
+    )  # fmt: skip
+    assert result.input_shapes == {"input": [1, 3, 12, 12]}
+    assert result.original["macs"] == tiny_cnn_macs(WIDTHS, image=12)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["input_shapes"] == {"input": [1, 3, 12, 12]}
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "- input size (MACs are for): input[1x3x12x12]" in markdown
+    assert any("input size fixed to input[?x3x12x12]" in note for note in result.notes)
+
+
+def test_anonymous_dim_params_are_not_one_symbol():
+    """paddle2onnx writes ``?`` for every unknown dim: H and W may differ."""
+    model = _dynamic_cnn()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param = dims[3].dim_param = "?"
+    fixed = fix_input_shapes(model, {"input": (1, 3, 48, 192)})
+    assert value_dims(fixed.graph.input[0], symbolic=True) == ("batch", 3, 48, 192)
