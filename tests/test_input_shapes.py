@@ -218,3 +218,16 @@ def test_anonymous_dim_params_are_not_one_symbol():
     dims[2].dim_param = dims[3].dim_param = "?"
     fixed = fix_input_shapes(model, {"input": (1, 3, 48, 192)})
     assert value_dims(fixed.graph.input[0], symbolic=True) == ("batch", 3, 48, 192)
+
+
+def test_bench_and_gate_take_a_bare_shape(dynamic_path: Path):
+    code, stdout, err = invoke(
+        "bench", dynamic_path, "--input-shape", "1x3x20x20", "--runs", "3", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(stdout)["input_shapes"] == {"input": [1, 3, 20, 20]}
+    code, stdout, err = invoke(
+        "gate", dynamic_path, dynamic_path, "--input-shape", "1x3x20x20", "--runs", "5",
+        "--max-slowdown", "100",
+    )  # fmt: skip
+    assert code == 0, err

@@ -223,11 +223,12 @@ def eval_cmd(
 def bench_cmd(model, batch, runs, warmup, threads, device, input_shapes, as_json) -> int:
     """Latency of one inference (p50/p90/p99 ms) on random input of the model's shape."""
     from onnxprune.evaluate import make_session, measure_latency
-    from onnxprune.model import fix_input_shapes, load_model
+    from onnxprune.model import fix_input_shapes, load_model, named_input_shapes
 
     shapes = _shapes(input_shapes)
     # checked against the model's own dims first: a size it cannot run is one clear error
     onnx_model = fix_input_shapes(load_model(model, infer_shapes=False), shapes)
+    shapes = named_input_shapes(onnx_model, shapes, "--input-shape") if shapes else None
     session = make_session(onnx_model, device=device, threads=threads)
     with progress("timing", runs, enabled=not as_json) as task:
         result = measure_latency(
@@ -320,12 +321,13 @@ def gate_cmd(
     decision is on the ratio of medians, reported with a bootstrap 95 % interval.
     """
     from onnxprune.gate import run_gate
-    from onnxprune.model import load_model
+    from onnxprune.model import load_model, named_input_shapes
 
     if max_accuracy_drop is not None and data_path is None:
         raise OnnxPruneError("--max-accuracy-drop needs --data to measure accuracy on")
     base_model = load_model(base, infer_shapes=False)
     cand_model = load_model(cand, infer_shapes=False)
+    shapes = _shapes(input_shapes)
     if json_out is not None:
         for path in (base, cand):
             if json_out.exists() and json_out.resolve() == path.resolve():
@@ -341,7 +343,7 @@ def gate_cmd(
             warmup=warmup,
             threads=threads,
             device=device,
-            input_shape=_shapes(input_shapes),
+            input_shape=named_input_shapes(base_model, shapes, "--input-shape") if shapes else None,
             baseline_json=baseline_json,
             data=dataset,
             max_accuracy_drop=max_accuracy_drop,
