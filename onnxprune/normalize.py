@@ -39,6 +39,7 @@ Outputs are unchanged up to float rounding of the fused Gemm.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -544,12 +545,22 @@ def resolve_reshape_targets(
     """Apply :func:`static_reshape_targets` and re-infer shapes until nothing changes (a
     rewritten Reshape gives later Shape nodes a known input shape). ``model`` must already
     carry inferred shapes; returns the (re-inferred) model and the number of rewrites."""
+    return _until_unchanged(model, lambda m: static_reshape_targets(m, consts), rounds)
+
+
+def _until_unchanged(
+    model: ModelProto, rewrite: Callable[[ModelProto], int], rounds: int, drop_dead: bool = False
+) -> tuple[ModelProto, int]:
+    """Run ``rewrite`` (in place, returns how many changes) and re-infer shapes, until it
+    changes nothing or ``rounds`` ran: each rewrite can give later nodes static shapes."""
     total = 0
     for _ in range(rounds):
-        count = static_reshape_targets(model, consts)
+        count = rewrite(model)
         if not count:
             break
         total += count
+        if drop_dead:
+            _drop_dead_nodes(model)
         del model.graph.value_info[:]
         model = infer_model_shapes(model)
     return model, total
@@ -739,13 +750,4 @@ def fold_shape_arithmetic(model: ModelProto, rounds: int = 8) -> tuple[ModelProt
     ``model`` is modified in place and must carry inferred shapes.
     """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    total = 0
-    for _ in range(rounds):
-        count = _fold_shape_round(model, opset)
-        if not count:
-            break
-        total += count
-        _drop_dead_nodes(model)
-        del model.graph.value_info[:]
-        model = infer_model_shapes(model)
-    return model, total
+    return _until_unchanged(model, lambda m: _fold_shape_round(m, opset), rounds, drop_dead=True)
