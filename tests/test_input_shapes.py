@@ -231,3 +231,17 @@ def test_bench_and_gate_take_a_bare_shape(dynamic_path: Path):
         "--max-slowdown", "100",
     )  # fmt: skip
     assert code == 0, err
+
+
+def test_search_refuses_data_of_another_size_than_input_shape(dynamic_path: Path, tmp_path: Path):
+    from onnxprune.data import Dataset
+    from onnxprune.search import run_search
+    from tests.test_search import _strategy
+
+    x = np.zeros((40, 3, 12, 12), dtype=np.float32)
+    with pytest.raises(OnnxPruneError, match=r"the data \(calib\) gives input 'input' size 12"):
+        run_search(
+            dynamic_path, Dataset(x, None, "calib"), 0.6, _strategy(tmp_path, "uniform", 1, 0),
+            tmp_path / "out", show_progress=False, input_shapes={"input": (1, 3, 16, 16)},
+        )  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -109,6 +109,10 @@ def _load(
         shapes = data_input_shapes(model, dataset.x.shape[1:])
         source = f"the data ({dataset.source})"
     fixed = fix_input_shapes(model, shapes, source=source)
+    # the data must run at the size the MACs are priced at: a mismatch is one clear error
+    fix_input_shapes(
+        fixed, data_input_shapes(fixed, dataset.x.shape[1:]), source=f"the data ({dataset.source})"
+    )
     note = fixed_input_note(model, fixed)
     analysis = analyze(fixed)
     groups, notes = select_groups(analysis, strat.skip)
