@@ -221,6 +221,7 @@ def prune_cmd(
       --flops F   at most F of the MACs remain: uniform ratio by bisection, then the
                   budget left by rounding regrows the thinnest groups
       --plan P    keep exactly the channels listed in a plan JSON
+
     The input model is never modified; OUTPUT is written atomically. MACs are for
     --input-shape (or the --data samples); a model with a dynamic input size prunes by
     --ratio or --plan without one (MACs then n/a), --flops needs it. A fixed size folds
