@@ -69,7 +69,7 @@ true by construction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,13 +80,21 @@ from onnxprune import ops
 from onnxprune.deps.graph import attr
 from onnxprune.deps.groups import ChannelExpr
 from onnxprune.errors import OnnxPruneError
-from onnxprune.model import FLOAT_TYPES, graph_inputs, static_shape, tensor_shapes
+from onnxprune.model import (
+    FLOAT_TYPES,
+    graph_inputs,
+    named_input_shapes,
+    parse_input_shapes,
+    static_shape,
+    tensor_shapes,
+)
 from onnxprune.normalize import resolve_reshape_targets
 
 __all__ = [
     "ChannelExpr",
     "CostReport",
     "CostTotals",
+    "DynamicInputError",
     "NodeCost",
     "PlanCost",
     "model_cost",
@@ -212,43 +220,21 @@ class CostReport:
 # shapes
 
 
-def parse_input_shapes(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
-    """Parse CLI ``NAME:1x3x224x224`` strings into ``{name: (1, 3, 224, 224)}``."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for spec in specs:
-        name, sep, dims = spec.rpartition(":")
-        try:
-            if not sep or not name:
-                raise ValueError
-            shape = tuple(int(d) for d in dims.lower().split("x"))
-            if any(d <= 0 for d in shape):
-                raise ValueError
-        except ValueError:
-            raise OnnxPruneError(
-                f"input shape '{spec}' is not NAME:DxDx...; e.g. --input-shape input:1x3x224x224"
-            ) from None
-        shapes[name] = shape
-    return shapes
+class DynamicInputError(OnnxPruneError):
+    """A cost needs a static input size the model does not declare and nobody gave."""
 
 
 def _fixed_shape_model(
     model: ModelProto, batch: int, input_shapes: Mapping[str, Sequence[int]] | None
 ) -> tuple[ModelProto, dict[str, list[int]]]:
     """Copy of ``model`` with static input shapes and freshly inferred shapes everywhere."""
-    input_shapes = dict(input_shapes or {})
     fixed = ModelProto()
     fixed.CopyFrom(model)
     del fixed.graph.value_info[:]
     for out in fixed.graph.output:
         if out.type.HasField("tensor_type"):
             out.type.tensor_type.ClearField("shape")
-    names = [i.name for i in graph_inputs(fixed)]
-    unknown = sorted(set(input_shapes) - set(names))
-    if unknown:
-        raise OnnxPruneError(
-            f"--input-shape names '{unknown[0]}', which is not a model input; inputs are: "
-            + ", ".join(names)
-        )
+    input_shapes = named_input_shapes(fixed, input_shapes or {}, "--input-shape")
     used: dict[str, list[int]] = {}
     for inp in graph_inputs(fixed):
         tensor_type = inp.type.tensor_type
@@ -276,7 +262,7 @@ def _fixed_shape_model(
                     str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else "N"
                     for d in dims
                 )
-                raise OnnxPruneError(
+                raise DynamicInputError(
                     f"input '{inp.name}' has dynamic dimension {axis} ('{label}'), so its cost "
                     f"depends on the input size; fix it with --input-shape {inp.name}:{example} "
                     "(or input_shapes=...)"
@@ -751,7 +737,9 @@ class PlanCost:
         batch: int = 1,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
-        _, shapes, builder, _ = _build(model, batch, input_shapes)
+        _, shapes, builder, used = _build(model, batch, input_shapes)
+        #: The input shapes the costs are for (``{input: dims}``, batch included).
+        self.input_shapes: dict[str, list[int]] = used
         self.group_ids: list[int] = sorted(group_sizes)
         self.group_sizes = dict(group_sizes)
         self._full = np.array([group_sizes[g] for g in self.group_ids] + [1], dtype=np.float64)

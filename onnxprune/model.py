@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, overload
@@ -419,3 +419,183 @@ def constant_value(model: ModelProto, name: str):
                 if attr.name == "value":
                     return numpy_helper.to_array(attr.t)
     return None
+
+
+# -- input shapes ----------------------------------------------------------------------------
+#: ``dim_param`` values exporters write for "unknown" (paddle2onnx writes ``?``): each
+#: occurrence is its own dim, not one symbol shared by every input.
+ANONYMOUS_DIMS = frozenset({"?", "-1", "None", "unk"})
+#: Key of a bare ``--input-shape DIMS`` (no ``NAME:``): the model's single input.
+SINGLE_INPUT = ""
+
+
+def parse_input_shapes(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """Parse CLI ``NAME:1x3x224x224`` strings into ``{name: (1, 3, 224, 224)}``.
+
+    A bare ``1x3x224x224`` (the trtexec ``--shapes`` convention for a single input) is keyed
+    :data:`SINGLE_INPUT`; :func:`fix_input_shapes` resolves it to the model's one input.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition(":")
+        try:
+            if sep and not name:
+                raise ValueError
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+            if any(d <= 0 for d in shape):
+                raise ValueError
+        except ValueError:
+            raise OnnxPruneError(
+                f"input shape '{spec}' is not NAME:DxDx... or DxDx...; "
+                "e.g. --input-shape input:1x3x224x224"
+            ) from None
+        if name in shapes:
+            raise OnnxPruneError(f"--input-shape gives input '{name or '(single)'}' twice")
+        shapes[name] = shape
+    return shapes
+
+
+def named_input_shapes(
+    model: ModelProto, shapes: Mapping[str, Sequence[int]], source: str
+) -> dict[str, tuple[int, ...]]:
+    """``shapes`` keyed by real input names (a bare shape resolved), unknown names refused."""
+    names = [i.name for i in graph_inputs(model)]
+    named = {name: tuple(int(d) for d in dims) for name, dims in shapes.items()}
+    if SINGLE_INPUT in named:
+        if len(names) != 1:
+            raise OnnxPruneError(
+                f"{source} gives a shape without an input name but the model has "
+                f"{len(names)} inputs ({', '.join(names)}); write NAME:DIMS for each"
+            )
+        named[names[0]] = named.pop(SINGLE_INPUT)
+    unknown = sorted(set(named) - set(names))
+    if unknown:
+        raise OnnxPruneError(
+            f"{source} names '{unknown[0]}', which is not a model input; inputs are: "
+            + ", ".join(names)
+        )
+    return named
+
+
+def _bind_symbols(
+    model: ModelProto, named: Mapping[str, tuple[int, ...]], source: str, keep_batch: bool
+) -> dict[str, int]:
+    """Symbol (``dim_param``) -> value from the given shapes; checks ranks and fixed dims."""
+    bound: dict[str, int] = {}
+    where: dict[str, str] = {}
+    for inp in graph_inputs(model):
+        if inp.name not in named:
+            continue
+        wanted = named[inp.name]
+        dims = value_dims(inp, symbolic=True)
+        if dims is None:
+            continue  # rank unknown: the given shape becomes the declared one
+        if len(wanted) != len(dims):
+            raise OnnxPruneError(
+                f"{source} for input '{inp.name}' has rank {len(wanted)} "
+                f"({'x'.join(map(str, wanted))}) but the input has rank {len(dims)}"
+            )
+        for axis, (dim, value) in enumerate(zip(dims, wanted, strict=True)):
+            if isinstance(dim, int) and dim != value:
+                raise OnnxPruneError(
+                    f"{source} gives input '{inp.name}' size {value} in dimension {axis}, but "
+                    f"the model fixes it to {dim}; use {dim} there"
+                )
+            if not isinstance(dim, str) or dim in ANONYMOUS_DIMS or (keep_batch and axis == 0):
+                continue
+            if dim in bound and bound[dim] != value:
+                raise OnnxPruneError(
+                    f"{source} gives symbolic dimension '{dim}' two sizes: {bound[dim]} "
+                    f"({where[dim]}) and {value} (input '{inp.name}'); they must agree"
+                )
+            bound[dim], where[dim] = value, f"input '{inp.name}'"
+    return bound
+
+
+def fix_input_shapes(
+    model: ModelProto,
+    shapes: Mapping[str, Sequence[int]] | None,
+    *,
+    keep_batch: bool = True,
+    source: str = "--input-shape",
+) -> ModelProto:
+    """A copy of ``model`` whose inputs have the given static dims, shapes re-inferred.
+
+    ``shapes`` maps input names (or :data:`SINGLE_INPUT`) to full shapes. Symbolic dims
+    (``dim_param``) resolve consistently: fixing ``H`` in one input fixes ``H`` in every input
+    and output that names it. With ``keep_batch`` a dynamic first dimension stays dynamic
+    (sessions then still run any batch; the cost prices batch 1). ``source`` names where
+    the shapes came from in errors (an unknown input name, a rank mismatch, a size that
+    contradicts a fixed dim, one symbol given two sizes). ``None`` or ``{}`` returns
+    ``model`` itself.
+    """
+    if not shapes:
+        return model
+    named = named_input_shapes(model, shapes, source)
+    bound = _bind_symbols(model, named, source, keep_batch)
+    fixed = ModelProto()
+    fixed.CopyFrom(model)
+    inputs = {i.name for i in graph_inputs(fixed)}
+    for value in (*fixed.graph.input, *fixed.graph.output):
+        if not value.type.HasField("tensor_type"):
+            continue
+        shape = value.type.tensor_type.shape
+        if value.name in inputs and value.name in named and not shape.dim:
+            shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in named[value.name])
+        wanted = named.get(value.name) if value.name in inputs else None
+        for axis, dim in enumerate(shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value >= 0:
+                continue
+            if keep_batch and axis == 0 and value.name in inputs:
+                continue
+            size = wanted[axis] if wanted is not None else bound.get(dim.dim_param or "?")
+            if size is not None:
+                dim.Clear()
+                dim.dim_value = int(size)
+    del fixed.graph.value_info[:]
+    return infer_model_shapes(fixed)
+
+
+def data_input_shapes(model: ModelProto, sample_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """``{input: (1, *sample_shape)}`` for a single-input model (the shape of one sample of
+    the data after preprocessing, batch 1); ``{}`` for a multi-input model."""
+    names = [i.name for i in graph_inputs(model)]
+    if len(names) != 1:
+        return {}
+    return {names[0]: (1, *(int(d) for d in sample_shape))}
+
+
+def format_shapes(shapes: Mapping[str, Sequence[int | str | None]]) -> str:
+    """``x[1x3x640x640], y[1x8]`` (``?`` for an unknown dim)."""
+    return ", ".join(
+        f"{name}[{'x'.join('?' if d is None else str(d) for d in dims)}]"
+        for name, dims in shapes.items()
+    )
+
+
+def input_shapes(model: ModelProto) -> dict[str, SymbolicDims]:
+    """Declared shape of every real input (symbolic names kept)."""
+    return {i.name: value_dims(i, symbolic=True) or () for i in graph_inputs(model)}
+
+
+def fixed_input_note(before: ModelProto, after: ModelProto) -> str | None:
+    """A sentence saying which inputs :func:`fix_input_shapes` made static, or ``None``."""
+    old, new = input_shapes(before), input_shapes(after)
+    changed = {
+        name: dims
+        for name, dims in new.items()
+        if any(
+            not isinstance(a, int) and isinstance(b, int)
+            for a, b in zip(old.get(name, ()), dims, strict=False)
+        )
+        or (not old.get(name) and dims)
+    }
+    if not changed:
+        return None
+    shown = {
+        name: [d if isinstance(d, int) else None for d in dims] for name, dims in changed.items()
+    }
+    return (
+        f"input size fixed to {format_shapes(shown)}: shape computations are folded for this "
+        "size, so a model written from it runs at this input size only"
+    )

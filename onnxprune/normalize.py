@@ -14,6 +14,12 @@ Contract of :func:`normalize` (input not mutated, a new model returned):
   (written ``0``, only with ``allowzero=0``) and at most one other dim (written ``-1``).
   The ``Shape`` chain then becomes dead and is dropped, so the analysis sees an ordinary
   static Reshape (see :func:`static_reshape_targets`).
+- Shape arithmetic is constant-folded (:func:`fold_shape_arithmetic`): a Gather/Slice/
+  Concat/Cast/arithmetic/ConstantOfShape/... node whose inputs are all constants, or a
+  ``Shape`` read of dims that are static, becomes an initializer (same tensor name), so the
+  pads, sizes and targets of Pad/Reshape/Resize/Expand computed that way are constants.
+  Dims that stay symbolic keep their computations; with inputs fixed by
+  :func:`onnxprune.model.fix_input_shapes` the model is then fixed to that input size.
 - ``Expand(c, shape)`` of a constant ``c`` feeding a broadcasting binary op whose other
   operand already has the expanded shape is replaced by ``c`` itself (broadcasting gives the
   same values), so per-channel constants stay sliceable.
@@ -33,6 +39,7 @@ Outputs are unchanged up to float rounding of the fused Gemm.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -156,7 +163,15 @@ def normalize(model: ModelProto) -> ModelProto:
     graph.node.extend(kept_nodes)
     _name_nodes(graph)
     out = infer_model_shapes(out)
+    out, folded = fold_shape_arithmetic(out)
+    if folded:
+        consts.update(
+            (t.name, numpy_helper.to_array(t))
+            for t in out.graph.initializer
+            if t.name not in consts
+        )
     out, rewritten = resolve_reshape_targets(out, consts)
+    rewritten += folded
     rewritten += _drop_redundant_expands(out, consts)
     if rewritten:
         _drop_dead_nodes(out)
@@ -530,12 +545,22 @@ def resolve_reshape_targets(
     """Apply :func:`static_reshape_targets` and re-infer shapes until nothing changes (a
     rewritten Reshape gives later Shape nodes a known input shape). ``model`` must already
     carry inferred shapes; returns the (re-inferred) model and the number of rewrites."""
+    return _until_unchanged(model, lambda m: static_reshape_targets(m, consts), rounds)
+
+
+def _until_unchanged(
+    model: ModelProto, rewrite: Callable[[ModelProto], int], rounds: int, drop_dead: bool = False
+) -> tuple[ModelProto, int]:
+    """Run ``rewrite`` (in place, returns how many changes) and re-infer shapes, until it
+    changes nothing or ``rounds`` ran: each rewrite can give later nodes static shapes."""
     total = 0
     for _ in range(rounds):
-        count = static_reshape_targets(model, consts)
+        count = rewrite(model)
         if not count:
             break
         total += count
+        if drop_dead:
+            _drop_dead_nodes(model)
         del model.graph.value_info[:]
         model = infer_model_shapes(model)
     return model, total
@@ -628,3 +653,101 @@ def _drop_redundant_expands(model: ModelProto, consts: dict[str, np.ndarray]) ->
             node.input[slot] = expand.input[0]
             rewired += 1
     return rewired
+
+
+# -- shape arithmetic ----------------------------------------------------------------------
+# Ops of the small integer computations exporters write between a ``Shape`` node and the
+# shape/pads/sizes operand of Pad, Reshape, Resize, Expand, ConstantOfShape (TorchScript's
+# F.pad, paddle2onnx and tf2onnx reshapes). Evaluated on constant inputs only.
+SHAPE_ARITHMETIC = frozenset(
+    {
+        "Gather", "Slice", "Squeeze", "Unsqueeze", "Cast", "Concat", "Identity", "Reshape",
+        "Transpose", "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Floor", "Ceil", "Min",
+        "Max", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or",
+        "Where", "ConstantOfShape", "Range", "Expand", "Tile", "ReduceProd", "ReduceSum",
+        "ReduceMax", "ReduceMin",
+    }
+)  # fmt: skip
+# Larger results are data, not shape arithmetic: folding them would only grow the file.
+_FOLD_MAX_ELEMENTS = 256
+
+
+def _elem_types(model: ModelProto) -> dict[str, int]:
+    values = (*model.graph.input, *model.graph.value_info, *model.graph.output)
+    return {v.name: v.type.tensor_type.elem_type for v in values if v.type.HasField("tensor_type")}
+
+
+def _symbolic_constant(
+    node: onnx.NodeProto, values: _ShapeValues, elem_types: dict[str, int]
+) -> np.ndarray | None:
+    """The value of a shape computation whose every element is a known int (a ``Shape`` of
+    a tensor with static dims, or arithmetic on such), typed like the output; else ``None``."""
+    if node.op_type != "Shape" and node.op_type not in SHAPE_ARITHMETIC:
+        return None
+    value = values.value(node.output[0])
+    if value is None or any(isinstance(e, _Dim) or e is None for e in value[0]):
+        return None
+    elem = elem_types.get(node.output[0]) or (
+        onnx.TensorProto.INT64 if node.op_type == "Shape" else 0
+    )
+    if elem not in _INT_TYPES:
+        return None
+    array = np.array(value[0], dtype=helper.tensor_dtype_to_np_dtype(elem))
+    return array.reshape(()) if value[1] else array
+
+
+def _fold_shape_round(model: ModelProto, opset: int) -> int:
+    """Replace every foldable shape computation by an initializer (in place); returns how
+    many node outputs became constants."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    consts = {
+        t.name: numpy_helper.to_array(t)
+        for t in graph.initializer
+        if int(np.prod(t.dims)) <= _FOLD_MAX_ELEMENTS
+    }
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
+            value = _constant_node_value(node)
+            if value is not None and value.size <= _FOLD_MAX_ELEMENTS:
+                consts[node.output[0]] = value
+    values = _ShapeValues(model, consts)
+    elem_types = _elem_types(model)
+    folded: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+            continue
+        if node.output[0] in outputs or node.op_type == "Constant":
+            continue
+        value = None
+        named = [name for name in node.input if name]
+        if node.op_type in SHAPE_ARITHMETIC and named and all(n in consts for n in named):
+            if len(named) == len(node.input):  # an omitted optional input keeps its slot
+                value = _fold_node(node, [consts[n] for n in node.input], opset)
+        if value is None:
+            value = _symbolic_constant(node, values, elem_types)
+        if value is None or value.size > _FOLD_MAX_ELEMENTS:
+            continue
+        consts[node.output[0]] = value
+        graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+        folded.append(node)
+    for node in folded:
+        graph.node.remove(node)
+    return len(folded)
+
+
+def fold_shape_arithmetic(model: ModelProto, rounds: int = 8) -> tuple[ModelProto, int]:
+    """Constant-fold shape computations whose value is fixed for the model's declared input
+    shapes (as onnx-simplifier does); returns the re-inferred model and how many node outputs
+    became initializers (same tensor names).
+
+    Only nodes whose every input is a constant, or ``Shape`` reads of dims that are static,
+    are folded; a dim that stays symbolic (a dynamic batch, a dynamic H) keeps every
+    computation depending on it at run time. Folding after :func:`onnxprune.model.
+    fix_input_shapes` therefore fixes the model to that input size: the result is exact
+    at that size, not at others. Each folded value re-infers shapes, so a Pad whose pads
+    became constant gives later ``Shape`` reads a static input in the next round.
+    ``model`` is modified in place and must carry inferred shapes.
+    """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    return _until_unchanged(model, lambda m: _fold_shape_round(m, opset), rounds, drop_dead=True)

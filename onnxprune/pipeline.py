@@ -28,6 +28,8 @@ import onnx
 from onnxprune.errors import InternalError, OnnxPruneError
 
 RECOVERY_METHODS = ("none", "ls", "finetune", "ls+finetune")
+#: What a prune prints for MACs and params when the input size is dynamic and not given.
+COST_UNAVAILABLE = "n/a (dynamic input size; pass --input-shape)"
 
 ModelLike = onnx.ModelProto | str | os.PathLike[str]
 
@@ -38,7 +40,10 @@ ModelLike = onnx.ModelProto | str | os.PathLike[str]
 
 @dataclass
 class PruneResult:
-    """What :func:`prune_model` made. Costs are :class:`~onnxprune.cost.CostReport` records."""
+    """What :func:`prune_model` made. Costs are :class:`~onnxprune.cost.CostReport` records,
+    ``None`` when the input size is dynamic and not given (a ratio or plan prune needs no
+    cost); ``input_shapes`` is the input size the costs are for (declared dims otherwise,
+    ``None`` for a dynamic one)."""
 
     plan: Any
     model: onnx.ModelProto
@@ -51,25 +56,37 @@ class PruneResult:
     channels_removed: int
     fallbacks: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    input_shapes: dict[str, list[int | None]] = field(default_factory=dict)
 
     @staticmethod
     def _ratio(before: int, after: int) -> float:
         return after / before if before else 1.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def _costs(self) -> dict[str, Any]:
         before, after = self.original_cost, self.pruned_cost
+        if before is None or after is None:
+            return {k: None for k in ("macs_before", "macs_after", "macs_ratio")} | {
+                "params_before": None, "params_after": None, "params_ratio": None,
+                "cost_unavailable": COST_UNAVAILABLE,
+            }  # fmt: skip
         return {
-            "plan": self.plan.meta,
-            "groups": self.groups,
-            "prunable_groups": self.prunable_groups,
-            "groups_pruned": self.groups_pruned,
-            "channels_removed": self.channels_removed,
             "macs_before": before.macs,
             "macs_after": after.macs,
             "macs_ratio": self._ratio(before.macs, after.macs),
             "params_before": before.params,
             "params_after": after.params,
             "params_ratio": self._ratio(before.params, after.params),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.meta,
+            "groups": self.groups,
+            "prunable_groups": self.prunable_groups,
+            "groups_pruned": self.groups_pruned,
+            "channels_removed": self.channels_removed,
+            "input_shapes": self.input_shapes,
+            **self._costs(),
             "bn_fallback_groups": list(self.fallbacks),
         }
 
@@ -79,16 +96,23 @@ class PruneResult:
                 return f"{before} -> {after}"
             return f"{before:,} -> {after:,} ({after / before:.4f})"
 
+        from onnxprune.model import format_shapes
+
         before, after = self.original_cost, self.pruned_cost
-        return "\n".join(
-            [
-                f"plan     {self.how}",
-                f"groups   {self.groups_pruned} of {self.prunable_groups} prunable groups "
-                f"thinned, {self.channels_removed} channels removed",
+        lines = [
+            f"plan     {self.how}",
+            f"groups   {self.groups_pruned} of {self.prunable_groups} prunable groups "
+            f"thinned, {self.channels_removed} channels removed",
+            f"input    {format_shapes(self.input_shapes)}",
+        ]
+        if before is None or after is None:
+            lines += [f"MACs     {COST_UNAVAILABLE}", f"params   {COST_UNAVAILABLE}"]
+        else:
+            lines += [
                 f"MACs     {change(before.macs, after.macs)}",
                 f"params   {change(before.params, after.params)}",
             ]
-        )
+        return "\n".join(lines)
 
 
 def _prune_checks(
@@ -144,6 +168,8 @@ def prune_model(
     min_channels: int = 1,
     data: Any = None,
     calib_samples: int = 256,
+    input_shapes: Any = None,
+    shapes_source: str = "--input-shape",
 ) -> PruneResult:
     """Prune ``model`` (a ``ModelProto`` or a path) by exactly one of:
 
@@ -154,18 +180,24 @@ def prune_model(
     ``criterion`` ranks channels (``activation`` needs ``data``: a ``Dataset`` or an array of
     model inputs, of which a seeded ``calib_samples`` are used); ``round_to`` and
     ``min_channels`` are the rounding of :mod:`onnxprune.budget`. The pruned model passes
-    ``onnx.checker``. Raises :class:`OnnxPruneError` for an impossible request.
+    ``onnx.checker``. ``input_shapes`` (``{input: dims}``, see
+    :func:`~onnxprune.model.fix_input_shapes`) fixes dynamic input dims first: the costs
+    are then for that size, and shape computations are folded for it (the pruned model
+    runs at that size; ``shapes_source`` names them in errors). Without it, ``ratio`` and ``plan`` work on any model and the costs
+    are ``None`` when the size is dynamic; ``flops`` needs a known size. Raises
+    :class:`OnnxPruneError` for an impossible request.
     """
-    from onnxprune.cost import model_cost
     from onnxprune.data import Dataset
     from onnxprune.deps import analyze
-    from onnxprune.model import check_model, load_model
+    from onnxprune.model import check_model, fix_input_shapes, fixed_input_note, load_model
     from onnxprune.surgery import apply_plan
 
     _prune_checks(ratio, flops, plan, criterion, data)
     name = None if isinstance(model, onnx.ModelProto) else str(model)
-    analysis = analyze(model if isinstance(model, onnx.ModelProto) else load_model(model))
-    notes = []
+    loaded = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    fixed = fix_input_shapes(loaded, input_shapes, source=shapes_source)
+    analysis = analyze(fixed)
+    notes = [note] if (note := fixed_input_note(loaded, fixed)) is not None else []
     if not analysis.prunable_groups() and plan is None:
         where = f"'{name}'" if name else "the model"
         notes.append(
@@ -191,11 +223,13 @@ def prune_model(
                 " + budget fill" if chosen.meta.get("filled") else ""
             )
         how += f" ({criterion}, round-to {round_to}, min-channels {min_channels})"
+    original_cost, pruned_cost, shapes = _costs(analysis.model, pruned)
     return PruneResult(
         plan=chosen,
         model=pruned,
-        original_cost=model_cost(analysis.model),
-        pruned_cost=model_cost(pruned),
+        original_cost=original_cost,
+        pruned_cost=pruned_cost,
+        input_shapes=shapes,
         how=how,
         groups=len(analysis.groups),
         prunable_groups=len(analysis.prunable_groups()),
@@ -204,6 +238,21 @@ def prune_model(
         fallbacks=list(scores.fallbacks) if scores is not None else [],
         notes=notes,
     )
+
+
+def _costs(original: onnx.ModelProto, pruned: onnx.ModelProto) -> tuple[Any, Any, dict]:
+    """``(original cost, pruned cost, input shapes they are for)``; both costs ``None`` when
+    the input size is dynamic (then the shapes hold ``None`` for the dynamic dims)."""
+    from onnxprune.cost import DynamicInputError, model_cost
+    from onnxprune.model import input_shapes
+
+    try:
+        before = model_cost(original)
+    except DynamicInputError:
+        declared = input_shapes(original)
+        shapes = {k: [d if isinstance(d, int) else None for d in v] for k, v in declared.items()}
+        return None, None, shapes
+    return before, model_cost(pruned), dict(before.input_shapes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,6 +461,7 @@ def compare(
 
 
 __all__ = [
+    "COST_UNAVAILABLE",
     "RECOVERY_METHODS",
     "Comparison",
     "PruneResult",

@@ -154,3 +154,41 @@ def load_cli_data(data: Path, model: Any, flags: dict[str, Any] | None = None) -
     if note is not None:
         click.echo(note, err=True)
     return dataset
+
+
+def input_shape_option(func: Any) -> Any:
+    """Click option ``--input-shape [NAME:]DIMS`` (repeatable) as ``input_shapes``."""
+    return click.option(
+        "--input-shape",
+        "input_shapes",
+        multiple=True,
+        metavar="[NAME:]DIMS",
+        help="Fix a dynamic input size, e.g. x:1x3x640x640, or 1x3x640x640 for a single-input "
+        "model (repeat per input). Default: the size of the --data samples, if any.",
+    )(func)
+
+
+def cli_input_shapes(
+    specs: tuple[str, ...], model: Any = None, dataset: Any = None
+) -> tuple[dict[str, tuple[int, ...]] | None, str]:
+    """``(shapes, source)``: parsed ``--input-shape`` specs, else one sample of ``dataset``
+    (``Dataset.x`` after preprocessing, batch 1) for a single-input ``model``, else ``None``.
+    ``source`` names where the shapes came from, for error messages."""
+    from onnxprune.model import data_input_shapes, parse_input_shapes
+
+    if specs:
+        return parse_input_shapes(specs), "--input-shape"
+    if dataset is not None and model is not None:
+        shapes = data_input_shapes(model, dataset.x.shape[1:])
+        return shapes or None, f"the data ({dataset.source})"
+    return None, "--input-shape"
+
+
+def echo_fixed_note(before: Any, after: Any, err: bool = True) -> None:
+    """Tell the user when fixing input shapes made dynamic dims static: shape computations
+    are then folded for that size and a model written from it runs at that size only."""
+    from onnxprune.model import fixed_input_note
+
+    note = fixed_input_note(before, after)
+    if note is not None:
+        click.echo(f"note: {note}", err=err)

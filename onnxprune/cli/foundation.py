@@ -13,7 +13,9 @@ from onnxprune.atomic import atomic_path
 from onnxprune.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
+    cli_input_shapes,
     echo_json,
+    input_shape_option,
     load_cli_data,
     preprocess_options,
     progress,
@@ -27,20 +29,11 @@ def _model_arg(name: str) -> Any:
     return click.argument(name, type=click.Path(path_type=Path))
 
 
-def _input_shape_option(func: Any) -> Any:
-    return click.option(
-        "--input-shape",
-        "input_shapes",
-        multiple=True,
-        metavar="NAME:DxD...",
-        help="Fix a dynamic input shape, e.g. input:1x3x224x224 (repeat per input).",
-    )(func)
+_input_shape_option = input_shape_option
 
 
 def _shapes(specs: tuple[str, ...]):
-    from onnxprune.cost import parse_input_shapes
-
-    return parse_input_shapes(specs) if specs else None
+    return cli_input_shapes(specs)[0]
 
 
 def _write_json_atomic(obj: Any, path: Path) -> None:
@@ -60,12 +53,16 @@ def _write_json_atomic(obj: Any, path: Path) -> None:
     epilog="\b\nExample:\n  onnxprune info examples/cifar_resnet/resnet20.onnx\n  onnxprune info model.onnx --json",
 )
 @_model_arg("model")
+@_input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def info_cmd(model: Path, as_json: bool) -> int:
-    """Show a model's producer, opset, inputs/outputs, op counts and parameters."""
-    from onnxprune.model import load_model, model_info
+def info_cmd(model: Path, input_shapes: tuple[str, ...], as_json: bool) -> int:
+    """Show a model's producer, opset, inputs/outputs, op counts and parameters.
 
-    result = model_info(load_model(model))
+    With --input-shape, the inputs and outputs are shown at that size.
+    """
+    from onnxprune.model import fix_input_shapes, load_model, model_info
+
+    result = model_info(fix_input_shapes(load_model(model), _shapes(input_shapes)))
     if as_json:
         echo_json(result.to_dict())
     else:
@@ -154,6 +151,7 @@ def flops_cmd(
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (default: ORT's).")
 @preprocess_options
+@_input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def eval_cmd(
     model,
@@ -168,6 +166,7 @@ def eval_cmd(
     std,
     layout,
     resize,
+    input_shapes,
     as_json,
 ) -> int:
     """Accuracy (top-1/top-5 with labels) and fidelity to a reference model (agreement, KL).
@@ -175,7 +174,7 @@ def eval_cmd(
     Preprocessing comes from the flags, else from preprocess.json next to the data.
     """
     from onnxprune.evaluate import accuracy_from_logits, make_session, predict
-    from onnxprune.model import load_model
+    from onnxprune.model import fix_input_shapes, load_model
 
     onnx_model = load_model(model, infer_shapes=False)
     dataset = load_cli_data(
@@ -183,6 +182,8 @@ def eval_cmd(
         onnx_model,
         {"scale": scale, "mean": mean, "std": std, "layout": layout, "resize": resize},
     )
+    shapes, source = cli_input_shapes(input_shapes, onnx_model, dataset)
+    onnx_model = fix_input_shapes(onnx_model, shapes, source=source)
     if limit is not None and limit < len(dataset):
         (dataset,) = dataset.split(limit, seed=0)
     sessions = [("model", make_session(onnx_model, device=device, threads=threads))]
@@ -222,9 +223,13 @@ def eval_cmd(
 def bench_cmd(model, batch, runs, warmup, threads, device, input_shapes, as_json) -> int:
     """Latency of one inference (p50/p90/p99 ms) on random input of the model's shape."""
     from onnxprune.evaluate import make_session, measure_latency
+    from onnxprune.model import fix_input_shapes, load_model, named_input_shapes
 
-    session = make_session(model, device=device, threads=threads)
     shapes = _shapes(input_shapes)
+    # checked against the model's own dims first: a size it cannot run is one clear error
+    onnx_model = fix_input_shapes(load_model(model, infer_shapes=False), shapes)
+    shapes = named_input_shapes(onnx_model, shapes, "--input-shape") if shapes else None
+    session = make_session(onnx_model, device=device, threads=threads)
     with progress("timing", runs, enabled=not as_json) as task:
         result = measure_latency(
             session, shapes, runs=runs, warmup=warmup, batch=batch, progress=task
@@ -316,12 +321,13 @@ def gate_cmd(
     decision is on the ratio of medians, reported with a bootstrap 95 % interval.
     """
     from onnxprune.gate import run_gate
-    from onnxprune.model import load_model
+    from onnxprune.model import load_model, named_input_shapes
 
     if max_accuracy_drop is not None and data_path is None:
         raise OnnxPruneError("--max-accuracy-drop needs --data to measure accuracy on")
     base_model = load_model(base, infer_shapes=False)
     cand_model = load_model(cand, infer_shapes=False)
+    shapes = _shapes(input_shapes)
     if json_out is not None:
         for path in (base, cand):
             if json_out.exists() and json_out.resolve() == path.resolve():
@@ -337,7 +343,7 @@ def gate_cmd(
             warmup=warmup,
             threads=threads,
             device=device,
-            input_shape=_shapes(input_shapes),
+            input_shape=named_input_shapes(base_model, shapes, "--input-shape") if shapes else None,
             baseline_json=baseline_json,
             data=dataset,
             max_accuracy_drop=max_accuracy_drop,

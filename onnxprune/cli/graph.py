@@ -6,12 +6,20 @@ from pathlib import Path
 
 import click
 
-from onnxprune.cli.common import echo_json
+from onnxprune.cli.common import cli_input_shapes, echo_fixed_note, echo_json, input_shape_option
 from onnxprune.errors import OnnxPruneError
 
 
-@click.command("graph")
+@click.command(
+    "graph",
+    epilog=(
+        "\b\nExamples:\n  onnxprune graph examples/cifar_resnet/resnet20.onnx\n"
+        "  onnxprune graph model.onnx --png levels.png --graphml levels.graphml\n"
+        "  onnxprune graph detector.onnx --input-shape x:1x3x640x640 --json"
+    ),
+)
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print levels and motifs as JSON.")
 @click.option(
     "--graphml",
@@ -31,7 +39,12 @@ from onnxprune.errors import OnnxPruneError
     help="Largest region (ops) considered as a motif candidate.",
 )
 def graph_command(
-    model: Path, as_json: bool, graphml: Path | None, png: Path | None, max_region: int
+    model: Path,
+    input_shapes: tuple[str, ...],
+    as_json: bool,
+    graphml: Path | None,
+    png: Path | None,
+    max_region: int,
 ) -> None:
     """Build the hierarchical graph of MODEL: levels, motifs and their instance counts.
 
@@ -41,12 +54,16 @@ def graph_command(
     """
     from onnxprune.hgraph import build_hierarchy
     from onnxprune.hgraph.draw import draw_png, write_graphml
-    from onnxprune.model import load_model
+    from onnxprune.model import fix_input_shapes, load_model
 
     for out in (graphml, png):
         if out is not None and out.resolve() == model.resolve():
             raise OnnxPruneError(f"output '{out}' would overwrite the model; choose another path")
-    hierarchy = build_hierarchy(load_model(model), max_region_ops=max_region)
+    loaded = load_model(model)
+    shapes, source = cli_input_shapes(input_shapes)
+    fixed = fix_input_shapes(loaded, shapes, source=source)
+    echo_fixed_note(loaded, fixed)
+    hierarchy = build_hierarchy(fixed, max_region_ops=max_region)
     written: list[Path] = []
     if graphml is not None:
         written.extend(write_graphml(hierarchy, graphml))

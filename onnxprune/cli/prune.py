@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from onnxprune.cli.common import echo_json, load_cli_data, preprocess_options, resolve_model_path
+from onnxprune.cli.common import (
+    cli_input_shapes,
+    echo_fixed_note,
+    echo_json,
+    input_shape_option,
+    load_cli_data,
+    preprocess_options,
+    resolve_model_path,
+)
 
 # Width of the member columns in the `groups` table before abbreviation.
 _COLUMN = 44
@@ -72,12 +80,15 @@ def groups_table(analysis: Any, prunable_only: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _analyze(model_path: Path):
+def _analyze(model_path: Path, specs: tuple[str, ...] = ()):
     from onnxprune.deps import analyze
-    from onnxprune.model import load_model
+    from onnxprune.model import fix_input_shapes, load_model
 
     model = load_model(model_path)
-    return model, analyze(model)
+    shapes, source = cli_input_shapes(specs)
+    fixed = fix_input_shapes(model, shapes, source=source)
+    echo_fixed_note(model, fixed)
+    return fixed, analyze(fixed)
 
 
 def register(main: click.Group) -> None:
@@ -86,23 +97,35 @@ def register(main: click.Group) -> None:
     main.add_command(prune_cmd)
 
 
-@click.command("groups")
+@click.command(
+    "groups",
+    epilog=(
+        "\b\nExamples:\n  onnxprune groups examples/cifar_resnet/resnet20.onnx\n"
+        "  onnxprune groups detector.onnx --input-shape x:1x3x640x640 --prunable --json"
+    ),
+)
 @click.argument("model", type=click.Path(path_type=Path))
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
 @click.option("--prunable", "prunable_only", is_flag=True, help="List prunable groups only.")
-def groups_cmd(model: Path, as_json: bool, prunable_only: bool) -> None:
+def groups_cmd(
+    model: Path, input_shapes: tuple[str, ...], as_json: bool, prunable_only: bool
+) -> None:
     """Show MODEL's channel groups: channels removed together, and why some are frozen.
 
     \b
     Each group lists the nodes whose output rows (producers) and input columns
     (consumers) lose a removed channel and the tensors that carry it.
     """
-    _, analysis = _analyze(resolve_model_path(model))
+    fixed, analysis = _analyze(resolve_model_path(model), input_shapes)
     if as_json:
+        from onnxprune.model import input_shapes as declared_shapes
+
         groups = [g.to_dict() for g in analysis.groups if g.prunable or not prunable_only]
         echo_json(
             {
                 "model": str(model),
+                "input_shapes": declared_shapes(fixed),
                 "groups": groups,
                 "prunable": len(analysis.prunable_groups()),
                 "frozen": len(analysis.groups) - len(analysis.prunable_groups()),
@@ -112,7 +135,15 @@ def groups_cmd(model: Path, as_json: bool, prunable_only: bool) -> None:
         click.echo(groups_table(analysis, prunable_only))
 
 
-@click.command("prune")
+@click.command(
+    "prune",
+    epilog=(
+        "\b\nExamples:\n"
+        "  onnxprune prune examples/cifar_resnet/resnet20.onnx --ratio 0.3 -o pruned.onnx\n"
+        "  onnxprune prune detector.onnx --flops 0.5 --input-shape x:1x3x640x640 -o small.onnx\n"
+        "  onnxprune prune model.onnx --plan plan.json -o pruned.onnx --json"
+    ),
+)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--ratio", type=float, help="Remove round(R*C) channels of every prunable group.")
 @click.option(
@@ -160,6 +191,7 @@ def groups_cmd(model: Path, as_json: bool, prunable_only: bool) -> None:
     help="Samples of --data used for activation statistics.",
 )
 @click.option("--save-plan", type=click.Path(path_type=Path), help="Also write the plan as JSON.")
+@input_shape_option
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), required=True, help="Pruned model."
 )
@@ -176,6 +208,7 @@ def prune_cmd(
     data: Path | None,
     calib_samples: int,
     save_plan: Path | None,
+    input_shapes: tuple[str, ...],
     output: Path,
     as_json: bool,
     **flags: Any,
@@ -188,11 +221,15 @@ def prune_cmd(
       --flops F   at most F of the MACs remain: uniform ratio by bisection, then the
                   budget left by rounding regrows the thinnest groups
       --plan P    keep exactly the channels listed in a plan JSON
-    The input model is never modified; OUTPUT is written atomically. With --criterion
+
+    The input model is never modified; OUTPUT is written atomically. MACs are for
+    --input-shape (or the --data samples); a model with a dynamic input size prunes by
+    --ratio or --plan without one (MACs then n/a), --flops needs it. A fixed size folds
+    shape computations: OUTPUT then runs at that size. With --criterion
     activation, preprocessing of uint8 images comes from the flags, else from
     preprocess.json next to the data.
     """
-    from onnxprune.model import save_model
+    from onnxprune.model import load_model, save_model
     from onnxprune.pipeline import prune_model
 
     chosen = [v for v in (ratio, flops, plan_path) if v is not None]
@@ -202,9 +239,12 @@ def prune_cmd(
     calib = None
     if criterion == "activation" and plan_path is None and data is not None:
         calib = load_cli_data(data, model, flags)
+    declared = load_model(model, infer_shapes=False) if calib is not None else None
+    shapes, source = cli_input_shapes(input_shapes, declared, calib)
     result = prune_model(
         model, ratio=ratio, flops=flops, plan=plan_path, criterion=criterion,
         round_to=round_to, min_channels=min_channels, data=calib, calib_samples=calib_samples,
+        input_shapes=shapes, shapes_source=source,
     )  # fmt: skip
     for note in result.notes:
         click.echo(f"note: {note}", err=True)

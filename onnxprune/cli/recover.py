@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from onnxprune.cli.common import echo_json, load_cli_data
+from onnxprune.cli.common import cli_input_shapes, echo_json, input_shape_option, load_cli_data
 from onnxprune.errors import OnnxPruneError
 from onnxprune.pipeline import RECOVERY_METHODS
 
@@ -16,7 +16,14 @@ def register(main: click.Group) -> None:
     main.add_command(recover)
 
 
-@click.command()
+@click.command(
+    epilog=(
+        "\b\nExamples:\n"
+        "  onnxprune recover pruned.onnx --reference model.onnx --data calib.npz -o recovered.onnx\n"
+        "  onnxprune recover pruned.onnx --reference model.onnx --data images/ --method finetune "
+        "--minutes 10 -o recovered.onnx"
+    )
+)
 @click.argument("pruned", type=click.Path(path_type=Path))
 @click.option(
     "--reference",
@@ -85,13 +92,14 @@ def register(main: click.Group) -> None:
     "read from the weights).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@input_shape_option
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON record instead of text.")
 def recover(
     pruned: Path, reference: Path, data_path: Path, method: str, epochs: float,
     minutes: float | None, lr: float, batch: int, optimizer: str, bn: str, no_augment: bool,
-    ls_images: int, holdout: float, plan_path: Path | None, seed: int, output: Path,
-    as_json: bool,
+    ls_images: int, holdout: float, plan_path: Path | None, seed: int,
+    input_shapes: tuple[str, ...], output: Path, as_json: bool,
 ) -> None:  # fmt: skip
     """Recover the accuracy of PRUNED from the unpruned --reference, on --data.
 
@@ -101,7 +109,7 @@ def recover(
     Accuracy (top-1 with labels, agreement with the reference always) is measured on a
     seeded held-out part of the data before and after. The output has PRUNED's structure.
     """
-    from onnxprune.model import load_model, save_model
+    from onnxprune.model import fix_input_shapes, load_model, save_model
     from onnxprune.pipeline import compare, recover_model
 
     if plan_path is not None and not plan_path.exists():
@@ -113,6 +121,9 @@ def recover(
     pruned_model = load_model(pruned)
     reference_model = load_model(reference)
     dataset = load_cli_data(data_path, reference_model)
+    shapes, source = cli_input_shapes(input_shapes, reference_model, dataset)
+    pruned_model = fix_input_shapes(pruned_model, shapes, source=source)
+    reference_model = fix_input_shapes(reference_model, shapes, source=source)
     held_count = max(1, int(round(holdout * len(dataset))))
     if held_count >= len(dataset):
         raise OnnxPruneError(f"'{data_path}' has only {len(dataset)} samples; need at least 2")

@@ -8,7 +8,9 @@ from typing import Any
 import click
 
 from onnxprune.cli.common import (
+    cli_input_shapes,
     echo_json,
+    input_shape_option,
     load_cli_data,
     preprocess_options,
     resolve_model_path,
@@ -81,6 +83,7 @@ def register(main: click.Group) -> None:
 )
 @click.option("--threads", type=int, help="onnxruntime intra-op threads (default: all cores).")
 @preprocess_options
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option(
     "-o",
@@ -110,6 +113,7 @@ def search_command(
     std: str | None,
     layout: str | None,
     resize: str | None,
+    input_shapes: tuple[str, ...],
     as_json: bool,
     outdir: Path,
 ) -> int:
@@ -124,6 +128,9 @@ def search_command(
     each candidate's least-squares refit is fitted on, a selection split on which the best
     few plans are re-scored for the final pick, and the held-out split the report's
     accuracy comes from (or --eval-data). report.md lists what each got.
+
+    MACs are priced at --input-shape, else at the size of one --data sample; a dynamic
+    input size is fixed to it (shape computations folded: pruned.onnx runs at that size).
 
     Ctrl-C stops the search and keeps the best plan so far; --resume continues it.
     Preprocessing of uint8 images comes from the flags, else from preprocess.json next to
@@ -152,6 +159,7 @@ def search_command(
         show_progress=not as_json,
         latency_runs=latency_runs,
         threads=threads,
+        input_shapes=cli_input_shapes(input_shapes)[0],
     )
     if as_json:
         echo_json(result.to_dict())
@@ -161,7 +169,13 @@ def search_command(
     return 0
 
 
-@click.command("strategies")
+@click.command(
+    "strategies",
+    epilog=(
+        "\b\nExamples:\n  onnxprune strategies\n  onnxprune strategies --json\n"
+        "  onnxprune search model.onnx --flops 0.5 --data calib.npz --strategy fast -o out/"
+    ),
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the presets as JSON.")
 def strategies_command(as_json: bool) -> None:
     """List the bundled search presets."""

@@ -130,6 +130,7 @@ def _write(
         strategy=strategy,
         seed=setup.seed,
         flops_target=setup.flops,
+        input_shapes=setup.input_shapes,
         reward_metric=setup.metric,
         reward_samples=len(setup.splits.reward),
         eval_samples=len(setup.splits.heldout),

@@ -56,6 +56,7 @@ def run_search(
     latency_runs: int = 20,
     threads: int | None = None,
     on_episode: OnEpisode | None = None,
+    input_shapes: Any = None,
 ) -> SearchResult:
     """Search per-group prune ratios that keep ``flops`` of the MACs (see module docstring).
 
@@ -65,6 +66,8 @@ def run_search(
     search once that many distinct plans have been evaluated (repeats hit the cache and are
     free), so agents can be compared at an equal evaluation budget. ``on_episode`` is called
     after each episode (it may raise ``KeyboardInterrupt`` to stop, as Ctrl-C does).
+    ``input_shapes`` (``{input: dims}``, :func:`onnxprune.model.fix_input_shapes`) is the
+    input size the MACs are priced at; default: one sample of ``data``.
     Returns :class:`SearchResult`; raises :class:`OnnxPruneError` for bad input and
     impossible budgets.
     """
@@ -77,8 +80,9 @@ def run_search(
     out = Path(outdir)
     check_output_folder(out, resume)  # before any work: nothing of another run is touched
     setup = prepare(
-        Path(model_path), data, eval_data, flops, strat, out, seed, device, threads, started
-    )
+        Path(model_path), data, eval_data, flops, strat, out, seed, device, threads, started,
+        input_shapes=input_shapes,
+    )  # fmt: skip
     with OutputLock(out):
         state, resumed_from, checkpoint = _start(setup, resume)
         search_start = time.perf_counter()

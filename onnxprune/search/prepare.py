@@ -65,6 +65,7 @@ class SearchSetup:
     threads: int | None
     started: float = field(default_factory=time.perf_counter)
     notes: list[str] = field(default_factory=list)
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return (
@@ -82,26 +83,47 @@ class SearchSetup:
             "groups": [g.id for g in self.groups],
             "metric": self.metric,
             "splits": self.splits.to_dict(),
+            "input_shapes": self.input_shapes,
             "notes": self.notes,
         }
 
 
-def _load(model_file: Path, strat: Strategy) -> tuple[Any, Any, list[Any], Any, list[str]]:
-    """``(model as loaded, analysis, searched groups, plan cost, notes)``."""
+def _load(
+    model_file: Path, strat: Strategy, data: Any, input_shapes: Any
+) -> tuple[Any, Any, Any, list[Any], Any, list[str]]:
+    """``(model as loaded, dataset, analysis, searched groups, plan cost, notes)``.
+
+    The input size is ``input_shapes``, else that of one sample of ``data`` (batch 1): a
+    dynamic size is fixed to it before the analysis, so shape computations fold for it.
+    """
     from onnxprune.cost import PlanCost
+    from onnxprune.data import Dataset, load_data
     from onnxprune.deps import analyze
-    from onnxprune.model import load_model
+    from onnxprune.model import data_input_shapes, fix_input_shapes, fixed_input_note, load_model
 
     model = load_model(model_file)
-    analysis = analyze(model)
+    dataset = data if isinstance(data, Dataset) else load_data(data, model)
+    if input_shapes:
+        shapes, source = input_shapes, "--input-shape"
+    else:
+        shapes = data_input_shapes(model, dataset.x.shape[1:])
+        source = f"the data ({dataset.source})"
+    fixed = fix_input_shapes(model, shapes, source=source)
+    # the data must run at the size the MACs are priced at: a mismatch is one clear error
+    fix_input_shapes(
+        fixed, data_input_shapes(fixed, dataset.x.shape[1:]), source=f"the data ({dataset.source})"
+    )
+    note = fixed_input_note(model, fixed)
+    analysis = analyze(fixed)
     groups, notes = select_groups(analysis, strat.skip)
+    notes = ([note] if note is not None else []) + notes
     plan_cost = PlanCost(analysis.model, analysis.channel_exprs(), analysis.group_sizes())
     if not groups:
         raise OnnxPruneError(
             f"model '{model_file}' has no prunable channel group left after the skip rules "
             f"{strat.skip} (run `onnxprune groups {model_file}` to see why groups are frozen)"
         )
-    return model, analysis, groups, plan_cost, notes
+    return fixed, dataset, analysis, groups, plan_cost, notes
 
 
 def _splits(data: Any, eval_data: Any, model: Any, strat: Strategy, seed: int) -> DataSplits:
@@ -134,15 +156,19 @@ def prepare(
     device: str,
     threads: int | None,
     started: float,
+    input_shapes: Any = None,
 ) -> SearchSetup:
     """Build the search; raises :class:`OnnxPruneError` for bad input before any file is
-    written."""
+    written. ``input_shapes`` (``{input: dims}``) is the input size the MACs are for
+    (default: one sample of ``data``)."""
     from onnxprune.env import ActionGroup, PruningEnv
     from onnxprune.evaluate import make_session
     from onnxprune.importance import channel_scores
 
-    model, analysis, groups, plan_cost, notes = _load(model_file, strat)
-    splits = _splits(data, eval_data, model, strat, seed)
+    model, dataset, analysis, groups, plan_cost, notes = _load(
+        model_file, strat, data, input_shapes
+    )
+    splits = _splits(dataset, eval_data, model, strat, seed)
     reward_split = splits.reward
     metric = reward_metric(strat.reward, reward_split, reward_split.source)
     session = make_session(analysis.model.SerializeToString(), device=device, threads=threads)
@@ -201,4 +227,5 @@ def prepare(
         threads=threads,
         started=started,
         notes=notes,
+        input_shapes=dict(plan_cost.input_shapes),
     )

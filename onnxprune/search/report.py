@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxprune.atomic import atomic_path
+from onnxprune.model import format_shapes
 from onnxprune.rl.agents import agent_class
 
 _REWARD_TEXT = {
@@ -61,6 +62,7 @@ def markdown(result: Any) -> str:
         "",
         f"- strategy: **{strat.name}** (agent `{strat.agent}`, {strat.source})",
         f"- budget: keep {result.flops_target:g} of the MACs; seed {result.seed}",
+        f"- input size (MACs are for): {format_shapes(result.input_shapes) or 'as declared'}",
         f"- episodes: {len(result.episodes)} ({strat.warmup} warm-up), "
         f"{result.evaluations} distinct plans evaluated"
         + (" — **interrupted**, best plan so far" if result.interrupted else "")

@@ -79,6 +79,8 @@ class SearchResult:
     reward_indices: list[int] = field(default_factory=list)
     heldout_indices: list[int] | None = None
     selection: list[dict[str, Any]] = field(default_factory=list)
+    #: The input size the MACs are for (``{input: dims}``, batch 1).
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
 
     def __str__(self) -> str:
         o, p = self.original, self.pruned
@@ -102,6 +104,7 @@ class SearchResult:
             "strategy": self.strategy.to_dict(),
             "seed": self.seed,
             "flops_target": self.flops_target,
+            "input_shapes": self.input_shapes,
             "reward_metric": self.reward_metric,
             "reward_samples": self.reward_samples,
             "eval_samples": self.eval_samples,
