@@ -190,12 +190,25 @@ def validate_model(model: ModelProto, source: str) -> None:
     _check_opset(model, source)
     _check_text(model, source)
     if model.ByteSize() < _CHECKER_LIMIT:
+        # The checker wants a shape on every graph input and output, but an unknown rank
+        # (no shape) is what onnx.helper and some exporters write and onnxruntime accepts:
+        # give those an empty shape for the check only, then take it away again.
+        shapeless = [
+            value
+            for value in (*model.graph.input, *model.graph.output)
+            if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape")
+        ]
+        for value in shapeless:
+            value.type.tensor_type.shape.SetInParent()
         try:
             onnx.checker.check_model(model)
         except Exception as exc:  # ValidationError, but also protobuf errors on odd fields
             raise OnnxPruneError(
                 f"{source} does not pass onnx.checker: {one_line(str(exc))}"
             ) from exc
+        finally:
+            for value in shapeless:
+                value.type.tensor_type.ClearField("shape")
     _check_initializers(model, source)
     _check_weights(model, source)
 
