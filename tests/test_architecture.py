@@ -18,7 +18,7 @@ LEVELS = {
     "normalize": 2, "data": 2, "convert": 2,
     "deps": 3,
     "cost": 4, "plan": 4,
-    "budget": 5,
+    "budget": 5, "fidelity": 5,
     "importance": 6, "surgery": 6, "evaluate": 6, "hgraph": 6,
     "recover": 7, "env": 7, "gate": 7,
     "rl": 8,

@@ -144,8 +144,8 @@ def prepare(
     model, analysis, groups, plan_cost, notes = _load(model_file, strat)
     splits = _splits(data, eval_data, model, strat, seed)
     reward_split = splits.reward
-    metric = reward_metric(strat.reward, reward_split, reward_split.source)
     session = make_session(analysis.model.SerializeToString(), device=device, threads=threads)
+    metric = reward_metric(strat.reward, reward_split, reward_split.source, session)
     reference = reference_logits(metric, session, reward_split, strat.batch_size)
     if reference is not None:
         notes.append(
