@@ -342,3 +342,37 @@ def test_bench_cli_says_na_for_a_batch_the_model_cannot_run(tmp_path: Path) -> N
     assert record["p50_ms"] is None and record["reason"] == "fixed batch 1"
     text = CliRunner().invoke(main, ["bench", str(model), "--batch", "32", "--runs", "2"])
     assert "n/a (fixed batch 1)" in text.output
+
+
+def test_search_on_a_fixed_batch_model_reports_batch_32_as_not_applicable(tmp_path: Path) -> None:
+    result = _search(make_tiny_cnn((8, 16), batch=1), tmp_path, n=60)
+    assert result.reward_metric == "agreement"
+    assert result.pruned["latency_ms_b32"] is None and result.original["latency_ms_b32"] is None
+    assert result.pruned["latency_note"] == {"32": "fixed batch 1"}
+    assert result.pruned["latency_ms_b1"] > 0
+    ratio = result.pruned["latency_ratio"]["1"]
+    assert ratio["low"] <= ratio["ratio"] <= ratio["high"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| latency p50, batch 32 | n/a (fixed batch 1) | n/a (fixed batch 1) | - |" in md
+    record = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert record["pruned"]["latency_ms_b32"] is None
+
+
+def test_recover_cli_names_the_fidelity_it_prints(tmp_path: Path) -> None:
+    from onnxprune.deps import analyze
+    from onnxprune.importance import plan_from_ratios
+    from onnxprune.surgery import apply_plan
+
+    reference = make_detector()
+    analysis = analyze(reference)
+    pruned = apply_plan(analysis, plan_from_ratios(analysis, 0.5))
+    paths = {name: tmp_path / f"{name}.onnx" for name in ("ref", "pruned")}
+    onnx.save_model(reference, str(paths["ref"]))
+    onnx.save_model(pruned, str(paths["pruned"]))
+    np.save(tmp_path / "x.npy", _images(40))
+    args = ["recover", str(paths["pruned"]), "--reference", str(paths["ref"])]
+    args += ["--data", str(tmp_path / "x.npy"), "--method", "ls", "-o", str(tmp_path / "o.onnx")]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output
+    assert "SNR" in out.stdout and "snr: output signal-to-noise ratio" in out.stdout
+    assert "fewer than 200" in out.output
