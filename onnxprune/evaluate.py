@@ -4,10 +4,17 @@
   ORT logging muted) that it really initialises on this machine; otherwise it uses the CPU
   provider, so a machine without CUDA prints nothing. ``device="cuda"`` without a working
   CUDA provider raises :class:`OnnxPruneError`.
+- :func:`predict_outputs` runs every output (fixed-batch models in chunks of their batch);
+  :func:`predict` the first one (the classifier path).
 - :func:`evaluate` gives top-1/top-5 (in percent) when the data has labels, and label-free
   fidelity to a reference model (top-1 agreement in percent, mean KL(reference || model)
-  in nats) when reference logits are given.
-- :func:`measure_latency` times ``session.run`` on random input of the model's input shape.
+  in nats) when reference logits are given; :func:`fidelity_from_outputs` adds, for any
+  outputs, SNR, cosine and per-timestep agreement (:mod:`onnxprune.fidelity`). Every figure
+  carries its sample count and a 95 % interval.
+- :func:`measure_latency` times ``session.run`` on random input of the model's input shape;
+  :func:`interleaved_timings` and :func:`ratio_interval` are the gate's paired method, also
+  used by :func:`onnxprune.pipeline.compare`. :func:`batch_unsupported` says which batch
+  sizes a fixed-batch model cannot run.
 """
 
 from __future__ import annotations

@@ -113,10 +113,15 @@ def snr_db(reference: np.ndarray, output: np.ndarray) -> float:
 
 
 def output_kind(reference: np.ndarray) -> str:
-    """``logits`` (``[N, C]``, C >= 2), ``sequence`` (``[N, T, C]``, C >= 2) or ``dense``."""
-    if reference.ndim == 2 and reference.shape[1] >= 2:
+    """``logits`` (``[N, C]``, C >= 2), ``sequence`` (``[N, T, C]``, T, C >= 2) or ``dense``.
+
+    Size-1 dimensions after the batch are ignored: a 1x1-conv classifier head ``[N, C, 1, 1]``
+    is ``logits``.
+    """
+    dims = [d for d in reference.shape[1:] if d != 1]
+    if len(dims) == 1 and dims[0] >= 2:
         return "logits"
-    if reference.ndim == 3 and reference.shape[2] >= 2:
+    if reference.ndim == 3 and len(dims) == 2 and reference.shape[2] >= 2:
         return "sequence"
     return "dense"
 
@@ -241,6 +246,11 @@ def auto_metric(labelled: bool, reference_outputs: Sequence[np.ndarray]) -> str:
     if classifier:
         return "top1" if labelled else "agreement"
     return "snr"
+
+
+def measurable(labelled: bool, reference_outputs: Sequence[np.ndarray]) -> list[str]:
+    """The metrics these outputs can give (what an error message may suggest)."""
+    return [m for m in METRICS if not metric_problem(m, labelled, reference_outputs)]
 
 
 def metric_problem(metric: str, labelled: bool, reference_outputs: Sequence[np.ndarray]) -> str:

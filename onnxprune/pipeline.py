@@ -443,7 +443,7 @@ def compare(
     (that many rounds) and batch 32 (``max(5, runs // 2)``) where the models accept it.
     """
     from onnxprune.evaluate import fidelity_from_outputs, predict_outputs
-    from onnxprune.fidelity import metric_problem
+    from onnxprune.fidelity import measurable, metric_problem
 
     original_session = _session(original, device, threads)
     pruned_session = _session(pruned, device, threads)
@@ -455,8 +455,8 @@ def compare(
     labelled = data.y is not None
     if metric is not None and metric_problem(metric, labelled, original_logits):
         raise OnnxPruneError(
-            f"metric '{metric}' {metric_problem(metric, labelled, original_logits)}; "
-            "use snr or cosine (any output)"
+            f"metric '{metric}' {metric_problem(metric, labelled, original_logits)}; use "
+            f"{' or '.join(measurable(labelled, original_logits))}"
         )
     names = [o.name for o in pruned_session.get_outputs()]
     pruned_result = fidelity_from_outputs(pruned_outputs, data.y, original_logits, names, metric)

@@ -30,6 +30,7 @@ from onnxprune.evaluate import (
 from onnxprune.fidelity import (
     SNR_CAP_DB,
     auto_metric,
+    measurable,
     output_fidelity,
     output_kind,
     snr_db,
@@ -163,10 +164,14 @@ def test_output_kinds_and_automatic_metric() -> None:
     assert output_kind(np.zeros((4, 10))) == "logits"
     assert output_kind(np.zeros((4, 25, 37))) == "sequence"
     assert output_kind(np.zeros((4, 1, 8, 8))) == "dense"
+    assert output_kind(np.zeros((4, 1000, 1, 1))) == "logits"  # a 1x1-conv classifier head
+    assert output_kind(np.zeros((4, 1, 1))) == "dense"
     assert auto_metric(True, [np.zeros((4, 10))]) == "top1"
     assert auto_metric(False, [np.zeros((4, 10))]) == "agreement"
     assert auto_metric(False, [np.zeros((4, 1, 8, 8)), np.zeros((4, 4, 8, 8))]) == "snr"
     assert auto_metric(True, [np.zeros((4, 25, 37))]) == "snr"
+    assert measurable(False, [np.zeros((4, 25, 37))]) == ["snr", "cosine", "timestep"]
+    assert measurable(True, [np.zeros((4, 10))]) == ["top1", "agreement", "kl", "snr", "cosine"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,7 +253,7 @@ def test_dynamic_size_model_is_evaluated_and_timed_at_the_size_of_its_data() -> 
 
 def test_compare_refuses_a_metric_the_outputs_cannot_give() -> None:
     model = make_detector()
-    with pytest.raises(OnnxPruneError, match="agreement.*classifier output.*use snr or cosine"):
+    with pytest.raises(OnnxPruneError, match="agreement.*classifier output.*use snr or cosine$"):
         compare(model, model, Dataset(_images(4), None, "x"), metric="agreement")
 
 
@@ -296,7 +301,9 @@ def test_constant_reward_stops_the_search_after_the_warm_up(tmp_path: Path) -> N
 
 
 def test_top1_agreement_on_a_detector_is_refused_before_searching(tmp_path: Path) -> None:
-    with pytest.raises(OnnxPruneError, match="reward 'agreement' needs a classifier.*--reward snr"):
+    with pytest.raises(
+        OnnxPruneError, match="reward 'agreement' needs a classifier.*--reward snr or --reward cos"
+    ):
         _search(make_detector(), tmp_path, reward="agreement")
 
 

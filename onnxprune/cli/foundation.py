@@ -188,7 +188,7 @@ def eval_cmd(
     Preprocessing comes from the flags, else from preprocess.json next to the data.
     """
     from onnxprune.evaluate import fidelity_from_outputs, make_session, predict_outputs
-    from onnxprune.fidelity import METRIC_TEXT, MIN_RELIABLE_SAMPLES, metric_problem
+    from onnxprune.fidelity import METRIC_TEXT, MIN_RELIABLE_SAMPLES, measurable, metric_problem
     from onnxprune.model import load_model
 
     onnx_model = load_model(model, infer_shapes=False)
@@ -219,7 +219,8 @@ def eval_cmd(
     if chosen and chosen != "top1" and reference is None:
         problem = "needs --reference (the unpruned model)"
     if problem:
-        raise OnnxPruneError(f"--metric {metric} {problem}; use --metric auto, snr or cosine")
+        usable = ", ".join(measurable(dataset.y is not None, outputs["model"]))
+        raise OnnxPruneError(f"--metric {metric} {problem}; use --metric auto or one of: {usable}")
     names = [o.name for o in sessions[0][1].get_outputs()]
     result = fidelity_from_outputs(outputs["model"], dataset.y, reference_outputs, names, chosen)
     if as_json:

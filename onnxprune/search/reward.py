@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.fidelity import SNR_CAP_DB, auto_metric, metric_problem
+from onnxprune.fidelity import SNR_CAP_DB, auto_metric, measurable, metric_problem
 from onnxprune.search.result import BestPlan, EpisodeRecord
 
 FIDELITY = ("agreement", "kl", "snr", "cosine", "timestep")
@@ -79,9 +79,10 @@ def reward_metric(
         return auto_metric(split.labelled, sample_outputs)
     problem = metric_problem(requested, split.labelled, sample_outputs)
     if problem:
+        usable = " or ".join(f"--reward {m}" for m in measurable(split.labelled, sample_outputs))
         raise OnnxPruneError(
-            f"reward '{requested}' {problem} (data '{source}'); use --reward snr or "
-            "--reward cosine (fidelity of every output to the unpruned model)"
+            f"reward '{requested}' {problem} (data '{source}'); use {usable} (fidelity of "
+            "the outputs to the unpruned model)"
         )
     return requested
 
