@@ -35,10 +35,12 @@ import onnxruntime as ort
 from onnxprune.errors import DataError, OnnxPruneError
 from onnxprune.fidelity import (
     CONFIDENCE,
+    METRIC_LABELS,
     METRIC_TEXT,
     MIN_RELIABLE_SAMPLES,
     OutputFidelity,
     auto_metric,
+    format_figure,
     output_fidelity,
     output_kind,
     wilson_interval,
@@ -334,16 +336,7 @@ class EvalResult:
 
     def figure(self, metric: str) -> str:
         """``"agreement 91.20 % [90.01, 92.28]"``: the figure with unit and interval."""
-        value = self.value(metric)
-        if value is None:
-            return f"{_LABELS[metric]} -"
-        low_high = self.intervals.get(metric)
-        unit = {"snr": " dB", "kl": " nats", "cosine": ""}.get(metric, " %")
-        digits = ".4f" if metric in ("cosine", "kl") else ".2f"
-        text = f"{_LABELS[metric]} {value:{digits}}{unit}"
-        if low_high is not None:
-            text += f" [{low_high[0]:{digits}}, {low_high[1]:{digits}}]"
-        return text
+        return f"{METRIC_LABELS[metric]} {format_figure(metric, self.value(metric), self.intervals.get(metric))}"
 
     def to_dict(self) -> dict:
         return {
@@ -365,8 +358,7 @@ class EvalResult:
         }
 
     def __str__(self) -> str:
-        names = [m for m in ("top1", "top5", "agreement", "kl", "snr", "cosine", "timestep")]
-        parts = [self.figure(m) for m in names if self.value(m) is not None]
+        parts = [self.figure(m) for m in METRIC_LABELS if self.value(m) is not None]
         text = ", ".join(parts) or "no metric (no labels, no reference)"
         return text + f" on {self.n} samples (95 % intervals)"
 
@@ -380,17 +372,6 @@ class EvalResult:
             if candidate is not None:
                 return candidate
         return None
-
-
-_LABELS = {
-    "top1": "top-1",
-    "top5": "top-5",
-    "agreement": "agreement",
-    "kl": "KL",
-    "snr": "SNR",
-    "cosine": "cosine",
-    "timestep": "per-timestep agreement",
-}
 
 
 def _percent_interval(hits: np.ndarray) -> tuple[float, float]:

@@ -266,3 +266,26 @@ def metric_problem(metric: str, labelled: bool, reference_outputs: Sequence[np.n
     if metric == "timestep" and "sequence" not in kinds:
         return "needs a sequence output [N, T, C]"
     return ""
+
+
+METRIC_LABELS = {
+    "top1": "top-1",
+    "top5": "top-5",
+    "agreement": "agreement",
+    "kl": "KL",
+    "snr": "SNR",
+    "cosine": "cosine",
+    "timestep": "per-timestep agreement",
+}
+_UNITS = {"snr": " dB", "kl": " nats", "cosine": ""}  # the others are percentages
+
+
+def format_figure(metric: str, value: float | None, interval: Sequence[float] | None = None) -> str:
+    """``"20.00 dB [18.51, 21.37]"``: a figure with its unit and, when given, its interval."""
+    if value is None:
+        return "-"
+    digits = ".4f" if metric in ("cosine", "kl") else ".2f"
+    text = f"{value:{digits}}{_UNITS.get(metric, ' %')}"
+    if interval is not None:
+        text += f" [{interval[0]:{digits}}, {interval[1]:{digits}}]"
+    return text

@@ -70,17 +70,13 @@ def _latency_row(o: dict, p: dict, batch: int) -> str:
 
 
 def _figure(side: dict, metric: str, reference: bool) -> str:
-    """The held-out figure of one side with its interval and sample count."""
-    evaluation = side.get("eval") or {}
-    value = side.get("accuracy")
-    if value is None:
+    """The held-out figure of one side with its interval (the pruned side)."""
+    from onnxprune.fidelity import format_figure
+
+    if side.get("accuracy") is None:
         return "reference" if reference else "-"
-    unit = {"snr": " dB", "kl": " nats", "cosine": ""}.get(metric, " %")
-    text = f"{value:.4f}{unit}" if metric in ("cosine", "kl") else f"{value:.2f}{unit}"
-    interval = (evaluation.get("intervals") or {}).get(metric)
-    if interval and not reference:
-        text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
-    return text
+    interval = None if reference else ((side.get("eval") or {}).get("intervals") or {}).get(metric)
+    return format_figure(metric, side["accuracy"], interval)
 
 
 def markdown(result: Any) -> str:

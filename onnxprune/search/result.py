@@ -81,19 +81,18 @@ class SearchResult:
     selection: list[dict[str, Any]] = field(default_factory=list)
 
     def __str__(self) -> str:
-        from onnxprune.fidelity import MIN_RELIABLE_SAMPLES
+        from onnxprune.fidelity import MIN_RELIABLE_SAMPLES, format_figure
 
         o, p = self.original, self.pruned
         acc = ""
         metric = p.get("metric") or self.reward_metric
         interval = ((p.get("eval") or {}).get("intervals") or {}).get(metric)
-        span = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
-        unit = {"snr": " dB", "cosine": "", "kl": " nats"}.get(metric, " %")
         if p.get("accuracy") is not None:
             before = "" if o.get("accuracy") is None else f"{o['accuracy']:.2f} -> "
+            figure = format_figure(metric, p["accuracy"], interval)
             acc = (
-                f", held-out {self.reward_metric_label(metric)} {before}{p['accuracy']:.2f}{unit}"
-                f"{span} (n={self.eval_samples})"
+                f", held-out {self.reward_metric_label(metric)} {before}{figure} "
+                f"(n={self.eval_samples})"
             )
         stop = " (interrupted)" if self.interrupted else ""
         warning = (
@@ -110,15 +109,10 @@ class SearchResult:
         )
 
     def reward_metric_label(self, metric: str | None = None) -> str:
-        labels = {
-            "top1": "top-1",
-            "agreement": "agreement",
-            "kl": "KL",
-            "snr": "SNR",
-            "cosine": "cosine",
-            "timestep": "per-timestep agreement",
-        }
-        return labels.get(metric or self.reward_metric, metric or self.reward_metric)
+        from onnxprune.fidelity import METRIC_LABELS
+
+        name = metric or self.reward_metric
+        return METRIC_LABELS.get(name, name)
 
     def to_dict(self) -> dict[str, Any]:
         return {
