@@ -4,10 +4,17 @@
   ORT logging muted) that it really initialises on this machine; otherwise it uses the CPU
   provider, so a machine without CUDA prints nothing. ``device="cuda"`` without a working
   CUDA provider raises :class:`OnnxPruneError`.
+- :func:`predict_outputs` runs every output (fixed-batch models in chunks of their batch);
+  :func:`predict` the first one (the classifier path).
 - :func:`evaluate` gives top-1/top-5 (in percent) when the data has labels, and label-free
   fidelity to a reference model (top-1 agreement in percent, mean KL(reference || model)
-  in nats) when reference logits are given.
-- :func:`measure_latency` times ``session.run`` on random input of the model's input shape.
+  in nats) when reference logits are given; :func:`fidelity_from_outputs` adds, for any
+  outputs, SNR, cosine and per-timestep agreement (:mod:`onnxprune.fidelity`). Every figure
+  carries its sample count and a 95 % interval.
+- :func:`measure_latency` times ``session.run`` on random input of the model's input shape;
+  :func:`interleaved_timings` and :func:`ratio_interval` are the gate's paired method, also
+  used by :func:`onnxprune.pipeline.compare`. :func:`batch_unsupported` says which batch
+  sizes a fixed-batch model cannot run.
 """
 
 from __future__ import annotations
@@ -26,6 +33,19 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune.errors import DataError, OnnxPruneError
+from onnxprune.fidelity import (
+    CONFIDENCE,
+    METRIC_LABELS,
+    METRIC_TEXT,
+    MIN_RELIABLE_SAMPLES,
+    OutputFidelity,
+    auto_metric,
+    format_figure,
+    output_fidelity,
+    output_kind,
+    wilson_interval,
+    worst,
+)
 from onnxprune.model import load_model
 
 if TYPE_CHECKING:
@@ -33,6 +53,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EvalResult",
+    "batch_unsupported",
+    "fidelity_from_outputs",
+    "interleaved_timings",
+    "predict_outputs",
+    "ratio_interval",
+    "timing_summary",
     "LatencyResult",
     "cpu_model",
     "cuda_available",
@@ -191,12 +217,19 @@ def _fixed_batch(session: ort.InferenceSession) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits of the first output for ``x: [N, ...input]``, run in chunks of ``batch_size``.
+def batch_unsupported(session: ort.InferenceSession, batch: int) -> str | None:
+    """Why ``session`` cannot run a batch of ``batch`` samples (``"fixed batch 1"``), or None."""
+    for inp in session.get_inputs():
+        dim = inp.shape[0] if inp.shape else None
+        if isinstance(dim, int) and dim > 0 and dim != batch:
+            return f"fixed batch {dim}"
+    return None
 
-    A model with a fixed batch dimension is run with exactly that batch (the last chunk is
-    zero-padded and cut). Returns ``[N, ...output]`` float32.
-    """
+
+def _run_chunks(
+    session: ort.InferenceSession, x: np.ndarray, batch_size: int, names: list[str]
+) -> list[np.ndarray]:
+    """Outputs ``names`` for ``x``, run in chunks (see :func:`predict_outputs`)."""
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise DataError(
@@ -206,7 +239,7 @@ def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256)
     name = inputs[0].name
     fixed = _fixed_batch(session)
     step = fixed or max(1, batch_size)
-    outputs = []
+    chunks: list[list[np.ndarray]] = [[] for _ in names]
     for start in range(0, len(x), step):
         chunk = x[start : start + step]
         real = len(chunk)
@@ -214,16 +247,45 @@ def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256)
             pad = np.zeros((fixed - real, *chunk.shape[1:]), dtype=chunk.dtype)
             chunk = np.concatenate([chunk, pad])
         try:
-            (logits, *_) = session.run(None, {name: chunk})
+            results = session.run(names, {name: chunk})
         except Exception as exc:
             raise DataError(
                 f"onnxruntime rejected a batch of shape {list(chunk.shape)} for input '{name}' "
                 f"(model expects {inputs[0].shape}): {str(exc).splitlines()[0]}"
             ) from exc
-        outputs.append(np.asarray(logits)[:real])
-    if not outputs:
+        for i, value in enumerate(results):
+            value = np.asarray(value)
+            if value.ndim == 0 or value.shape[0] != len(chunk):
+                raise DataError(
+                    f"output '{names[i]}' has shape {list(value.shape)} for a batch of "
+                    f"{len(chunk)}: its first dimension is not the batch, so its rows cannot be "
+                    "matched to samples; evaluate a model whose outputs are per sample"
+                )
+            chunks[i].append(value[:real])
+    if not chunks[0]:
         raise DataError("no samples to predict on; the dataset is empty")
-    return np.concatenate(outputs).astype(np.float32, copy=False)
+    return [np.concatenate(parts).astype(np.float32, copy=False) for parts in chunks]
+
+
+def predict_outputs(
+    session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256
+) -> list[np.ndarray]:
+    """Every output of the model for ``x: [N, ...input]``, run in chunks of ``batch_size``.
+
+    A model with a fixed batch dimension ``B`` is run with exactly that batch (``B = 1``:
+    sample by sample; otherwise the last chunk is zero-padded and cut), so a fixed-batch
+    export evaluates instead of failing. A dynamic-size input is run at the size of ``x``.
+    Returns one ``[N, ...output]`` float32 array per output, in the model's output order.
+    Raises :class:`DataError` when an output's first dimension is not the batch (its rows
+    cannot be matched to samples).
+    """
+    return _run_chunks(session, x, batch_size, [o.name for o in session.get_outputs()])
+
+
+def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits of the first output for ``x: [N, ...input]`` (the classifier path), see
+    :func:`predict_outputs`. Returns ``[N, ...output]`` float32."""
+    return _run_chunks(session, x, batch_size, [session.get_outputs()[0].name])[0]
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -231,13 +293,20 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
+_PERCENT = ("top1", "top5", "agreement", "timestep")
+
+
 @dataclass
 class EvalResult:
-    """Accuracy (labels) and fidelity (reference logits) of a model on a dataset.
+    """Accuracy (labels) and fidelity (reference outputs) of a model on ``n`` samples.
 
     ``top1``/``top5``/``agreement`` are percentages in [0, 100] or ``None`` when not
-    measurable (no labels / fewer than 5 classes / no reference); ``kl`` is the mean
-    KL(reference || model) in nats.
+    measurable (no labels / fewer than 5 classes / no classifier reference); ``kl`` is the
+    mean KL(reference || model) in nats. ``snr_db``, ``cosine`` and ``timestep`` (percent)
+    are the worst output's figures (:mod:`onnxprune.fidelity`), ``outputs`` the per-output
+    ones. ``intervals[name] = (low, high)``: 95 % interval of each figure (Wilson for top-1,
+    top-5 and agreement; seeded bootstrap over samples for the others). ``metric`` names the
+    headline figure (:attr:`score`).
     """
 
     top1: float | None
@@ -246,6 +315,28 @@ class EvalResult:
     kl: float | None
     n: int
     labelled: bool
+    snr_db: float | None = None
+    cosine: float | None = None
+    timestep: float | None = None
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    outputs: list[OutputFidelity] = field(default_factory=list)
+    metric: str | None = None
+
+    def value(self, metric: str) -> float | None:
+        """The figure ``metric`` (one of :data:`onnxprune.fidelity.METRICS`)."""
+        return {
+            "top1": self.top1,
+            "top5": self.top5,
+            "agreement": self.agreement,
+            "kl": self.kl,
+            "snr": self.snr_db,
+            "cosine": self.cosine,
+            "timestep": self.timestep,
+        }[metric]
+
+    def figure(self, metric: str) -> str:
+        """``"agreement 91.20 % [90.01, 92.28]"``: the figure with unit and interval."""
+        return f"{METRIC_LABELS[metric]} {format_figure(metric, self.value(metric), self.intervals.get(metric))}"
 
     def to_dict(self) -> dict:
         return {
@@ -253,26 +344,39 @@ class EvalResult:
             "top5": self.top5,
             "agreement": self.agreement,
             "kl": self.kl,
+            "snr_db": self.snr_db,
+            "cosine": self.cosine,
+            "timestep_agreement": self.timestep,
             "n": self.n,
             "labelled": self.labelled,
+            "metric": self.metric,
+            "metric_text": METRIC_TEXT.get(self.metric or ""),
+            "confidence": CONFIDENCE,
+            "intervals": {k: list(v) for k, v in self.intervals.items()},
+            "small_sample": self.n < MIN_RELIABLE_SAMPLES,
+            "outputs": [o.to_dict() for o in self.outputs],
         }
 
     def __str__(self) -> str:
-        parts = []
-        if self.top1 is not None:
-            parts.append(f"top-1 {self.top1:.2f} %")
-        if self.top5 is not None:
-            parts.append(f"top-5 {self.top5:.2f} %")
-        if self.agreement is not None:
-            parts.append(f"agreement {self.agreement:.2f} %")
-        if self.kl is not None:
-            parts.append(f"KL {self.kl:.4g}")
-        return (", ".join(parts) or "no metric (no labels, no reference)") + f" on {self.n} samples"
+        parts = [self.figure(m) for m in METRIC_LABELS if self.value(m) is not None]
+        text = ", ".join(parts) or "no metric (no labels, no reference)"
+        return text + f" on {self.n} samples (95 % intervals)"
 
     @property
     def score(self) -> float | None:
-        """Top-1 when labelled, else agreement: the number a reward or gate compares."""
-        return self.top1 if self.top1 is not None else self.agreement
+        """The headline figure: ``metric``'s value when set, else top-1 when labelled, else
+        agreement, else SNR: the number a reward or gate compares."""
+        if self.metric is not None:
+            return self.value(self.metric)
+        for candidate in (self.top1, self.agreement, self.snr_db):
+            if candidate is not None:
+                return candidate
+        return None
+
+
+def _percent_interval(hits: np.ndarray) -> tuple[float, float]:
+    low, high = wilson_interval(int(np.sum(hits)), len(hits))
+    return low * 100, high * 100
 
 
 def accuracy_from_logits(
@@ -282,13 +386,18 @@ def accuracy_from_logits(
     logits = logits.reshape(len(logits), -1)
     n = len(logits)
     top1 = top5 = agreement = kl = None
+    intervals: dict[str, tuple[float, float]] = {}
     if labels is not None:
         if len(labels) != n:
             raise DataError(f"{len(labels)} labels for {n} predictions")
-        top1 = float(np.mean(logits.argmax(axis=1) == labels) * 100)
+        hits = logits.argmax(axis=1) == labels
+        top1 = float(np.mean(hits) * 100)
+        intervals["top1"] = _percent_interval(hits)
         if logits.shape[1] >= 5:
             best5 = np.argpartition(-logits, 4, axis=1)[:, :5]
-            top5 = float(np.mean((best5 == labels[:, None]).any(axis=1)) * 100)
+            hits5 = (best5 == labels[:, None]).any(axis=1)
+            top5 = float(np.mean(hits5) * 100)
+            intervals["top5"] = _percent_interval(hits5)
     if reference_logits is not None:
         reference_logits = reference_logits.reshape(len(reference_logits), -1)
         if reference_logits.shape != logits.shape:
@@ -296,11 +405,63 @@ def accuracy_from_logits(
                 f"reference logits have shape {list(reference_logits.shape)} but the model gives "
                 f"{list(logits.shape)}; the reference must be the same task"
             )
-        agreement = float(np.mean(logits.argmax(1) == reference_logits.argmax(1)) * 100)
+        same = logits.argmax(1) == reference_logits.argmax(1)
+        agreement = float(np.mean(same) * 100)
+        intervals["agreement"] = _percent_interval(same)
         ref_log = _log_softmax(reference_logits.astype(np.float64))
         log = _log_softmax(logits.astype(np.float64))
         kl = float(np.mean(np.sum(np.exp(ref_log) * (ref_log - log), axis=1)))
-    return EvalResult(top1, top5, agreement, kl, n, labels is not None)
+    return EvalResult(top1, top5, agreement, kl, n, labels is not None, intervals=intervals)
+
+
+def fidelity_from_outputs(
+    outputs: Sequence[np.ndarray],
+    labels: np.ndarray | None,
+    reference_outputs: Sequence[np.ndarray] | None = None,
+    names: Sequence[str] | None = None,
+    metric: str | None = None,
+) -> EvalResult:
+    """Every measurable figure for ``outputs`` (one ``[N, ...]`` array per model output).
+
+    Top-1/top-5/agreement/KL come from the first output when it is a classifier output
+    ``[N, classes]``; with ``reference_outputs`` (the unpruned model's outputs on the same
+    samples) every output also gets SNR, cosine and, for ``[N, T, C]``, per-timestep
+    agreement, and the model-level figure is the worst output's (:mod:`onnxprune.fidelity`).
+    ``metric``: the headline (``None``: :func:`onnxprune.fidelity.auto_metric`).
+    """
+    first = outputs[0]
+    classifier = output_kind(first) == "logits"
+    if reference_outputs is not None and len(reference_outputs) != len(outputs):
+        raise DataError(
+            f"the model has {len(outputs)} outputs but the reference {len(reference_outputs)}; "
+            "the reference must be the same model before pruning"
+        )
+    reference_first = None if reference_outputs is None or not classifier else reference_outputs[0]
+    if classifier:
+        result = accuracy_from_logits(first, labels, reference_first)
+    else:
+        result = EvalResult(None, None, None, None, len(first), labels is not None)
+    if reference_outputs is not None:
+        labels_of = (
+            list(names) if names is not None else [f"output{i}" for i in range(len(outputs))]
+        )
+        result.outputs = [
+            output_fidelity(label, ref, out)
+            for label, ref, out in zip(labels_of, reference_outputs, outputs, strict=True)
+        ]
+        for attribute, key in (("snr_db", "snr"), ("cosine", "cosine")):
+            figure = worst(result.outputs, attribute)
+            if figure is not None:
+                setattr(result, attribute, getattr(figure, attribute))
+                result.intervals[key] = getattr(figure, f"{key}_interval")
+        sequence = worst(result.outputs, "timestep_agreement")
+        if sequence is not None and sequence.timestep_interval is not None:
+            result.timestep = sequence.timestep_agreement
+            result.intervals["timestep"] = sequence.timestep_interval
+    result.metric = metric or auto_metric(
+        labels is not None, list(reference_outputs) if reference_outputs is not None else [first]
+    )
+    return result
 
 
 def evaluate(
@@ -309,7 +470,7 @@ def evaluate(
     reference_logits: np.ndarray | None = None,
     batch_size: int = 256,
 ) -> EvalResult:
-    """Run ``session`` over ``dataset`` and score it (see :class:`EvalResult`)."""
+    """Run ``session`` over ``dataset`` and score its first output (see :class:`EvalResult`)."""
     logits = predict(session, dataset.x, batch_size)
     return accuracy_from_logits(logits, dataset.y, reference_logits)
 
@@ -428,6 +589,80 @@ def time_run(session: ort.InferenceSession, feed: Mapping[str, np.ndarray]) -> f
     start = time.perf_counter_ns()
     session.run(None, dict(feed))
     return (time.perf_counter_ns() - start) / 1e6
+
+
+# The gate's timing method (gate.py's docstring): interleaved rounds, paired bootstrap.
+
+
+def timing_summary(times_ms: Sequence[float]) -> dict[str, float]:
+    """min/p10/p50/p90/p99/max/mean of a timing list (ms)."""
+    values = np.asarray(times_ms, dtype=np.float64)
+    p10, p50, p90, p99 = np.percentile(values, [10, 50, 90, 99])
+    return {
+        "n": int(len(values)),
+        "min": float(values.min()),
+        "p10": float(p10),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "max": float(values.max()),
+        "mean": float(values.mean()),
+    }
+
+
+def ratio_interval(
+    base_ms: Sequence[float],
+    cand_ms: Sequence[float],
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+    paired: bool = True,
+) -> tuple[float, float, float]:
+    """``(ratio, low, high)``: median ratio and its bootstrap percentile interval.
+
+    ``paired`` resamples rounds jointly (timings ``base_ms[i]``/``cand_ms[i]`` came from the
+    same round); otherwise the two lists are resampled independently (baseline from a file).
+    """
+    base = np.asarray(base_ms, dtype=np.float64)
+    cand = np.asarray(cand_ms, dtype=np.float64)
+    ratio = float(np.median(cand) / np.median(base))
+    rng = np.random.default_rng(seed)
+    if paired:
+        if len(base) != len(cand):
+            raise ValueError("paired bootstrap needs equally many base and candidate timings")
+        idx = rng.integers(0, len(base), size=(resamples, len(base)))
+        ratios = np.median(cand[idx], axis=1) / np.median(base[idx], axis=1)
+    else:
+        idx_b = rng.integers(0, len(base), size=(resamples, len(base)))
+        idx_c = rng.integers(0, len(cand), size=(resamples, len(cand)))
+        ratios = np.median(cand[idx_c], axis=1) / np.median(base[idx_b], axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
+    return ratio, float(low), float(high)
+
+
+def interleaved_timings(
+    base: ort.InferenceSession,
+    cand: ort.InferenceSession,
+    base_feed: Mapping[str, np.ndarray],
+    cand_feed: Mapping[str, np.ndarray],
+    rounds: int,
+    start_round: int = 0,
+    progress: Any = None,
+) -> tuple[list[float], list[float]]:
+    """Time ``rounds`` rounds of one run each, order alternating per round (ms lists)."""
+    base_ms: list[float] = []
+    cand_ms: list[float] = []
+    for i in range(start_round, start_round + rounds):
+        if i % 2 == 0:
+            base_ms.append(time_run(base, base_feed))
+            cand_ms.append(time_run(cand, cand_feed))
+        else:
+            cand_ms.append(time_run(cand, cand_feed))
+            base_ms.append(time_run(base, base_feed))
+        if progress is not None:
+            progress.advance()
+    return base_ms, cand_ms
 
 
 def measure_latency(

@@ -49,89 +49,19 @@ from onnxprune.evaluate import (
     EvalResult,
     cpu_model,
     evaluate,
+    interleaved_timings,
     make_feed,
     make_session,
     predict,
+    ratio_interval,
     session_provider,
     session_threads,
+    timing_summary,
 )
 
 __all__ = ["GateResult", "ratio_interval", "interleaved_timings", "run_gate", "timing_summary"]
 
 RECORD_VERSION = 1
-
-
-def timing_summary(times_ms: Sequence[float]) -> dict[str, float]:
-    """min/p10/p50/p90/p99/max/mean of a timing list (ms)."""
-    values = np.asarray(times_ms, dtype=np.float64)
-    p10, p50, p90, p99 = np.percentile(values, [10, 50, 90, 99])
-    return {
-        "n": int(len(values)),
-        "min": float(values.min()),
-        "p10": float(p10),
-        "p50": float(p50),
-        "p90": float(p90),
-        "p99": float(p99),
-        "max": float(values.max()),
-        "mean": float(values.mean()),
-    }
-
-
-def ratio_interval(
-    base_ms: Sequence[float],
-    cand_ms: Sequence[float],
-    confidence: float = 0.95,
-    resamples: int = 2000,
-    seed: int = 0,
-    paired: bool = True,
-) -> tuple[float, float, float]:
-    """``(ratio, low, high)``: median ratio and its bootstrap percentile interval.
-
-    ``paired`` resamples rounds jointly (timings ``base_ms[i]``/``cand_ms[i]`` came from the
-    same round); otherwise the two lists are resampled independently (baseline from a file).
-    """
-    base = np.asarray(base_ms, dtype=np.float64)
-    cand = np.asarray(cand_ms, dtype=np.float64)
-    ratio = float(np.median(cand) / np.median(base))
-    rng = np.random.default_rng(seed)
-    if paired:
-        if len(base) != len(cand):
-            raise ValueError("paired bootstrap needs equally many base and candidate timings")
-        idx = rng.integers(0, len(base), size=(resamples, len(base)))
-        ratios = np.median(cand[idx], axis=1) / np.median(base[idx], axis=1)
-    else:
-        idx_b = rng.integers(0, len(base), size=(resamples, len(base)))
-        idx_c = rng.integers(0, len(cand), size=(resamples, len(cand)))
-        ratios = np.median(cand[idx_c], axis=1) / np.median(base[idx_b], axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
-    return ratio, float(low), float(high)
-
-
-def interleaved_timings(
-    base: ort.InferenceSession,
-    cand: ort.InferenceSession,
-    base_feed: Mapping[str, np.ndarray],
-    cand_feed: Mapping[str, np.ndarray],
-    rounds: int,
-    start_round: int = 0,
-    progress: Any = None,
-) -> tuple[list[float], list[float]]:
-    """Time ``rounds`` rounds of one run each, order alternating per round (ms lists)."""
-    from onnxprune.evaluate import time_run
-
-    base_ms: list[float] = []
-    cand_ms: list[float] = []
-    for i in range(start_round, start_round + rounds):
-        if i % 2 == 0:
-            base_ms.append(time_run(base, base_feed))
-            cand_ms.append(time_run(cand, cand_feed))
-        else:
-            cand_ms.append(time_run(cand, cand_feed))
-            base_ms.append(time_run(base, base_feed))
-        if progress is not None:
-            progress.advance()
-    return base_ms, cand_ms
 
 
 @dataclass

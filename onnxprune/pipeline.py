@@ -359,45 +359,72 @@ def recover_model(
 @dataclass
 class Comparison:
     """Both models on the same ``samples``: ``original`` scored against the labels, ``pruned``
-    against the labels and against the original's logits (agreement, KL). Latency: p50 in ms
-    per batch size, empty when not measured."""
+    against the labels and against the original's outputs (agreement, KL, SNR, cosine, ...;
+    :func:`onnxprune.evaluate.fidelity_from_outputs`); ``metric`` is the headline figure.
+
+    Latency per batch size (1 and 32), measured interleaved with the gate's method: p50 in ms
+    of each model, ``latency_ratio[b] = (ratio, low, high)`` (median ratio pruned/original and
+    its 95 % paired-bootstrap interval). A batch size the model cannot run has ``None`` and
+    ``latency_note[b]`` says why (``"fixed batch 1"``). Empty when not measured.
+    """
 
     original: Any
     pruned: Any
     samples: int
     labelled: bool
-    original_latency_ms: dict[int, float] = field(default_factory=dict)
-    pruned_latency_ms: dict[int, float] = field(default_factory=dict)
-    original_logits: np.ndarray | None = field(default=None, repr=False, compare=False)
+    metric: str = "agreement"
+    original_latency_ms: dict[int, float | None] = field(default_factory=dict)
+    pruned_latency_ms: dict[int, float | None] = field(default_factory=dict)
+    latency_ratio: dict[int, tuple[float, float, float] | None] = field(default_factory=dict)
+    latency_note: dict[int, str] = field(default_factory=dict)
+    original_logits: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def original_accuracy(self) -> float | None:
-        """Top-1 with labels; without, 100 (the original agrees with itself)."""
-        return self.original.top1 if self.labelled else 100.0
+        """Top-1 with labels; for agreement 100 (the original agrees with itself); for the
+        other fidelity figures None (the original is the reference they are measured to)."""
+        if self.metric == "top1":
+            return self.original.top1
+        return 100.0 if self.metric in ("agreement", "timestep") else None
 
     @property
     def pruned_accuracy(self) -> float | None:
-        """Top-1 with labels, else agreement with the original."""
-        return self.pruned.top1 if self.labelled else self.pruned.agreement
+        """The pruned model's headline figure (``metric``)."""
+        return self.pruned.value(self.metric)
 
     def to_dict(self) -> dict[str, Any]:
+        def ratio(batch: int) -> dict[str, float] | None:
+            value = self.latency_ratio.get(batch)
+            return (
+                None if value is None else dict(zip(("ratio", "low", "high"), value, strict=True))
+            )
+
         return {
             "samples": self.samples,
             "labelled": self.labelled,
+            "metric": self.metric,
             "original": self.original.to_dict(),
             "pruned": self.pruned.to_dict(),
             "original_accuracy": self.original_accuracy,
             "pruned_accuracy": self.pruned_accuracy,
             "original_latency_ms": {str(b): v for b, v in self.original_latency_ms.items()},
             "pruned_latency_ms": {str(b): v for b, v in self.pruned_latency_ms.items()},
+            "latency_ratio": {str(b): ratio(b) for b in self.pruned_latency_ms},
+            "latency_note": {str(b): v for b, v in self.latency_note.items()},
         }
 
     def __str__(self) -> str:
         lines = [f"original: {self.original}", f"pruned:   {self.pruned}"]
         for batch, ms in self.pruned_latency_ms.items():
             base = self.original_latency_ms.get(batch)
-            ratio = f" ({ms / base:.3f}x)" if base else ""
-            lines.append(f"latency b{batch}: {base:.3f} ms -> {ms:.3f} ms{ratio}")
+            interval = self.latency_ratio.get(batch)
+            if ms is None or base is None or interval is None:
+                lines.append(f"latency b{batch}: n/a ({self.latency_note.get(batch, 'not run')})")
+                continue
+            lines.append(
+                f"latency b{batch}: {base:.3f} ms -> {ms:.3f} ms ({interval[0]:.3f}x "
+                f"[{interval[1]:.3f}, {interval[2]:.3f}], interleaved)"
+            )
         return "\n".join(lines)
 
 
@@ -411,10 +438,35 @@ def _session(model: Any, device: str, threads: int | None) -> Any:
     return make_session(model, device=device, threads=threads)
 
 
-def _p50(session: Any, batch: int, runs: int) -> float:
-    from onnxprune.evaluate import measure_latency
+def _interleaved_latency(
+    result: Comparison, sessions: tuple[Any, Any], sample_shape: tuple[int, ...], runs: int
+) -> None:
+    """Time both sessions interleaved (the gate's method) at batch 1 (``runs`` rounds) and
+    32 (``max(5, runs // 2)``), on random input of the data's sample shape; a batch size
+    either model cannot run is recorded as ``None`` with the reason."""
+    from onnxprune.evaluate import (
+        batch_unsupported,
+        interleaved_timings,
+        make_feed,
+        ratio_interval,
+    )
 
-    return float(measure_latency(session, runs=runs, warmup=max(2, runs // 5), batch=batch).p50)
+    base, cand = sessions
+    name = base.get_inputs()[0].name
+    for batch, rounds in ((1, runs), (32, max(5, runs // 2))):
+        reason = batch_unsupported(base, batch) or batch_unsupported(cand, batch)
+        if reason is not None:
+            result.original_latency_ms[batch] = result.pruned_latency_ms[batch] = None
+            result.latency_ratio[batch] = None
+            result.latency_note[batch] = reason
+            continue
+        shape = {name: [batch, *sample_shape]} if len(base.get_inputs()) == 1 else None
+        feed = make_feed(base, batch, shape)
+        interleaved_timings(base, cand, feed, feed, max(2, rounds // 5))  # warm-up
+        base_ms, cand_ms = interleaved_timings(base, cand, feed, feed, rounds)
+        result.original_latency_ms[batch] = float(np.median(base_ms))
+        result.pruned_latency_ms[batch] = float(np.median(cand_ms))
+        result.latency_ratio[batch] = ratio_interval(base_ms, cand_ms)
 
 
 def compare(
@@ -422,41 +474,54 @@ def compare(
     pruned: Any,
     data: Any,
     *,
-    original_logits: np.ndarray | None = None,
+    original_logits: Any = None,
     batch_size: int = 256,
     latency_runs: int = 0,
     device: str = "cpu",
     threads: int | None = None,
+    metric: str | None = None,
 ) -> Comparison:
     """Accuracy / fidelity of ``original`` and ``pruned`` on ``data`` (a ``Dataset``).
 
     Each model is a ``ModelProto``, a path, or an open ``InferenceSession`` (used as is).
-    ``original_logits`` (from an earlier :class:`Comparison` on the same data) skips running
-    the original again. ``latency_runs > 0`` also times both at batch 1 (that many runs) and
-    batch 32 (``max(5, runs // 2)``).
+    ``original_logits`` (the original's outputs from an earlier :class:`Comparison` on the
+    same data) skips running the original again. ``metric`` is the headline figure (one of
+    :data:`onnxprune.fidelity.METRICS`; ``None``: chosen from the outputs and labels, see
+    :func:`onnxprune.fidelity.auto_metric`); one the outputs cannot give is an
+    :class:`OnnxPruneError`. ``latency_runs > 0`` also times both, interleaved, at batch 1
+    (that many rounds) and batch 32 (``max(5, runs // 2)``) where the models accept it.
     """
-    from onnxprune.evaluate import accuracy_from_logits, predict
+    from onnxprune.evaluate import fidelity_from_outputs, predict_outputs
+    from onnxprune.fidelity import measurable, metric_problem
 
     original_session = _session(original, device, threads)
     pruned_session = _session(pruned, device, threads)
     if original_logits is None:
-        original_logits = predict(original_session, data.x, batch_size)
-    pruned_logits = predict(pruned_session, data.x, batch_size)
+        original_logits = predict_outputs(original_session, data.x, batch_size)
+    elif isinstance(original_logits, np.ndarray):
+        original_logits = [original_logits]
+    pruned_outputs = predict_outputs(pruned_session, data.x, batch_size)
+    labelled = data.y is not None
+    if metric is not None and metric_problem(metric, labelled, original_logits):
+        raise OnnxPruneError(
+            f"metric '{metric}' {metric_problem(metric, labelled, original_logits)}; use "
+            f"{' or '.join(measurable(labelled, original_logits))}"
+        )
+    names = [o.name for o in pruned_session.get_outputs()]
+    pruned_result = fidelity_from_outputs(pruned_outputs, data.y, original_logits, names, metric)
+    original_result = fidelity_from_outputs(original_logits, data.y, None, names, "top1")
+    original_result.metric = pruned_result.metric
     result = Comparison(
-        original=accuracy_from_logits(original_logits, data.y),
-        pruned=accuracy_from_logits(pruned_logits, data.y, original_logits),
+        original=original_result,
+        pruned=pruned_result,
         samples=len(data.x),
-        labelled=data.y is not None,
+        labelled=labelled,
+        metric=pruned_result.metric or "agreement",
         original_logits=original_logits,
     )
     if latency_runs:
-        plan = ((1, latency_runs), (32, max(5, latency_runs // 2)))
-        for session, timings in (
-            (original_session, result.original_latency_ms),
-            (pruned_session, result.pruned_latency_ms),
-        ):
-            for batch, runs in plan:
-                timings[batch] = _p50(session, batch, runs)
+        sessions = (original_session, pruned_session)
+        _interleaved_latency(result, sessions, tuple(data.x.shape[1:]), latency_runs)
     return result
 
 

@@ -19,7 +19,7 @@ LEVELS = {
     "normalize": 3, "data": 3, "convert": 3,
     "deps": 4,
     "cost": 5, "plan": 5,
-    "budget": 6,
+    "budget": 6, "fidelity": 6,
     "importance": 7, "surgery": 7, "evaluate": 7, "hgraph": 7,
     "recover": 8, "env": 8, "gate": 8,
     "rl": 9,

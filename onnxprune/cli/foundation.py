@@ -21,6 +21,7 @@ from onnxprune.cli.common import (
     progress,
 )
 from onnxprune.errors import OnnxPruneError
+from onnxprune.fidelity import METRICS
 
 _DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
@@ -120,7 +121,8 @@ def flops_cmd(
     epilog=(
         "\b\nExamples:\n"
         "  onnxprune eval examples/cifar_resnet/resnet20.onnx --data examples/cifar_resnet/data/test.npz\n"
-        "  onnxprune eval pruned.onnx --data images/ --reference model.onnx --json"
+        "  onnxprune eval pruned.onnx --data images/ --reference model.onnx --json\n"
+        "  onnxprune eval pruned_det.onnx --data photos/ --reference det.onnx --metric snr"
     ),
 )
 @_model_arg("model")
@@ -135,6 +137,14 @@ def flops_cmd(
     "--reference",
     type=click.Path(path_type=Path),
     help="Reference model for agreement/KL (label-free).",
+)
+@click.option(
+    "--metric",
+    type=click.Choice(("auto", *METRICS)),
+    default="auto",
+    show_default=True,
+    help="Headline figure: auto = top1 with labels, agreement for a classifier, snr for any "
+    "other outputs (needs --reference for the fidelity ones).",
 )
 @click.option(
     "--batch",
@@ -157,6 +167,7 @@ def eval_cmd(
     model,
     data_path,
     reference,
+    metric,
     batch,
     limit,
     device,
@@ -169,11 +180,14 @@ def eval_cmd(
     input_shapes,
     as_json,
 ) -> int:
-    """Accuracy (top-1/top-5 with labels) and fidelity to a reference model (agreement, KL).
+    """Accuracy (top-1/top-5 with labels) and fidelity to a reference model: agreement and
+    KL for a classifier; for any output SNR (dB), cosine and, for [N, T, C] outputs,
+    per-timestep agreement. Every figure has its sample count and a 95 % interval.
 
     Preprocessing comes from the flags, else from preprocess.json next to the data.
     """
-    from onnxprune.evaluate import accuracy_from_logits, make_session, predict
+    from onnxprune.evaluate import fidelity_from_outputs, make_session, predict_outputs
+    from onnxprune.fidelity import METRIC_TEXT, MIN_RELIABLE_SAMPLES, measurable, metric_problem
     from onnxprune.model import fix_input_shapes, load_model
 
     onnx_model = load_model(model, infer_shapes=False)
@@ -190,18 +204,38 @@ def eval_cmd(
     if reference is not None:
         sessions.append(("reference", make_session(reference, device=device, threads=threads)))
     chunks = [(start, min(start + batch, len(dataset))) for start in range(0, len(dataset), batch)]
-    logits: dict[str, list[np.ndarray]] = {name: [] for name, _ in sessions}
+    parts: dict[str, list[list[np.ndarray]]] = {name: [] for name, _ in sessions}
     with progress("evaluating", len(chunks) * len(sessions), enabled=not as_json) as task:
         for name, session in sessions:
             for start, stop in chunks:
-                logits[name].append(predict(session, dataset.x[start:stop], batch))
+                parts[name].append(predict_outputs(session, dataset.x[start:stop], batch))
                 task.advance()
-    reference_logits = np.concatenate(logits["reference"]) if reference is not None else None
-    result = accuracy_from_logits(np.concatenate(logits["model"]), dataset.y, reference_logits)
+    outputs = {
+        name: [np.concatenate(o) for o in zip(*chunked, strict=True)]
+        for name, chunked in parts.items()
+    }
+    reference_outputs = outputs.get("reference")
+    chosen = None if metric == "auto" else metric
+    problem = chosen and metric_problem(chosen, dataset.y is not None, outputs["model"])
+    if chosen and chosen != "top1" and reference is None:
+        problem = "needs --reference (the unpruned model)"
+    if problem:
+        usable = ", ".join(measurable(dataset.y is not None, outputs["model"]))
+        raise OnnxPruneError(f"--metric {metric} {problem}; use --metric auto or one of: {usable}")
+    names = [o.name for o in sessions[0][1].get_outputs()]
+    result = fidelity_from_outputs(outputs["model"], dataset.y, reference_outputs, names, chosen)
     if as_json:
         echo_json({**result.to_dict(), "data": dataset.to_dict(), "model": str(model)})
-    else:
-        click.echo(f"{model}: {result}")
+        return EXIT_OK
+    click.echo(f"{model}: {result}")
+    if result.metric is not None and result.value(result.metric) is not None:
+        click.echo(f"{result.figure(result.metric)}: {METRIC_TEXT[result.metric]}")
+    if result.n < MIN_RELIABLE_SAMPLES:
+        click.echo(
+            f"WARNING: only {result.n} samples (fewer than {MIN_RELIABLE_SAMPLES}); the "
+            "figures are unreliable, read the intervals",
+            err=True,
+        )
     return EXIT_OK
 
 
@@ -222,7 +256,7 @@ def eval_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def bench_cmd(model, batch, runs, warmup, threads, device, input_shapes, as_json) -> int:
     """Latency of one inference (p50/p90/p99 ms) on random input of the model's shape."""
-    from onnxprune.evaluate import make_session, measure_latency
+    from onnxprune.evaluate import batch_unsupported, make_session, measure_latency
     from onnxprune.model import fix_input_shapes, load_model, named_input_shapes
 
     shapes = _shapes(input_shapes)
@@ -230,6 +264,13 @@ def bench_cmd(model, batch, runs, warmup, threads, device, input_shapes, as_json
     onnx_model = fix_input_shapes(load_model(model, infer_shapes=False), shapes)
     shapes = named_input_shapes(onnx_model, shapes, "--input-shape") if shapes else None
     session = make_session(onnx_model, device=device, threads=threads)
+    reason = batch_unsupported(session, batch) if shapes is None else None
+    if reason is not None:  # timing another batch would silently time the fixed one
+        if as_json:
+            echo_json({"p50_ms": None, "batch": batch, "reason": reason, "model": str(model)})
+        else:
+            click.echo(f"{model}: latency at batch {batch}: n/a ({reason})")
+        return EXIT_OK
     with progress("timing", runs, enabled=not as_json) as task:
         result = measure_latency(
             session, shapes, runs=runs, warmup=warmup, batch=batch, progress=task

@@ -148,7 +148,16 @@ def recover(
             }
         )  # fmt: skip
         return
+    from onnxprune.fidelity import METRIC_TEXT, MIN_RELIABLE_SAMPLES
+
     click.echo(f"reference: {before.original}")
     click.echo(f"before:    {before.pruned}")
     click.echo(f"after:     {after.pruned}")
+    click.echo(f"{after.metric}: {METRIC_TEXT[after.metric]}")
+    if len(held_out) < MIN_RELIABLE_SAMPLES:
+        click.echo(
+            f"WARNING: only {len(held_out)} held-out samples (fewer than {MIN_RELIABLE_SAMPLES}); "
+            "read the intervals, or raise --holdout",
+            err=True,
+        )
     click.echo(f"wrote {output}")

@@ -16,6 +16,7 @@ from onnxprune.cli.common import (
     resolve_model_path,
 )
 from onnxprune.pipeline import RECOVERY_METHODS
+from onnxprune.search.strategy import REWARDS
 
 
 def register(main: click.Group) -> None:
@@ -43,6 +44,12 @@ def register(main: click.Group) -> None:
     default="gnn-rl",
     show_default=True,
     help="Preset name (gnn-rl, agmc, amc, uniform, random, fast) or a .toml file.",
+)
+@click.option(
+    "--reward",
+    type=click.Choice(REWARDS),
+    help="What the reward measures (preset: auto = top-1 with labels, agreement for a "
+    "classifier, snr for any other outputs; cosine, kl, timestep: see report.md).",
 )
 @click.option("--episodes", type=int, help="Override the preset's number of episodes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed (CPU runs repeat).")
@@ -98,6 +105,7 @@ def search_command(
     flops: float,
     data: Path,
     strategy: str,
+    reward: str | None,
     episodes: int | None,
     seed: int,
     reward_samples: int | None,
@@ -136,9 +144,14 @@ def search_command(
     Preprocessing of uint8 images comes from the flags, else from preprocess.json next to
     the data.
     """
-    from onnxprune.search import run_search
+    import dataclasses
+
+    from onnxprune.search import load_strategy, run_search
 
     model = resolve_model_path(model)
+    chosen: Any = strategy
+    if reward is not None:  # --reward overrides the preset's ``reward`` key
+        chosen = dataclasses.replace(load_strategy(strategy), reward=reward)
     flags = {"scale": scale, "mean": mean, "std": std, "layout": layout, "resize": resize}
     dataset = load_cli_data(data, model, flags)
     eval_dataset = load_cli_data(eval_data, model, flags) if eval_data is not None else None
@@ -146,7 +159,7 @@ def search_command(
         model,
         dataset,
         flops,
-        strategy,
+        chosen,
         outdir,
         seed,
         episodes=episodes,

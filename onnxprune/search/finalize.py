@@ -3,7 +3,8 @@
 ``finalize(setup, outcome, latency_runs)`` runs, in order, :func:`_materialize` (plan and
 surgery, :func:`onnxprune.surgery.apply_plan`), :func:`_recover` (the strategy's
 ``recover``, fitted on the reward split), :func:`_evaluate` (original and pruned on the
-held-out split; latency p50 at batch 1 and 32) and :func:`_write` (``pruned.onnx``,
+held-out split; latency p50 at batch 1 and 32, interleaved as the gate times,
+with the ratio's interval; ``None`` and the reason for a batch size the model cannot run) and :func:`_write` (``pruned.onnx``,
 ``plan.json``, ``report.json``, ``report.md`` and plots, :mod:`onnxprune.search.report`).
 """
 
@@ -72,7 +73,9 @@ def _evaluate(
         latency_runs=latency_runs,
         device=setup.device,
         threads=setup.threads,
+        metric=setup.metric,
     )
+    _warn_small_heldout(setup, len(setup.splits.heldout))
 
     def side(cost: Any, evaluation: Any, accuracy: float | None, latency: dict) -> dict:
         return {
@@ -80,9 +83,11 @@ def _evaluate(
             "flops": int(cost.flops),
             "params": int(cost.params),
             "accuracy": accuracy,
+            "metric": comparison.metric,
             "eval": evaluation.to_dict(),
             "latency_ms_b1": latency.get(1),
             "latency_ms_b32": latency.get(32),
+            "latency_note": {str(b): why for b, why in comparison.latency_note.items()},
         }
 
     original = side(
@@ -94,7 +99,21 @@ def _evaluate(
     pruned_side = side(
         pruned_cost, comparison.pruned, comparison.pruned_accuracy, comparison.pruned_latency_ms
     )
+    # The ratio and its interval come from the interleaved, paired timings (gate's method).
+    pruned_side["latency_ratio"] = comparison.to_dict()["latency_ratio"]
     return original, pruned_side
+
+
+def _warn_small_heldout(setup: SearchSetup, count: int) -> None:
+    """A loud note when the held-out split is too small for its figure to mean much."""
+    from onnxprune.fidelity import MIN_RELIABLE_SAMPLES
+
+    if count < MIN_RELIABLE_SAMPLES:
+        setup.notes.append(
+            f"WARNING: the held-out split has only {count} sample(s) (< {MIN_RELIABLE_SAMPLES}): "
+            "its accuracy/fidelity interval is wide, read the interval, not the point; give "
+            "more --data, a smaller --reward-samples, or --eval-data"
+        )
 
 
 def _group_rows(setup: SearchSetup, plan: Any, kept: dict[int, int]) -> list[dict[str, Any]]:

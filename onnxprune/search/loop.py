@@ -34,6 +34,7 @@ from onnxprune.search.reward import select_final
 from onnxprune.search.strategy import Strategy, StrategyOverrides, load_strategy
 
 OnEpisode = Callable[[EpisodeRecord], None]
+CONSTANT_REWARD_PLANS = 3  # distinct warm-up plans with one reward that stop the search
 
 
 def run_search(
@@ -195,6 +196,8 @@ def _run_episodes(
                 bar.advance(1, status=status)
                 if on_episode is not None:
                     on_episode(entry)
+                if episode == strat.warmup - 1:
+                    _stop_if_reward_is_constant(setup, state.log, checkpoint)
         except KeyboardInterrupt:
             setup.notes.append(
                 f"interrupted after {len(state.log)} episode(s); kept the best plan so far"
@@ -203,6 +206,46 @@ def _run_episodes(
                 raise
             return True
     return False
+
+
+def _stop_if_reward_is_constant(
+    setup: SearchSetup, log: list[EpisodeRecord], checkpoint: Checkpoint
+) -> None:
+    """After the warm-up: a reward equal for every distinct plan cannot steer the agent.
+
+    Exploiting it would be a random search reported as an optimised one, so the search stops
+    with :class:`OnnxPruneError` saying what the reward was and what to do. Nothing is left
+    half-written: the checkpoint is removed (and the output folder, when the search created
+    it and that leaves it empty: :class:`~onnxprune.search.outdir.OutputLock`), as for a run
+    refused before its first episode. Agents without a warm-up phase
+    (``uniform``, ``random``) never exploit, so they are not stopped. It takes at least
+    :data:`CONSTANT_REWARD_PLANS` distinct plans: two plans can tie by chance on a coarse
+    proportion (two plans with 1 of 60 correct), all of three or more rarely do.
+    """
+    strat = setup.strategy
+    if not type(setup.agent).warmup_phase or strat.warmup < 2 or strat.episodes <= strat.warmup:
+        return
+    plans = {tuple(sorted(e.kept.items())) for e in log}
+    rewards = [e.reward for e in log]
+    if len(plans) < CONSTANT_REWARD_PLANS or max(rewards) - min(rewards) > 1e-12:
+        return
+    checkpoint.path.unlink(missing_ok=True)  # the lock then removes the folder it made
+    if setup.metric in ("top1", "agreement", "kl"):
+        advice = (
+            "it only looks at the arg-max/class scores of the first output; for a model whose "
+            "outputs are not class scores use --reward snr (output signal-to-noise ratio) or "
+            "--reward cosine"
+        )
+    else:
+        advice = (
+            "the model's outputs do not change when these channels are pruned; check with "
+            "`onnxprune groups` which groups feed the outputs, or try --reward cosine"
+        )
+    raise OnnxPruneError(
+        f"the reward '{setup.metric}' was {rewards[0]:.6g} for all {len(plans)} distinct plans "
+        f"of the {len(log)} warm-up episodes, so it cannot steer the search (exploiting it "
+        f"would be a random search); {advice}"
+    )
 
 
 def _final_pick(

@@ -56,6 +56,7 @@ class OutputLock:
     def __init__(self, outdir: Path) -> None:
         self.path = outdir / LOCK
         self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        self.created_folder = False
 
     def __str__(self) -> str:
         return f"lock {self.path} ({self.owner['host']}:{self.owner['pid']})"
@@ -75,6 +76,7 @@ class OutputLock:
         return holder if pid != os.getpid() and _alive(pid) else None
 
     def __enter__(self) -> OutputLock:
+        self.created_folder = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -113,3 +115,5 @@ class OutputLock:
         traceback: TracebackType | None,
     ) -> None:
         self.path.unlink(missing_ok=True)
+        if self.created_folder and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()  # a search that wrote nothing leaves nothing behind

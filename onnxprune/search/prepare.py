@@ -170,8 +170,8 @@ def prepare(
     )
     splits = _splits(dataset, eval_data, model, strat, seed)
     reward_split = splits.reward
-    metric = reward_metric(strat.reward, reward_split, reward_split.source)
     session = make_session(analysis.model.SerializeToString(), device=device, threads=threads)
+    metric = reward_metric(strat.reward, reward_split, reward_split.source, session)
     reference = reference_logits(metric, session, reward_split, strat.batch_size)
     if reference is not None:
         notes.append(

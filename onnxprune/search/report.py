@@ -3,8 +3,10 @@
 ``write_report(result, outdir)`` writes
 
 - ``report.json``: ``SearchResult.to_dict()`` (every episode included);
-- ``report.md``: a table original vs pruned (MACs, params, held-out accuracy, latency p50 at
-  batch 1 and 32), the reward used, strategy, seed, episodes, time, and the kept channels
+- ``report.md``: a table original vs pruned (MACs, params, held-out accuracy or fidelity
+  with its 95 % interval and sample count, latency p50 at batch 1 and 32 timed interleaved,
+  the ratio with its interval, "n/a (fixed batch 1)" for a batch the model cannot run), the
+  reward used and what it measures, strategy, seed, episodes, time, and the kept channels
   per searched group;
 - ``reward.png``: reward per episode (warm-up shaded, running best as a line);
 - ``ratios.png``: keep-ratio per searched group of the final plan, in graph order.
@@ -23,10 +25,15 @@ from onnxprune.atomic import atomic_path
 from onnxprune.model import format_shapes
 from onnxprune.rl.agents import agent_class
 
-_REWARD_TEXT = {
-    "top1": "-top-1 error on the reward split (labels)",
-    "agreement": "-(1 - top-1 agreement with the unpruned model) on the reward split (no labels)",
+# What the reward number is, per metric (the mapping of onnxprune.search.reward).
+_REWARD_MAP = {
+    "top1": "-top-1 error on the reward split (labels): top1/100 - 1",
+    "agreement": "-(1 - top-1 agreement with the unpruned model) on the reward split "
+    "(no labels): agreement/100 - 1",
     "kl": "-KL(unpruned || pruned) on the reward split (no labels)",
+    "snr": "SNR_dB/100 - 1 on the reward split: 0 when identical, -1 at 0 dB",
+    "cosine": "cosine - 1 on the reward split: 0 when identical",
+    "timestep": "per-timestep agreement/100 - 1 on the reward split",
 }
 
 
@@ -35,8 +42,10 @@ def _atomic_write(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _fmt_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f} ms"
+def _fmt_ms(value: float | None, note: str | None = None) -> str:
+    if value is None:
+        return f"n/a ({note})" if note else "-"
+    return f"{value:.2f} ms"
 
 
 def _ratio(new: float | None, old: float | None) -> str:
@@ -45,18 +54,53 @@ def _ratio(new: float | None, old: float | None) -> str:
     return f"{new / old:.3f}x"
 
 
+def _latency_row(o: dict, p: dict, batch: int) -> str:
+    """One latency row: p50 of each side and the interleaved ratio with its interval."""
+    key = f"latency_ms_b{batch}"
+    note = p.get("latency_note", {}).get(str(batch))
+    interval = (p.get("latency_ratio") or {}).get(str(batch))
+    ratio = (
+        f"{interval['ratio']:.3f}x [{interval['low']:.3f}, {interval['high']:.3f}]"
+        if interval
+        else _ratio(p[key], o[key])
+    )
+    return (
+        f"| latency p50, batch {batch} | {_fmt_ms(o[key], note)} | {_fmt_ms(p[key], note)} "
+        f"| {ratio} |"
+    )
+
+
+def _figure(side: dict, metric: str, reference: bool) -> str:
+    """The held-out figure of one side with its interval (the pruned side)."""
+    from onnxprune.fidelity import format_figure
+
+    if side.get("accuracy") is None:
+        return "reference" if reference else "-"
+    interval = None if reference else ((side.get("eval") or {}).get("intervals") or {}).get(metric)
+    return format_figure(metric, side["accuracy"], interval)
+
+
 def markdown(result: Any) -> str:
     """The ``report.md`` text for a :class:`onnxprune.search.result.SearchResult`."""
+    from onnxprune.fidelity import METRIC_TEXT, MIN_RELIABLE_SAMPLES
+
     o, p = result.original, result.pruned
-    label = "top-1" if result.reward_metric == "top1" else "agreement with original"
-    acc_o = "-" if o["accuracy"] is None else f"{o['accuracy']:.2f} %"
-    acc_p = "-" if p["accuracy"] is None else f"{p['accuracy']:.2f} %"
+    metric = p.get("metric") or result.reward_metric
+    label = result.reward_metric_label(metric)
+    acc_o = _figure(o, metric, reference=metric != "top1")
+    acc_p = _figure(p, metric, reference=False)
     delta = (
         "-"
         if o["accuracy"] is None or p["accuracy"] is None
-        else f"{p['accuracy'] - o['accuracy']:+.2f} pt"
+        else f"{p['accuracy'] - o['accuracy']:+.2f}"
+    )
+    small = (
+        f" — **WARNING: fewer than {MIN_RELIABLE_SAMPLES} samples, the figure is unreliable**"
+        if result.eval_samples < MIN_RELIABLE_SAMPLES
+        else ""
     )
     strat = result.strategy
+    reward_text = METRIC_TEXT.get(result.reward_metric, result.reward_metric)
     lines = [
         f"# onnxprune search report: `{Path(result.model).name}`",
         "",
@@ -67,22 +111,23 @@ def markdown(result: Any) -> str:
         f"{result.evaluations} distinct plans evaluated"
         + (" — **interrupted**, best plan so far" if result.interrupted else "")
         + (f" (resumed at episode {result.resumed_from})" if result.resumed_from else ""),
-        f"- reward: {_REWARD_TEXT.get(result.reward_metric, result.reward_metric)}, "
-        f"{result.reward_samples} samples; best {result.best_reward:.4f} at episode "
-        f"{result.best_episode}",
-        f"- held-out evaluation: {result.eval_samples} samples of {result.eval_source}",
+        f"- reward: {_REWARD_MAP.get(result.reward_metric, result.reward_metric)}; "
+        f"**{result.reward_metric}** = {reward_text}; {result.reward_samples} samples; best "
+        f"{result.best_reward:.4f} at episode {result.best_episode}",
+        f"- held-out evaluation: {result.eval_samples} samples of {result.eval_source}; "
+        f"{label}: {METRIC_TEXT.get(metric, metric)}; [low, high] is the 95 % interval{small}",
         f"- recovery: {result.recover}",
         f"- time: {result.seconds:.1f} s total, {result.search_seconds:.1f} s search",
+        "- latency: p50 of interleaved runs (the gate's method); the ratio's [low, high] is a "
+        "95 % paired bootstrap interval",
         "",
         "| | original | pruned | ratio |",
         "|---|---:|---:|---:|",
         f"| MACs | {o['macs']:,} | {p['macs']:,} | {_ratio(p['macs'], o['macs'])} |",
         f"| params | {o['params']:,} | {p['params']:,} | {_ratio(p['params'], o['params'])} |",
-        f"| held-out {label} | {acc_o} | {acc_p} | {delta} |",
-        f"| latency p50, batch 1 | {_fmt_ms(o['latency_ms_b1'])} | {_fmt_ms(p['latency_ms_b1'])} "
-        f"| {_ratio(p['latency_ms_b1'], o['latency_ms_b1'])} |",
-        f"| latency p50, batch 32 | {_fmt_ms(o['latency_ms_b32'])} | "
-        f"{_fmt_ms(p['latency_ms_b32'])} | {_ratio(p['latency_ms_b32'], o['latency_ms_b32'])} |",
+        f"| held-out {label} (n={result.eval_samples}) | {acc_o} | {acc_p} | {delta} |",
+        _latency_row(o, p, 1),
+        _latency_row(o, p, 32),
         "",
         "## Kept channels per searched group",
         "",
@@ -94,27 +139,32 @@ def markdown(result: Any) -> str:
         lines.append(
             f"| {row['id']} | {tensor} | {row['size']} | {row['kept']} | {row['keep_ratio']:.3f} |"
         )
-    selection = result.selection
-    if selection:
-        lines += [
-            "",
-            "## Final pick",
-            "",
-            "The plans with the best rewards, re-scored on the selection split; the best "
-            "sample-weighted mean wins.",
-            "",
-            "| rank by reward | reward | selection split | weighted | chosen |",
-            "|---:|---:|---:|---:|:---:|",
-        ]
-        for rank, row in enumerate(selection, 1):
-            lines.append(
-                f"| {rank} | {row['reward']:.4f} | {row['select_reward']:.4f} "
-                f"| {row['combined']:.4f} | {'yes' if row['chosen'] else ''} |"
-            )
+    lines += _selection_lines(result.selection)
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in result.notes]
     lines += ["", "![reward per episode](reward.png)", "", "![keep ratio per group](ratios.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _selection_lines(selection: list[dict[str, Any]]) -> list[str]:
+    if not selection:
+        return []
+    lines = [
+        "",
+        "## Final pick",
+        "",
+        "The plans with the best rewards, re-scored on the selection split; the best "
+        "sample-weighted mean wins.",
+        "",
+        "| rank by reward | reward | selection split | weighted | chosen |",
+        "|---:|---:|---:|---:|:---:|",
+    ]
+    for rank, row in enumerate(selection, 1):
+        lines.append(
+            f"| {rank} | {row['reward']:.4f} | {row['select_reward']:.4f} "
+            f"| {row['combined']:.4f} | {'yes' if row['chosen'] else ''} |"
+        )
+    return lines
 
 
 def plot_rewards(result: Any, path: Path) -> Path:

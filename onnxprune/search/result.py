@@ -83,20 +83,38 @@ class SearchResult:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
 
     def __str__(self) -> str:
+        from onnxprune.fidelity import MIN_RELIABLE_SAMPLES, format_figure
+
         o, p = self.original, self.pruned
         acc = ""
-        if o.get("accuracy") is not None and p.get("accuracy") is not None:
-            acc = f", held-out {self.reward_metric_label()} {o['accuracy']:.2f} -> {p['accuracy']:.2f} %"
+        metric = p.get("metric") or self.reward_metric
+        interval = ((p.get("eval") or {}).get("intervals") or {}).get(metric)
+        if p.get("accuracy") is not None:
+            before = "" if o.get("accuracy") is None else f"{o['accuracy']:.2f} -> "
+            figure = format_figure(metric, p["accuracy"], interval)
+            acc = (
+                f", held-out {self.reward_metric_label(metric)} {before}{figure} "
+                f"(n={self.eval_samples})"
+            )
         stop = " (interrupted)" if self.interrupted else ""
+        warning = (
+            f"\nWARNING: the held-out split has only {self.eval_samples} sample(s) "
+            f"(< {MIN_RELIABLE_SAMPLES}); its figure is unreliable, read the interval"
+            if self.eval_samples < MIN_RELIABLE_SAMPLES
+            else ""
+        )
         return (
             f"search{stop}: {self.strategy.name} ({self.strategy.agent}), seed {self.seed}, "
             f"{len(self.episodes)} episodes, best reward {self.best_reward:.4f} at episode "
             f"{self.best_episode}; MACs {o['macs']:,} -> {p['macs']:,} "
-            f"({p['macs'] / max(o['macs'], 1):.3f}){acc}; wrote {self.outdir}"
+            f"({p['macs'] / max(o['macs'], 1):.3f}){acc}; wrote {self.outdir}{warning}"
         )
 
-    def reward_metric_label(self) -> str:
-        return "top-1" if self.reward_metric == "top1" else "agreement"
+    def reward_metric_label(self, metric: str | None = None) -> str:
+        from onnxprune.fidelity import METRIC_LABELS
+
+        name = metric or self.reward_metric
+        return METRIC_LABELS.get(name, name)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,10 +1,30 @@
 """The reward: plan -> pruned model -> onnxruntime -> eq. 8 score, and the final re-scoring.
 
-After paper 002 (eq. 8) the reward is ``-error = top1/100 - 1`` on the reward split when the
-data has labels; without labels the fidelity ``agreement/100 - 1`` (top-1 agreement with the
-unpruned model) or ``-KL`` (``reward = "kl"``). With ``reward_recover = "ls"`` each
-candidate is first repaired by least squares on the fit split, so the search optimises the
-accuracy the recovered model will have.
+After paper 002 (eq. 8) the reward is ``-error`` and higher is better; every metric of
+:mod:`onnxprune.fidelity` is mapped to a number that is 0 for a pruned model that loses
+nothing and about -1 for one that is useless:
+
+==============  ================================  ============================================
+``reward``      measured on the reward split      reward
+==============  ================================  ============================================
+``top1``        top-1 against the labels (%)      ``top1 / 100 - 1``  (-error, eq. 8)
+``agreement``   top-1 agreement with the          ``agreement / 100 - 1``
+                unpruned model (%)
+``kl``          KL(unpruned || pruned), nats      ``-KL``
+``snr``         output SNR in dB, worst output    ``snr_db / 100 - 1``: 0 at the 100 dB cap
+                                                  (identical), -1 at 0 dB (the error has the
+                                                  energy of the output), below -1 when worse
+``cosine``      mean cosine, worst output         ``cosine - 1``
+``timestep``    per-timestep argmax agreement     ``timestep / 100 - 1``
+                of ``[N, T, C]`` outputs (%)
+==============  ================================  ============================================
+
+``auto`` (:func:`reward_metric`): ``top1`` with labels and a classifier output, ``agreement``
+for a classifier output without labels, ``snr`` for any other outputs (detection maps, boxes,
+sequences), which top-1 agreement cannot score (it stays at -1 for every plan).
+
+With ``reward_recover = "ls"`` each candidate is first repaired by least squares on the fit
+split, so the search optimises the accuracy the recovered model will have.
 
 The final pick (:func:`select_final`): with ``select_top > 1`` the best few plans by reward
 are re-scored on the selection split and the best sample-weighted mean of both scores wins;
@@ -20,38 +40,58 @@ from typing import Any
 import numpy as np
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.fidelity import SNR_CAP_DB, auto_metric, measurable, metric_problem
 from onnxprune.search.result import BestPlan, EpisodeRecord
 
-FIDELITY = ("agreement", "kl")
+FIDELITY = ("agreement", "kl", "snr", "cosine", "timestep")
 
 
 def reward_from(result: Any, metric: str) -> float:
-    """Eq. 8 reward from an ``EvalResult``: ``-error`` as a fraction, or ``-KL``."""
-    if metric == "top1":
-        return result.top1 / 100.0 - 1.0
-    if metric == "agreement":
-        return result.agreement / 100.0 - 1.0
-    return -float(result.kl)
+    """Eq. 8 reward (higher is better) from an ``EvalResult``; the table in the module
+    docstring."""
+    if metric == "kl":
+        return -float(result.kl)
+    if metric == "snr":
+        return float(result.snr_db) / SNR_CAP_DB - 1.0
+    if metric == "cosine":
+        return float(result.cosine) - 1.0
+    return float(result.value(metric)) / 100.0 - 1.0
 
 
-def reward_metric(requested: str, split: Any, source: str) -> str:
-    """The metric a strategy's ``reward`` means on ``split`` (``auto``: top1 with labels)."""
-    metric = requested
-    if metric == "auto":
-        metric = "top1" if split.labelled else "agreement"
-    if metric == "top1" and not split.labelled:
+def reward_metric(
+    requested: str, split: Any, source: str, session: Any = None, batch_size: int = 1
+) -> str:
+    """The metric a strategy's ``reward`` means on ``split`` for the model of ``session``
+    (``auto``: see the module docstring). A metric the outputs cannot give is an
+    :class:`OnnxPruneError` naming the ones that can."""
+    if session is None:  # no model to look at: the classifier rule
+        metric = ("top1" if split.labelled else "agreement") if requested == "auto" else requested
+        if metric == "top1" and not split.labelled:
+            raise OnnxPruneError(
+                f"reward 'top1' needs labels but data '{source}' has none; use reward = "
+                "'agreement', 'kl', 'snr' or 'cosine' (fidelity to the unpruned model)"
+            )
+        return metric
+    from onnxprune.evaluate import predict_outputs
+
+    sample_outputs = predict_outputs(session, split.x[:1], batch_size)
+    if requested == "auto":
+        return auto_metric(split.labelled, sample_outputs)
+    problem = metric_problem(requested, split.labelled, sample_outputs)
+    if problem:
+        usable = " or ".join(f"--reward {m}" for m in measurable(split.labelled, sample_outputs))
         raise OnnxPruneError(
-            f"reward 'top1' needs labels but data '{source}' has none; use reward = "
-            "'agreement' or 'kl' (fidelity to the unpruned model)"
+            f"reward '{requested}' {problem} (data '{source}'); use {usable} (fidelity of "
+            "the outputs to the unpruned model)"
         )
-    return metric
+    return requested
 
 
 class PlanEvaluator:
     """``(kept) -> reward`` on ``split``: plan -> surgery -> ORT session -> predict.
 
-    ``metric``: ``top1`` (labels), ``agreement`` or ``kl`` (fidelity to ``reference``, the
-    unpruned model's logits ``[len(split), classes]`` on the same samples).
+    ``metric``: ``top1`` (labels) or a fidelity to ``reference``, the unpruned model's
+    outputs on the same samples (one ``[len(split), ...]`` array per output).
     ``recover_images``: refit each candidate by least squares on (at most that many images
     of) ``fit_split`` first (default: ``split`` itself).
     """
@@ -62,7 +102,7 @@ class PlanEvaluator:
         scores: Mapping[int, np.ndarray],
         split: Any,
         metric: str,
-        reference: np.ndarray | None,
+        reference: list[np.ndarray] | None,
         device: str,
         batch_size: int,
         threads: int | None = None,
@@ -141,7 +181,13 @@ class PlanEvaluator:
         return pruned
 
     def __call__(self, kept: Mapping[int, int]) -> float:
-        from onnxprune.evaluate import accuracy_from_logits, make_session, predict
+        from onnxprune.evaluate import (
+            accuracy_from_logits,
+            fidelity_from_outputs,
+            make_session,
+            predict,
+            predict_outputs,
+        )
 
         start = time.perf_counter()
         session = make_session(
@@ -150,20 +196,25 @@ class PlanEvaluator:
             threads=self.threads,
             spin=False,
         )
-        logits = predict(session, self.split.x, self.batch_size)
-        result = accuracy_from_logits(logits, self.split.y, self.reference)
+        if self.metric == "top1":  # the classifier path, as before: first output only
+            logits = predict(session, self.split.x, self.batch_size)
+            result = accuracy_from_logits(logits, self.split.y)
+        else:
+            outputs = predict_outputs(session, self.split.x, self.batch_size)
+            result = fidelity_from_outputs(outputs, self.split.y, self.reference)
         self.seconds += time.perf_counter() - start
         self.calls += 1
         return reward_from(result, self.metric)
 
 
 def reference_logits(metric: str, session: Any, split: Any, batch_size: int) -> Any:
-    """The unpruned model's logits on ``split`` when ``metric`` measures fidelity, else None."""
+    """The unpruned model's outputs on ``split`` (one array per output) when ``metric``
+    measures fidelity, else None."""
     if metric not in FIDELITY:
         return None
-    from onnxprune.evaluate import predict
+    from onnxprune.evaluate import predict_outputs
 
-    return predict(session, split.x, batch_size)
+    return predict_outputs(session, split.x, batch_size)
 
 
 def select_final(

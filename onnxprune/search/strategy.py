@@ -25,7 +25,7 @@ from onnxprune.rl.config import DDPGConfig, NoiseSettings
 
 AGENTS = BUILTIN_AGENTS
 SKIP_RULES = ("residual", "grouped")
-REWARDS = ("auto", "top1", "agreement", "kl")
+REWARDS = ("auto", "top1", "agreement", "kl", "snr", "cosine", "timestep")
 RECOVERY = RECOVERY_METHODS  # the final recovery: any method of pipeline.recover_model
 CRITERIA = ("l1", "l2", "bn", "activation")
 TABLES: dict[str, type[NoiseSettings] | type[DDPGConfig]] = {
