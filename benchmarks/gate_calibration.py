@@ -10,12 +10,21 @@ Each gate run times 200 interleaved rounds (batch 4, 1 thread), a fraction of a 
 few seconds. Prints a summary and writes ``benchmarks/results/gate_calibration.json``.
 Run on a shared machine: the spread of ratios includes other people's load.
 
+``--burn N`` starts N CPU-burning processes beside the gate for the whole calibration (a
+loaded CI runner) and writes ``gate_calibration_burn<N>.json``: under load a verdict may be
+"inconclusive" (exit 4) instead of pass/fail; a *wrong* verdict (identical models failing,
+the slower candidate passing) is what must not happen.
+
     .venv/bin/python benchmarks/gate_calibration.py
+    .venv/bin/python benchmarks/gate_calibration.py --burn 4
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +54,9 @@ def _trials(base, cand, max_slowdown: float) -> list[dict]:
         result = run_gate(base, cand, max_slowdown, batch=BATCH, runs=RUNS, threads=1, seed=seed)
         rows.append(
             {
+                "verdict": result.verdict,
+                "noise": result.noise,
+                "min_ratio": round(result.min_ratio or 0.0, 4),
                 "passed": result.passed,
                 "ratio": round(result.ratio, 4),
                 "interval": [round(result.ci_low, 4), round(result.ci_high, 4)],
@@ -56,14 +68,33 @@ def _trials(base, cand, max_slowdown: float) -> list[dict]:
             }
         )
         print(
-            f"  {'pass' if result.passed else 'FAIL'} ratio {result.ratio:.3f} "
+            f"  {result.verdict} ratio {result.ratio:.3f} "
             f"[{result.ci_low:.3f}, {result.ci_high:.3f}] rounds {result.rounds} "
             f"base {result.base_median_ms:.3f} ms"
         )
     return rows
 
 
+def _burn() -> None:
+    while True:
+        pass
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--burn", type=int, default=0, help="CPU-burning processes beside it")
+    args = parser.parse_args()
+    burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(args.burn)]
+    for burner in burners:
+        burner.start()
+    try:
+        _calibrate(args.burn)
+    finally:
+        for burner in burners:
+            burner.terminate()
+
+
+def _calibrate(burn: int) -> None:
     base = make_tiny_cnn(BASE_WIDTHS, image=32)
     wide = make_tiny_cnn(WIDE_WIDTHS, image=32, seed=1)
     macs_ratio = model_cost(wide).macs / model_cost(base).macs
@@ -74,9 +105,16 @@ def main() -> None:
     print("+20 % MACs candidate, --max-slowdown 1.10")
     slower = _trials(base, wide, 1.10)
     total_s = time.perf_counter() - start
-    passes = sum(r["passed"] for r in identical)
-    fails = sum(not r["passed"] for r in slower)
+    passes = sum(r["verdict"] == "pass" for r in identical)
+    fails = sum(r["verdict"] == "fail" for r in slower)
+    load = os.getloadavg()[0]
     summary = {
+        "burners": burn,
+        "load_average_at_end": round(load, 2),
+        "identical_wrong_verdicts": sum(r["verdict"] == "fail" for r in identical),
+        "identical_inconclusive": sum(r["verdict"] == "inconclusive" for r in identical),
+        "slower_wrong_verdicts": sum(r["verdict"] == "pass" for r in slower),
+        "slower_inconclusive": sum(r["verdict"] == "inconclusive" for r in slower),
         "identical_pass": f"{passes}/{TRIALS}",
         "identical_target_met": passes >= 19,
         "slower_fail": f"{fails}/{TRIALS}",
@@ -108,9 +146,10 @@ def main() -> None:
             "cpu": cpu_model(),
             "numpy": np.__version__,
         },
-        "note": "shared 2-core machine with other jobs running",
+        "note": f"shared 2-core machine with other jobs running, {burn} CPU burner(s) beside",
     }
-    out = ROOT / "benchmarks" / "results" / "gate_calibration.json"
+    name = f"gate_calibration_burn{burn}.json" if burn else "gate_calibration.json"
+    out = ROOT / "benchmarks" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")

@@ -94,9 +94,14 @@ class GateResult:
     max_accuracy_drop: float | None = None
     base_times_ms: list[float] = field(default_factory=list, repr=False)
     cand_times_ms: list[float] = field(default_factory=list, repr=False)
+    noise: list[str] = field(default_factory=list)
+    min_ratio: float | None = None
+    inconclusive: bool = False
 
     @property
     def verdict(self) -> str:
+        if self.inconclusive:
+            return "inconclusive"
         return "pass" if self.passed else "fail"
 
     def to_dict(self) -> dict:
@@ -108,6 +113,9 @@ class GateResult:
             "interval": [self.ci_low, self.ci_high],
             "confidence": self.confidence,
             "conclusive": self.conclusive,
+            "inconclusive": self.inconclusive,
+            "noise": self.noise,
+            "min_ratio": self.min_ratio,
             "max_slowdown": self.max_slowdown,
             "reasons": self.reasons,
             "caveats": self.caveats,
@@ -146,6 +154,12 @@ class GateResult:
         ]
         if not self.conclusive:
             lines.append("  note: the interval still contains the limit; the call is close")
+        lines += [f"  noise: {n}" for n in self.noise]
+        if self.inconclusive:
+            lines.append(
+                "  inconclusive: this machine is too noisy to tell; rerun on a quiet machine "
+                "(or with --threads 1 and fewer parallel jobs)"
+            )
         if self.accuracy_drop is not None:
             lines.append(
                 f"  accuracy: baseline {self.base_accuracy}, candidate {self.cand_accuracy}; "
@@ -219,6 +233,74 @@ def _accuracy(
     cand_result = evaluate(cand, data, reference_logits=base_logits)
     assert cand_result.agreement is not None
     return base_result, cand_result, 100.0 - cand_result.agreement
+
+
+# A machine is called noisy when one of these is exceeded (calibrated in
+# benchmarks/gate_calibration.py, quiet and with CPU burners beside the gate).
+NOISY_SPREAD = 0.25  # IQR of the per-round ratios cand_i / base_i, relative to their median
+NOISY_MIN_MEDIAN = 0.15  # |median ratio / min ratio - 1|: the tail, not the model, differs
+NOISY_LOAD = 1.5  # 1-minute load average per CPU core
+
+
+def _load_per_core() -> float | None:
+    try:
+        return os.getloadavg()[0] / max(os.cpu_count() or 1, 1)
+    except (OSError, AttributeError):
+        return None
+
+
+def noise_signs(
+    base_ms: Sequence[float], cand_ms: Sequence[float], paired: bool
+) -> tuple[list[str], float]:
+    """Signs that the machine, not the models, decided the timings; and the min ratio.
+
+    Three independent signs: the per-round paired ratios spread widely; the ratio of the
+    fastest runs disagrees with the median ratio (the fastest runs are the least disturbed,
+    so on a quiet machine both agree); the load average exceeds the cores.
+    """
+    base, cand = np.asarray(base_ms, np.float64), np.asarray(cand_ms, np.float64)
+    min_ratio = float(cand.min() / base.min())
+    median_ratio = float(np.median(cand) / np.median(base))
+    signs = []
+    if paired and len(base) == len(cand) and len(base) >= 5:
+        per_round = cand / base
+        q1, q2, q3 = np.percentile(per_round, [25, 50, 75])
+        if (q3 - q1) / q2 > NOISY_SPREAD:
+            signs.append(
+                f"per-round ratios spread {100 * (q3 - q1) / q2:.0f} % (IQR/median) > "
+                f"{100 * NOISY_SPREAD:.0f} %"
+            )
+    if abs(median_ratio / min_ratio - 1) > NOISY_MIN_MEDIAN:
+        signs.append(
+            f"median ratio {median_ratio:.3f} disagrees with the fastest-run ratio {min_ratio:.3f}"
+        )
+    load = _load_per_core()
+    if load is not None and load > NOISY_LOAD:
+        signs.append(f"load average {load:.1f} per core > {NOISY_LOAD}")
+    return signs, min_ratio
+
+
+def check_same_inputs(base: Any, cand: Any) -> None:
+    """Two versions of one model take the same inputs; anything else is a usage error
+    (timing them against each other would compare different work)."""
+    base_inputs, cand_inputs = base.get_inputs(), cand.get_inputs()
+    if [i.name for i in base_inputs] != [i.name for i in cand_inputs]:
+        raise OnnxPruneError(
+            f"the models take different inputs: baseline {[i.name for i in base_inputs]}, "
+            f"candidate {[i.name for i in cand_inputs]}; the gate compares two versions of "
+            "one model"
+        )
+    for b_input, c_input in zip(base_inputs, cand_inputs, strict=True):
+        fixed = [
+            (b, c)
+            for b, c in zip(b_input.shape, c_input.shape, strict=False)
+            if isinstance(b, int) and isinstance(c, int)
+        ]
+        if len(b_input.shape) != len(c_input.shape) or any(b != c for b, c in fixed):
+            raise OnnxPruneError(
+                f"input '{b_input.name}' differs: baseline {b_input.shape}, candidate "
+                f"{c_input.shape}; the gate compares two versions of one model"
+            )
 
 
 @dataclass
@@ -315,6 +397,7 @@ def run_gate(
     max_rounds = max(runs, max_rounds if max_rounds is not None else 4 * runs)
     base_session = make_session(base, device=device, threads=threads)
     cand_session = make_session(cand, device=device, threads=threads)
+    check_same_inputs(base_session, cand_session)
     base_feed = make_feed(base_session, batch, input_shape, seed=seed)
     cand_feed = make_feed(cand_session, batch, input_shape, seed=seed)
     shapes = {k: list(v.shape) for k, v in cand_feed.items()}
@@ -350,7 +433,10 @@ def run_gate(
     base_ms, cand_ms, done = timing.base_ms, timing.cand_ms, timing.rounds
     ratio, low, high, conclusive = timing.ratio, timing.low, timing.high, timing.conclusive
     reference = base_ms if baseline_json is None else recorded_base
+    noise, min_ratio = noise_signs(reference, cand_ms, paired=baseline_json is None)
     passed = ratio <= max_slowdown
+    # Noisy and the fastest runs would decide the other way: no honest verdict.
+    inconclusive = bool(noise) and ((min_ratio <= max_slowdown) != passed or not conclusive)
     reasons = []
     if not passed:
         reasons.append(
@@ -393,4 +479,7 @@ def run_gate(
         max_accuracy_drop=max_accuracy_drop,
         base_times_ms=list(reference),
         cand_times_ms=cand_ms,
+        noise=noise,
+        min_ratio=min_ratio,
+        inconclusive=inconclusive,
     )

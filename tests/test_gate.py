@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import onnxprune.evaluate as ev
+import onnxprune.gate as gate_module
 from onnxprune.data import Dataset
 from onnxprune.errors import OnnxPruneError
 from onnxprune.gate import ratio_interval, run_gate
@@ -34,6 +35,7 @@ def fake_clock(monkeypatch):
         return ms * (1.0 + rng.uniform(-0.03, 0.03))
 
     monkeypatch.setattr(ev, "time_run", fake_time_run)
+    monkeypatch.setattr(gate_module, "_load_per_core", lambda: 0.0)  # the real load varies
     return calls
 
 
@@ -129,3 +131,63 @@ def test_usage_errors():
         run_gate(model, model, runs=2)
     with pytest.raises(OnnxPruneError, match="--max-slowdown must be > 0"):
         run_gate(model, model, max_slowdown=0)
+
+
+# A gate that knows when it cannot tell (issue 15).
+def test_noise_signs_quiet_and_noisy(monkeypatch):
+    monkeypatch.setattr(gate_module, "_load_per_core", lambda: 0.2)
+    base = [1.0, 1.3, 0.9, 1.1, 1.0, 1.2, 0.95, 1.05]
+    signs, min_ratio = gate_module.noise_signs(base, [b * 1.5 for b in base], paired=True)
+    assert signs == [] and min_ratio == pytest.approx(1.5)  # drift hits both alike: quiet
+    wild = [b * f for b, f in zip(base, [1.0, 3.0, 1.1, 0.6, 2.5, 1.0, 0.7, 1.9], strict=True)]
+    signs, _ = gate_module.noise_signs(base, wild, paired=True)
+    assert any("per-round ratios spread" in s for s in signs)
+    tail = [5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 1.0]  # one undisturbed run: min ratio 1.0
+    signs, min_ratio = gate_module.noise_signs([1.0] * 8, tail, paired=False)
+    assert min_ratio == pytest.approx(1.0)
+    assert signs == ["median ratio 5.000 disagrees with the fastest-run ratio 1.000"]
+    monkeypatch.setattr(gate_module, "_load_per_core", lambda: 9.0)
+    assert gate_module.noise_signs(base, base, paired=True)[0] == [
+        "load average 9.0 per core > 1.5"
+    ]
+
+
+def test_noisy_and_undecided_is_inconclusive(fake_clock, monkeypatch, tmp_path):
+    monkeypatch.setattr(gate_module, "noise_signs", lambda b, c, paired: (["load 9.0"], 1.0))
+    result = run_gate(_tagged(1.0), _tagged(1.2, seed=1), 1.10, runs=10, warmup=0)
+    assert result.verdict == "inconclusive" and result.to_dict()["noise"] == ["load 9.0"]
+    assert "too noisy to tell" in str(result)
+    monkeypatch.setattr(gate_module, "noise_signs", lambda b, c, paired: (["load 9.0"], 1.19))
+    result = run_gate(_tagged(1.0), _tagged(1.2, seed=1), 1.10, runs=10, warmup=0)
+    assert result.verdict == "fail"  # noisy, but the fastest runs agree: still a verdict
+    assert "noise: load 9.0" in str(result)
+
+
+def test_cli_exit_4_when_inconclusive(fake_clock, monkeypatch, tmp_path):
+    import onnx
+
+    from onnxprune.cli import main
+    from onnxprune.cli.common import EXIT_INCONCLUSIVE, run_guarded
+
+    monkeypatch.setattr(gate_module, "noise_signs", lambda b, c, paired: (["spread"], 1.0))
+    base, cand = tmp_path / "b.onnx", tmp_path / "c.onnx"
+    onnx.save_model(_tagged(1.0), str(base))
+    onnx.save_model(_tagged(1.2, seed=1), str(cand))
+    code = run_guarded(
+        main, ["gate", str(base), str(cand), "--max-slowdown", "1.1", "--runs", "10"]
+    )
+    assert code == EXIT_INCONCLUSIVE
+
+
+def test_models_with_different_inputs_are_a_usage_error(tmp_path, capsys):
+    import onnx
+
+    from onnxprune.cli import main
+    from onnxprune.cli.common import run_guarded
+
+    base, cand = tmp_path / "b.onnx", tmp_path / "c.onnx"
+    onnx.save_model(make_tiny_cnn(image=16, batch=1), str(base))
+    onnx.save_model(make_tiny_cnn(image=32, batch=1), str(cand))
+    assert run_guarded(main, ["gate", str(base), str(cand), "--runs", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "input 'input' differs: baseline [1, 3, 16, 16], candidate [1, 3, 32, 32]" in err

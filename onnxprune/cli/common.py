@@ -16,6 +16,7 @@ EXIT_OK = 0
 EXIT_FAIL = 1  # a check failed (e.g. the latency gate)
 EXIT_USAGE = 2  # bad input / usage error
 EXIT_INTERNAL = 3  # a bug in onnxprune (an internal invariant broke)
+EXIT_INCONCLUSIVE = 4  # the latency gate cannot tell on this machine (too noisy)
 
 
 def run_guarded(cli: click.Group, args: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 from onnxprune.atomic import atomic_path
 from onnxprune.cli.common import (
     EXIT_FAIL,
+    EXIT_INCONCLUSIVE,
     EXIT_OK,
     cli_input_shapes,
     echo_json,
@@ -289,7 +290,8 @@ def bench_cmd(model, batch, runs, warmup, threads, device, input_shapes, as_json
         "  onnxprune gate base.onnx pruned.onnx --max-slowdown 1.05 --json gate.json\n"
         "  onnxprune gate base.onnx pruned.onnx --data calib.npz --max-accuracy-drop 1.0\n"
         "  onnxprune gate base.onnx pruned.onnx --baseline-json gate.json\n"
-        "\b\nExit codes: 0 pass, 1 fail, 2 usage/input error."
+        "\b\nExit codes: 0 pass, 1 fail, 2 usage/input error (e.g. models with different\n"
+        'inputs), 4 inconclusive (the machine is too noisy to tell; see "noise" in the JSON).'
     ),
 )
 @_model_arg("base")
@@ -395,6 +397,8 @@ def gate_cmd(
     if json_out is not None:
         _write_json_atomic(result.to_dict(), json_out)
     click.echo(str(result))
+    if result.inconclusive:
+        return EXIT_INCONCLUSIVE
     return EXIT_OK if result.passed else EXIT_FAIL
 
 
