@@ -101,6 +101,13 @@ def _whole(out: Path) -> list[str]:
     return broken
 
 
+def _wait_for(path: Path, process: subprocess.Popen) -> float:
+    """Time when ``path`` appears (or the process ends)."""
+    while not path.exists() and process.poll() is None:
+        time.sleep(0.05)
+    return time.perf_counter()
+
+
 def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=900)
 
@@ -116,18 +123,32 @@ def main() -> None:
         folder = Path(tmp)
         _prepare(folder)
         start = time.perf_counter()
-        reference = _run(_command(folder, folder / "reference", False))
+        reference_out = folder / "reference"
+        process = subprocess.Popen(_command(folder, reference_out, False),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        first_checkpoint = _wait_for(reference_out / "checkpoint.pt", process)
+        first_checkpoint -= start
+        _, stderr = process.communicate()
+        reference = subprocess.CompletedProcess(process.args, process.returncode, "", stderr)
         duration = time.perf_counter() - start
         if reference.returncode != 0:
             raise SystemExit(f"the uninterrupted search failed: {reference.stderr}")
         expected = _keep(folder / "reference")
-        print(f"uninterrupted search: {duration:.1f} s, plan {expected}")
+        print(f"uninterrupted search: {duration:.1f} s (first checkpoint after "
+              f"{first_checkpoint:.1f} s), plan {expected}")  # fmt: skip
         for kill in range(args.kills):
             out = folder / f"kill{kill}"
-            delay = chooser.uniform(0.2, duration)
             process = subprocess.Popen(_command(folder, out, False), stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)  # fmt: skip
-            time.sleep(delay)
+            # a third of the kills anywhere (start-up, analysis ...), the rest once the search
+            # is checkpointing: episodes, final pick, materialisation and report
+            begun = time.perf_counter()
+            if kill % 3:
+                _wait_for(out / "checkpoint.pt", process)
+                time.sleep(chooser.uniform(0.0, max(duration - first_checkpoint, 0.5)))
+            else:
+                time.sleep(chooser.uniform(0.2, duration))
+            delay = time.perf_counter() - begun
             process.send_signal(signal.SIGKILL)
             process.wait()
             broken = _whole(out) if out.exists() else []

@@ -319,7 +319,7 @@ def save_model(
     with its weights in ``<name>.<token>.data`` beside it (see :func:`_save_external`).
     """
     target = Path(path)
-    protected = _protected_files(protect)
+    protected = protected_files(protect)
     for p in protected:
         if _same_file(target, p):
             what = "input model" if p.suffix == ".onnx" else "input model's external data"
@@ -339,7 +339,7 @@ def save_model(
     return target
 
 
-def _protected_files(protect: Iterable[str | os.PathLike[str]]) -> list[Path]:
+def protected_files(protect: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """The protected paths plus the external-data files their models reference."""
     files = [Path(p) for p in protect]
     for path in list(files):

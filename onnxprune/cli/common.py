@@ -83,6 +83,41 @@ def _where(exc: BaseException) -> str:
     return f" at {Path(frame.filename).name}:{frame.lineno}"
 
 
+def guard_outputs(inputs: dict[str, Path | None], outputs: dict[str, Path | None]) -> None:
+    """Refuse, before any work, an output that would land on something the command reads.
+
+    ``inputs``/``outputs`` map an option name (for the message) to a path or ``None``. An
+    input model given as a folder protects every model in it, and a model protects its
+    external-data files; paths are compared after resolving symlinks. Two outputs on one
+    path are refused too (the second would replace the first).
+    """
+    from onnxprune.model import protected_files
+
+    read = [
+        (flag, file)
+        for flag, path in inputs.items()
+        if path is not None
+        for file in protected_files([path])
+    ]
+    written: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        target = path.resolve()
+        for in_flag, file in read:
+            if file.exists() and target == file.resolve():
+                what = "input model" if file.suffix == ".onnx" else "input"
+                raise OnnxPruneError(
+                    f"refusing to overwrite the {what} '{file}' ({in_flag}) with {flag}; "
+                    "choose another output path"
+                )
+        if target in written:
+            raise OnnxPruneError(
+                f"{flag} and {written[target]} both name '{path}'; give them different paths"
+            )
+        written[target] = flag
+
+
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=_json_default))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from onnxprune.cli.common import echo_json
+from onnxprune.cli.common import echo_json, guard_outputs
 
 
 @click.command("convert")
@@ -43,6 +43,7 @@ def convert_cmd(
     from onnxprune.convert import convert, detect_source_kind
     from onnxprune.model import load_model, model_info
 
+    guard_outputs({"SRC": src}, {"-o": out})
     kind = detect_source_kind(src)
     names = [n for item in inputs_as_nchw for n in item.split(",") if n]
     written = convert(src, out, opset=opset, inputs_as_nchw=names or None)

@@ -16,6 +16,7 @@ from onnxprune.cli.common import (
     EXIT_OK,
     cli_input_shapes,
     echo_json,
+    guard_outputs,
     input_shape_option,
     load_cli_data,
     preprocess_options,
@@ -371,10 +372,10 @@ def gate_cmd(
     base_model = load_model(base, infer_shapes=False)
     cand_model = load_model(cand, infer_shapes=False)
     shapes = _shapes(input_shapes)
-    if json_out is not None:
-        for path in (base, cand):
-            if json_out.exists() and json_out.resolve() == path.resolve():
-                raise OnnxPruneError(f"refusing to overwrite model '{path}' with the JSON record")
+    guard_outputs(
+        {"BASE": base, "CAND": cand, "--data": data_path, "--baseline-json": baseline_json},
+        {"--json": json_out},
+    )
     dataset = load_cli_data(data_path, base_model) if data_path is not None else None
     with progress("gate", runs, enabled=True) as task:
         result = run_gate(

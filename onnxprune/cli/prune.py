@@ -12,6 +12,7 @@ from onnxprune.cli.common import (
     cli_input_shapes,
     echo_fixed_note,
     echo_json,
+    guard_outputs,
     input_shape_option,
     load_cli_data,
     preprocess_options,
@@ -236,6 +237,10 @@ def prune_cmd(
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --ratio, --flops or --plan")
     model = resolve_model_path(model)
+    guard_outputs(
+        {"MODEL": model, "--data": data, "--plan": plan_path},
+        {"-o": output, "--save-plan": save_plan},
+    )
     calib = None
     if criterion == "activation" and plan_path is None and data is not None:
         calib = load_cli_data(data, model, flags)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from onnxprune.cli.common import cli_input_shapes, echo_json, input_shape_option, load_cli_data
+from onnxprune.cli.common import (
+    cli_input_shapes,
+    echo_json,
+    guard_outputs,
+    input_shape_option,
+    load_cli_data,
+)
 from onnxprune.errors import OnnxPruneError
 from onnxprune.pipeline import RECOVERY_METHODS
 
@@ -116,8 +122,10 @@ def recover(
         raise OnnxPruneError(f"plan file '{plan_path}' does not exist; check --plan")
     if not 0.0 < holdout < 1.0:
         raise OnnxPruneError(f"--holdout {holdout} must be a fraction in (0, 1)")
-    if output.resolve() in (pruned.resolve(), reference.resolve()):
-        raise OnnxPruneError(f"-o '{output}' would overwrite an input model; choose another path")
+    guard_outputs(
+        {"PRUNED": pruned, "--reference": reference, "--data": data_path, "--plan": plan_path},
+        {"-o": output},
+    )
     pruned_model = load_model(pruned)
     reference_model = load_model(reference)
     dataset = load_cli_data(data_path, reference_model)

@@ -10,6 +10,7 @@ import click
 from onnxprune.cli.common import (
     cli_input_shapes,
     echo_json,
+    guard_outputs,
     input_shape_option,
     load_cli_data,
     preprocess_options,
@@ -147,8 +148,13 @@ def search_command(
     import dataclasses
 
     from onnxprune.search import load_strategy, run_search
+    from onnxprune.search.outdir import RESULT_FILES
 
     model = resolve_model_path(model)
+    guard_outputs(
+        {"MODEL": model, "--data": data, "--eval-data": eval_data},
+        {f"-o {outdir}/{name}": outdir / name for name in RESULT_FILES},
+    )
     chosen: Any = strategy
     if reward is not None:  # --reward overrides the preset's ``reward`` key
         chosen = dataclasses.replace(load_strategy(strategy), reward=reward)
