@@ -624,3 +624,31 @@ def test_finetune_trains_constant_node_weights_of_a_fixed_batch_model() -> None:
     assert result.steps == 9 and after < 0.7 * before
     assert [n.op_type for n in result.model.graph.node] == [n.op_type for n in pruned.graph.node]
     onnx.checker.check_model(result.model, full_check=True)
+
+
+def _fixed_batch_one(model: onnx.ModelProto) -> onnx.ModelProto:
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    return model
+
+
+def test_cli_recover_says_what_was_refit_on_a_fixed_batch_model_and_when_nothing_was(
+    tmp_path,
+) -> None:
+    from onnxprune.cli import main
+
+    weights = _weights(3)
+    onnx.save(_fixed_batch_one(_cnn(weights)), tmp_path / "ref.onnx")
+    onnx.save(_fixed_batch_one(_cnn(_prune(weights, [0, 3], [1]))), tmp_path / "pruned.onnx")
+    np.savez(tmp_path / "data.npz", x=_images(50, seed=3))
+    args = ["--reference", str(tmp_path / "ref.onnx"), "--data", str(tmp_path / "data.npz")]
+    result = CliRunner().invoke(
+        main, ["recover", str(tmp_path / "pruned.onnx"), *args, "-o", str(tmp_path / "o.onnx")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 layers refit on 40 images in chunks of its fixed batch 1" in result.output
+    same = CliRunner().invoke(
+        main, ["recover", str(tmp_path / "ref.onnx"), *args, "-o", str(tmp_path / "same.onnx")]
+    )
+    assert same.exit_code == 0, same.output
+    assert "nothing refit: no layer was pruned" in same.output
