@@ -10,8 +10,8 @@ squares"), each consumer ``y = W x + b`` of pruned channels is refit on calibrat
 
 - ``X_p``: the layer's input in the *pruned* model, after the layers before it were already
   refit (processing in topological order, so errors do not compound);
-- ``Y_ref``: the layer's output in the *original* model at the same tensor name, restricted
-  to the output channels the pruned layer keeps;
+- ``Y_ref``: the output of the paired layer in the *original* model, restricted to the
+  output channels the pruned layer keeps;
 - the ridge term pulls toward the pruned weights ``W0`` (not toward zero), so a layer whose
   removed inputs were already zero is left unchanged, and ``lambda`` is ``ridge`` times the
   mean diagonal of ``X^T X``.
@@ -23,12 +23,24 @@ constant weight are solved over their last axis. The normal equations are accumu
 batch by batch (float64), so memory is bounded by the live activations of the graph at the
 calibration size plus one im2col batch.
 
-Layers whose weight (or bias) initializer is shared with another node are left as they are.
+Layers whose weight (or bias) initializer is shared with another node are left as they are
+(and listed in ``LeastSquaresResult.skipped``).
 
-Channel correspondence between the pruned and the original layer comes from the weights
-themselves: surgery copies kept weight rows/columns unchanged, so the kept output rows and
-input columns are found by exact (sorted-subsequence) matching. No name of a layer or a
-model is used for decisions; node and tensor names only pair a node with itself.
+Models as exporters write them:
+
+- Both models are read through :func:`onnxprune.normalize.normalize` (:mod:`.storage`), so
+  weights in ``Constant`` nodes are refit like initializers; the refit values are written
+  back where the pruned model keeps them (initializer or ``Constant`` node).
+- Pruned and reference layers are paired by structure and weights (:mod:`.pairing`): a
+  reference exported by another path (other node and tensor names) pairs; one that cannot
+  be paired is refused with an :class:`OnnxPruneError` naming the first unpaired layer.
+  The kept output rows and input columns are found by exact (sorted-subsequence) matching
+  of the weights, since surgery copies kept rows/columns unchanged. No name of a layer or
+  a model is used for decisions.
+- A model with a fixed batch dimension runs in chunks of exactly that batch
+  (:mod:`.batching`); the fit is the same as the dynamic-batch model's.
+- "0 layers refit" is never silent: ``LeastSquaresResult.note`` says why (nothing pruned,
+  or every pruned-input layer unrefittable, each listed with its reason).
 """
 
 from __future__ import annotations
