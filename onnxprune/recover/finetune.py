@@ -26,7 +26,12 @@ from onnx import ModelProto
 from torch import Tensor
 
 from onnxprune.errors import DataError, OnnxPruneError
-from onnxprune.recover.batching import batch_starts, filled_index, fixed_batch
+from onnxprune.recover.batching import (
+    batch_starts,
+    filled_index,
+    fixed_batch,
+    small_chunk_threads,
+)
 from onnxprune.recover.interpreter import OnnxModule, write_back
 from onnxprune.recover.storage import for_recovery, store_values
 
@@ -297,9 +302,10 @@ def distill(
         inputs = augment_batch(torch.from_numpy(x_all[index]), layout, generator)
         labels = None if labels_all is None else torch.from_numpy(labels_all[index]).long()
         opt.zero_grad(set_to_none=True)
-        value = _accumulate_gradients(
-            student, teacher, index, inputs, labels, fixed, (temperature, kd_weight)
-        )
+        with small_chunk_threads(fixed):
+            value = _accumulate_gradients(
+                student, teacher, index, inputs, labels, fixed, (temperature, kd_weight)
+            )
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         opt.step()

@@ -57,7 +57,12 @@ from onnx import ModelProto
 from torch import Tensor
 
 from onnxprune.errors import DataError, OnnxPruneError
-from onnxprune.recover.batching import batch_starts, fixed_batch, whole_chunks
+from onnxprune.recover.batching import (
+    batch_starts,
+    fixed_batch,
+    small_chunk_threads,
+    whole_chunks,
+)
 from onnxprune.recover.interpreter import OnnxModule, conv_input_padded, write_back
 from onnxprune.recover.interpreter.core import run_node_checked
 from onnxprune.recover.pairing import (
@@ -525,8 +530,9 @@ def reconstruct(
     if selection.layers:
         batches = [torch.from_numpy(np.ascontiguousarray(x[a:b]))
                    for a, b in batch_starts(len(x), fixed, batch_size)]  # fmt: skip
-        _fit_all(selection.layers, pruned_module, reference_module, batches,
-                 (positions_per_image, ridge, seed), result, on_layer)  # fmt: skip
+        with small_chunk_threads(fixed):
+            _fit_all(selection.layers, pruned_module, reference_module, batches,
+                     (positions_per_image, ridge, seed), result, on_layer)  # fmt: skip
         result.model = store_values(
             pruned_model, pruned_graph, write_back(pruned_module, pruned_graph)
         )
