@@ -205,9 +205,10 @@ def _find_layers(pruned: OnnxModule, reference: OnnxModule, all_layers: bool) ->
             continue
         if pair.out_keep is None:
             raise OnnxPruneError(
-                f"node '{layer.name}': the pruned weights '{layer.weight}' are not a slice of "
-                f"the reference weights '{ref.weight}' of its counterpart {ref.describe()} "
-                f"({pair.reason}); pass as --reference the model the pruned one was cut from"
+                f"node '{layer.name}': its pruned weights '{layer.weight}' cannot be paired with "
+                f"the reference: {pair.reason} (nearest reference layer of the same kind: "
+                f"{ref.describe()}, weights '{ref.weight}'); pass as --reference the model the "
+                "pruned one was cut from"
             )
         bias, bias_problem = _bias_of(pair, pruned)
         shared = [n for n in (layer.weight, bias) if n is not None and uses.get(n, 0) > 1]
