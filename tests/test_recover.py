@@ -652,3 +652,29 @@ def test_cli_recover_says_what_was_refit_on_a_fixed_batch_model_and_when_nothing
     )
     assert same.exit_code == 0, same.output
     assert "nothing refit: no layer was pruned" in same.output
+
+
+def _shared_conv2(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """_cnn with a second Conv reading conv1's output through the same weight 'w2'."""
+    model = _cnn(weights)
+    nodes = list(model.graph.node)
+    twin = helper.make_node("Conv", ["r1", "w2", "b2"], ["c2_twin"], "conv2_twin", pads=[1] * 4)
+    add = helper.make_node("Add", ["c2", "c2_twin"], ["c2_sum"], "sum")
+    nodes[3].input[0] = "c2_sum"  # relu2 reads the sum
+    del model.graph.node[:]
+    model.graph.node.extend([*nodes[:3], twin, add, *nodes[3:]])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_least_squares_names_pruned_input_layers_it_cannot_refit() -> None:
+    weights = _weights(3)
+    reference, pruned = _shared_conv2(weights), _shared_conv2(_prune(weights, [0, 3]))
+    result = reconstruct(pruned, reference, _images(20))
+    assert result.layers == []
+    assert result.skipped == [
+        "conv2: its weight 'w2' is shared with another node",
+        "conv2_twin: its weight 'w2' is shared with another node",
+    ]
+    assert "nothing refit: every layer with pruned inputs is left as it is" in str(result)
+    assert "not refit: conv2_twin" in str(result)
