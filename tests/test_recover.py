@@ -622,6 +622,7 @@ def test_finetune_trains_constant_node_weights_of_a_fixed_batch_model() -> None:
     result = distill(pruned, reference, x, epochs=3, lr=0.01, batch=16, augment=False)
     after = np.mean((_run_each(result.model, x) - _run_each(reference, x)) ** 2)
     assert result.steps == 9 and after < 0.7 * before
+    assert result.notes == []  # no BatchNormalization to freeze
     assert [n.op_type for n in result.model.graph.node] == [n.op_type for n in pruned.graph.node]
     onnx.checker.check_model(result.model, full_check=True)
 
@@ -678,3 +679,21 @@ def test_least_squares_names_pruned_input_layers_it_cannot_refit() -> None:
     ]
     assert "nothing refit: every layer with pruned inputs is left as it is" in str(result)
     assert "not refit: conv2_twin" in str(result)
+
+
+def test_finetune_freezes_batchnorm_statistics_for_a_small_fixed_batch_only() -> None:
+    from onnxprune.recover.finetune import _bn_mode
+
+    stats = [numpy_helper.from_array(np.ones(3, F32), n) for n in ("s", "b", "m", "v")]
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], "bn")],
+        "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])], stats,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert _bn_mode(model, 1, "train") == (
+        "freeze", ["BatchNormalization statistics frozen: the model's batch is fixed at 1"],
+    )  # fmt: skip
+    assert _bn_mode(model, None, "train") == ("train", [])
+    assert _bn_mode(model, 32, "train") == ("train", [])
+    assert _bn_mode(_cnn(_weights()), 1, "train") == ("train", [])

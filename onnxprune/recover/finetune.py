@@ -209,6 +209,17 @@ class _Schedule:
             self.total = max(step, min(self.planned, affordable))
 
 
+def _bn_mode(graph: ModelProto, fixed: int | None, bn: str) -> tuple[str, list[str]]:
+    """``bn`` as requested, or ``'freeze'`` (with a note) for a small fixed batch: the batch
+    statistics of a chunk that small are not the data's, so the running ones are kept."""
+    has_bn = any(node.op_type == "BatchNormalization" for node in graph.graph.node)
+    if fixed is not None and fixed < _MIN_BN_BATCH and bn == "train" and has_bn:
+        return "freeze", [
+            f"BatchNormalization statistics frozen: the model's batch is fixed at {fixed}"
+        ]
+    return bn, []
+
+
 def distill(
     pruned_model: ModelProto,
     reference_model: ModelProto,
@@ -266,11 +277,7 @@ def distill(
     generator = torch.Generator().manual_seed(seed)
     student_graph = for_recovery(pruned_model)
     fixed = fixed_batch(student_graph) or fixed_batch(reference_model)
-    notes = []
-    if fixed is not None and fixed < _MIN_BN_BATCH and bn == "train":
-        # Batch statistics of a chunk this small are not the data's: keep the running ones.
-        bn = "freeze"
-        notes.append(f"BatchNormalization statistics frozen: the model's batch is fixed at {fixed}")
+    bn, notes = _bn_mode(student_graph, fixed, bn)
     student = OnnxModule(student_graph, train_bn=(bn == "train"))
     if len(student.input_names) != 1:
         raise OnnxPruneError(
