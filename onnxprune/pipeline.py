@@ -309,12 +309,16 @@ def recover_model(
     ``Dataset`` or an array of model inputs).
 
     ``method`` is one of :data:`RECOVERY_METHODS`: ``ls`` refits each layer whose inputs were
-    pruned (:func:`~onnxprune.recover.lsq.reconstruct`, on a seeded ``ls_images`` subset),
+    pruned (:func:`~onnxprune.recover.lsq.reconstruct`, on a seeded ``ls_images`` subset;
+    layers are paired with the reference by structure and weights, so the reference may come
+    from another exporter; it raises :class:`OnnxPruneError` naming a layer it cannot pair),
     ``finetune`` distils the reference into the pruned graph
     (:func:`~onnxprune.recover.finetune.distill`: ``epochs``, ``lr``, ``batch``,
     ``optimizer``, ``bn``, ``augment``, ``minutes`` of wall clock), ``ls+finetune`` both in
-    that order. ``show_progress`` draws a progress bar per phase on stderr; ``report`` gets
-    a one-line summary after each phase.
+    that order. Weights in ``Constant`` nodes are recovered like initializers, and a model with
+    a fixed batch dimension runs in chunks of that batch. ``show_progress`` draws a progress
+    bar per phase on stderr; ``report`` gets a summary after each phase (for ``ls`` also one
+    line per pruned-input layer it left as it was).
     """
     from onnxprune.progress import progress
 
@@ -334,8 +338,9 @@ def recover_model(
                 on_layer=lambda fit: task.advance(1, status=fit.node),
             )  # fmt: skip
         result.model = result.least_squares.model
-        if report is not None:
-            report(str(result.least_squares).splitlines()[0])
+        if report is not None:  # the summary, and each pruned-input layer left as it was
+            lines = str(result.least_squares).splitlines()
+            report("\n".join([lines[0], *(x for x in lines[1:] if "not refit:" in x)]))
     if method in ("finetune", "ls+finetune"):
         from onnxprune.recover.finetune import distill
 

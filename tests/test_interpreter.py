@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from onnxprune.errors import UnsupportedOpError
+from onnxprune.errors import OnnxPruneError, UnsupportedOpError
 from onnxprune.recover.interpreter import OnnxModule, write_back
 
 RNG = np.random.default_rng(0)
@@ -465,3 +465,20 @@ def test_resize_on_nhwc_axes_matches_onnxruntime(mode: str) -> None:
     inits = [_init("sc", np.array([1, 2, 1.5, 1], np.float32))]
     model = _helper_model(nodes, inits, (2, 4, 6, 3), opset=18)
     _assert_matches_ort(model, RNG.standard_normal((2, 4, 6, 3)).astype(np.float32))
+
+
+def test_a_node_failing_on_a_baked_in_batch_names_the_node_and_the_shapes() -> None:
+    # A fixed-batch export's head: Reshape to the constant [1, 40] (what torch writes for
+    # x.view(x.size(0), -1) at batch 1); a batch of 4 cannot run through it.
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], "head/Reshape")],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 40])],
+        [numpy_helper.from_array(np.array([1, 40], dtype=np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    module = OnnxModule(model).eval()
+    assert module(torch.zeros(1, 10, 4)).shape == (1, 40)
+    with pytest.raises(OnnxPruneError, match=r"node 'head/Reshape' \(Reshape\) .* \[4, 10, 4\]"):
+        module(torch.zeros(4, 10, 4))

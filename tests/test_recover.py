@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import warnings
 
 import numpy as np
 import onnx
@@ -11,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 from onnxprune.errors import OnnxPruneError, UnsupportedOpError
 from onnxprune.recover import OnnxModule, distill, least_squares_recover, reconstruct
@@ -389,3 +392,308 @@ def test_least_squares_lowers_output_error_on_corpus(name: str, corpus_model) ->
     mse_after = float(np.mean((_run(result.model, x) - target) ** 2))
     assert mse_after < 0.5 * mse_before
     onnx.checker.check_model(result.model, full_check=True)
+
+
+# -- models as they come: fixed batch, other exporters, Constant-node weights ----------------
+
+
+class _TwoHeads(nn.Module):
+    """conv1 feeds a recogniser-like 5-D head (Reshape [n, 2, 4, 4, 6] -> Transpose ->
+    Reshape [n, -1] -> Linear) and a Flatten head (conv2b -> Flatten -> Linear)."""
+
+    def __init__(self, c1: int = 8, c2b: int = 6) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, c1, 3, padding=1)
+        self.conv2a = nn.Conv2d(c1, 8, 3, padding=1)
+        self.conv2b = nn.Conv2d(c1, c2b, 3, padding=1)
+        self.fc_a = nn.Linear(8 * 4 * 6, 3)
+        self.fc_b = nn.Linear(c2b * 4 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        y = torch.relu(self.conv1(x))
+        a = torch.relu(self.conv2a(y)).reshape(n, 2, 4, 4, 6).permute(0, 2, 1, 3, 4)
+        b = torch.flatten(torch.relu(self.conv2b(y)), 1)
+        return torch.cat([self.fc_a(a.reshape(n, -1)), self.fc_b(b)], dim=1)
+
+
+def _two_heads_pair(keep1: list[int], keep2b: list[int]) -> tuple[nn.Module, nn.Module]:
+    """(reference, pruned) torch modules; the pruned one holds slices of the reference."""
+    torch.manual_seed(0)
+    reference = _TwoHeads().eval()
+    pruned = _TwoHeads(len(keep1), len(keep2b)).eval()
+    columns = [c * 24 + p for c in keep2b for p in range(24)]
+    with torch.no_grad():
+        pruned.conv1.weight.copy_(reference.conv1.weight[keep1])
+        pruned.conv1.bias.copy_(reference.conv1.bias[keep1])
+        pruned.conv2a.weight.copy_(reference.conv2a.weight[:, keep1])
+        pruned.conv2a.bias.copy_(reference.conv2a.bias)
+        pruned.conv2b.weight.copy_(reference.conv2b.weight[keep2b][:, keep1])
+        pruned.conv2b.bias.copy_(reference.conv2b.bias[keep2b])
+        pruned.fc_a.load_state_dict(reference.fc_a.state_dict())
+        pruned.fc_b.weight.copy_(reference.fc_b.weight[:, columns])
+        pruned.fc_b.bias.copy_(reference.fc_b.bias)
+    return reference, pruned
+
+
+def _export_torch(module: nn.Module, *, dynamo: bool, fixed: bool) -> onnx.ModelProto:
+    example = torch.randn(1 if fixed else 2, 3, 4, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            program = torch.onnx.export(
+                module, (example,), dynamo=True, opset_version=18, input_names=["x"],
+                output_names=["y"], external_data=False, verbose=False,
+            )  # fmt: skip
+            return program.model_proto
+        buffer = io.BytesIO()
+        torch.onnx.export(
+            module, (example,), buffer, dynamo=False, opset_version=17, input_names=["x"],
+            output_names=["y"], dynamic_axes=None if fixed else {"x": {0: "n"}, "y": {0: "n"}},
+        )  # fmt: skip
+        return onnx.load_from_string(buffer.getvalue())
+
+
+def _run_each(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """Outputs sample by sample (works for a fixed batch of 1)."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+
+
+@pytest.fixture(scope="module")
+def two_heads() -> dict[str, tuple[onnx.ModelProto, onnx.ModelProto]]:
+    reference, pruned = _two_heads_pair([0, 2, 3, 5, 7], [1, 2, 4, 5])
+    return {
+        kind: (
+            _export_torch(reference, dynamo=dynamo, fixed=fixed),
+            _export_torch(pruned, dynamo=dynamo, fixed=fixed),
+        )
+        for kind, dynamo, fixed in (
+            ("dynamic", False, False),
+            ("fixed", False, True),
+            ("fixed_dynamo", True, True),
+        )  # fmt: skip
+    }
+
+
+@pytest.mark.parametrize("kind", ["fixed", "fixed_dynamo"])
+def test_least_squares_on_a_fixed_batch_model_equals_the_dynamic_batch_result(
+    kind: str, two_heads
+) -> None:
+    reference, pruned = two_heads[kind]
+    assert reference.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    x = np.random.default_rng(5).normal(size=(40, 3, 4, 6)).astype(F32)
+    with pytest.raises(Exception, match="invalid for input of size|rejected|Got invalid"):
+        _run(reference, x)  # the model really accepts a batch of 1 only
+    # Every output position is used (24 per image), so no sampling differs between runs.
+    fixed = reconstruct(pruned, reference, x, positions_per_image=24, ridge=1e-6)
+    dynamic = reconstruct(*two_heads["dynamic"][::-1], x, positions_per_image=24, ridge=1e-6)
+    assert fixed.fixed_batch == 1 and dynamic.fixed_batch is None
+    assert [(f.op_type, f.kept_inputs, f.original_inputs) for f in fixed.layers] == [
+        ("Conv", 5, 8), ("Conv", 5, 8), ("Gemm", 96, 144),
+    ]  # fmt: skip
+    assert [(f.op_type, f.kept_inputs) for f in dynamic.layers] == [
+        (f.op_type, f.kept_inputs) for f in fixed.layers
+    ]
+    target = _run_each(reference, x)
+    np.testing.assert_allclose(
+        _run_each(fixed.model, x), _run_each(dynamic.model, x), rtol=1e-3, atol=1e-4
+    )
+    before = np.mean((_run_each(pruned, x) - target) ** 2)
+    assert np.mean((_run_each(fixed.model, x) - target) ** 2) < 0.5 * before
+    onnx.checker.check_model(fixed.model, full_check=True)
+
+
+def test_least_squares_pairs_a_reference_exported_by_another_path(two_heads) -> None:
+    # Pruned: the dynamo export; reference: the TorchScript export of the same weights (other
+    # node names, other tensor names, Gemm with transB instead of MatMul + Add).
+    reference_ts, _ = two_heads["fixed"]
+    reference_dynamo, pruned = two_heads["fixed_dynamo"]
+    assert not {n.name for n in pruned.graph.node if n.op_type == "Conv"} & {
+        n.name for n in reference_ts.graph.node if n.op_type == "Conv"
+    }
+    x = np.random.default_rng(6).normal(size=(30, 3, 4, 6)).astype(F32)
+    other = reconstruct(pruned, reference_ts, x, positions_per_image=24)
+    same = reconstruct(pruned, reference_dynamo, x, positions_per_image=24)
+    assert len(other.layers) == len(same.layers) == 3
+    np.testing.assert_allclose(
+        _run_each(other.model, x), _run_each(same.model, x), rtol=1e-4, atol=1e-5
+    )
+
+
+def _renamed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every node and every internal tensor renamed (graph input/output kept)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = {v.name for v in out.graph.input} | {v.name for v in out.graph.output}
+    names = {t.name: f"t{k}" for k, t in enumerate(out.graph.initializer)}
+    for node in out.graph.node:
+        names.update({o: f"v_{o}_x" for o in node.output if o not in keep})
+    for tensor in out.graph.initializer:
+        tensor.name = names[tensor.name]
+    for k, node in enumerate(out.graph.node):
+        node.name = f"layer{k:03d}"
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+    return out
+
+
+def test_least_squares_pairs_renamed_reference_layers_by_structure() -> None:
+    weights = _weights(3)
+    reference, pruned = _cnn(weights), _cnn(_prune(weights, [0, 3, 4], [1, 4]))
+    x = _images(100, seed=3)
+    by_name = reconstruct(pruned, reference, x)
+    renamed = reconstruct(pruned, _renamed(reference), x)
+    assert [f.node for f in renamed.layers] == [f.node for f in by_name.layers] == [
+        "conv2", "dw", "fc",
+    ]  # fmt: skip
+    for name in ("w2", "b2", "w3", "fc", "fcb"):
+        np.testing.assert_allclose(_init(renamed.model, name), _init(by_name.model, name))
+
+
+def test_least_squares_refuses_a_reference_it_cannot_pair_naming_the_layer() -> None:
+    weights = _weights(3)
+    pruned = _cnn(_prune(weights, [0, 3]))
+    reference = _cnn(weights)
+    conv2 = next(n for n in reference.graph.node if n.name == "conv2")
+    del conv2.attribute[:]
+    conv2.attribute.append(helper.make_attribute("pads", [1, 1, 1, 1]))
+    conv2.attribute.append(helper.make_attribute("strides", [2, 2]))
+    with pytest.raises(OnnxPruneError, match=r"layer 'conv2' \(Conv 3x3, stride \[1, 1\]\)"):
+        reconstruct(pruned, reference, _images(8))
+    fewer = _cnn(weights)
+    fewer.graph.node[-1].op_type = "Sum"  # the classifier is no weighted layer any more
+    del fewer.graph.node[-1].attribute[:]
+    with pytest.raises(OnnxPruneError, match="4 Conv/Gemm/MatMul layers .* reference 3"):
+        reconstruct(pruned, fewer, _images(8))
+
+
+def test_least_squares_says_so_when_nothing_was_pruned() -> None:
+    reference = _cnn(_weights(3))
+    result = reconstruct(reference, reference, _images(8))
+    assert result.layers == [] and "no layer was pruned" in str(result)
+    assert result.model.SerializeToString() == reference.SerializeToString()
+
+
+def _constant_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with every initializer turned into a Constant node (paddle2onnx's way)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    constants = [
+        helper.make_node("Constant", [], [t.name], f"const_{t.name}", value=t)
+        for t in out.graph.initializer
+    ]
+    del out.graph.initializer[:]
+    nodes = constants + list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    onnx.checker.check_model(out, full_check=True)
+    return out
+
+
+def test_least_squares_refits_constant_node_weights_in_place() -> None:
+    weights = _weights(3)
+    reference, pruned = _cnn(weights), _cnn(_prune(weights, [0, 3, 4], [1, 4]))
+    x = _images(100, seed=3)
+    expected = reconstruct(pruned, reference, x)
+    for pruned_side, reference_side in (
+        (_constant_weights(pruned), _constant_weights(reference)),
+        (pruned, _constant_weights(reference)),  # a prune output against the raw export
+    ):
+        result = reconstruct(pruned_side, reference_side, x)
+        assert [f.node for f in result.layers] == ["conv2", "dw", "fc"]
+        np.testing.assert_allclose(_run(result.model, x), _run(expected.model, x), atol=1e-5)
+        assert [n.op_type for n in result.model.graph.node] == [
+            n.op_type for n in pruned_side.graph.node
+        ]
+        onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_finetune_trains_constant_node_weights_of_a_fixed_batch_model() -> None:
+    weights = _weights(4)
+    reference = _constant_weights(_cnn(weights))
+    pruned = _constant_weights(_cnn(_prune(weights, [0, 2, 5], [3])))
+    for model in (reference, pruned):
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+        model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    x = _images(48, seed=9)
+    before = np.mean((_run_each(pruned, x) - _run_each(reference, x)) ** 2)
+    result = distill(pruned, reference, x, epochs=3, lr=0.01, batch=16, augment=False)
+    after = np.mean((_run_each(result.model, x) - _run_each(reference, x)) ** 2)
+    assert result.steps == 9 and after < 0.7 * before
+    assert result.notes == []  # no BatchNormalization to freeze
+    assert [n.op_type for n in result.model.graph.node] == [n.op_type for n in pruned.graph.node]
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def _fixed_batch_one(model: onnx.ModelProto) -> onnx.ModelProto:
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    return model
+
+
+def test_cli_recover_says_what_was_refit_on_a_fixed_batch_model_and_when_nothing_was(
+    tmp_path,
+) -> None:
+    from onnxprune.cli import main
+
+    weights = _weights(3)
+    onnx.save(_fixed_batch_one(_cnn(weights)), tmp_path / "ref.onnx")
+    onnx.save(_fixed_batch_one(_cnn(_prune(weights, [0, 3], [1]))), tmp_path / "pruned.onnx")
+    np.savez(tmp_path / "data.npz", x=_images(50, seed=3))
+    args = ["--reference", str(tmp_path / "ref.onnx"), "--data", str(tmp_path / "data.npz")]
+    result = CliRunner().invoke(
+        main, ["recover", str(tmp_path / "pruned.onnx"), *args, "-o", str(tmp_path / "o.onnx")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 layers refit on 40 images in chunks of its fixed batch 1" in result.output
+    same = CliRunner().invoke(
+        main, ["recover", str(tmp_path / "ref.onnx"), *args, "-o", str(tmp_path / "same.onnx")]
+    )
+    assert same.exit_code == 0, same.output
+    assert "nothing refit: no layer was pruned" in same.output
+
+
+def _shared_conv2(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """_cnn with a second Conv reading conv1's output through the same weight 'w2'."""
+    model = _cnn(weights)
+    nodes = list(model.graph.node)
+    twin = helper.make_node("Conv", ["r1", "w2", "b2"], ["c2_twin"], "conv2_twin", pads=[1] * 4)
+    add = helper.make_node("Add", ["c2", "c2_twin"], ["c2_sum"], "sum")
+    nodes[3].input[0] = "c2_sum"  # relu2 reads the sum
+    del model.graph.node[:]
+    model.graph.node.extend([*nodes[:3], twin, add, *nodes[3:]])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_least_squares_names_pruned_input_layers_it_cannot_refit() -> None:
+    weights = _weights(3)
+    reference, pruned = _shared_conv2(weights), _shared_conv2(_prune(weights, [0, 3]))
+    result = reconstruct(pruned, reference, _images(20))
+    assert result.layers == []
+    assert result.skipped == [
+        "conv2: its weight 'w2' is shared with another node",
+        "conv2_twin: its weight 'w2' is shared with another node",
+    ]
+    assert "nothing refit: every layer with pruned inputs is left as it is" in str(result)
+    assert "not refit: conv2_twin" in str(result)
+
+
+def test_finetune_freezes_batchnorm_statistics_for_a_small_fixed_batch_only() -> None:
+    from onnxprune.recover.finetune import _bn_mode
+
+    stats = [numpy_helper.from_array(np.ones(3, F32), n) for n in ("s", "b", "m", "v")]
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], "bn")],
+        "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])], stats,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert _bn_mode(model, 1, "train") == (
+        "freeze", ["BatchNormalization statistics frozen: the model's batch is fixed at 1"],
+    )  # fmt: skip
+    assert _bn_mode(model, None, "train") == ("train", [])
+    assert _bn_mode(model, 32, "train") == ("train", [])
+    assert _bn_mode(_cnn(_weights()), 1, "train") == ("train", [])

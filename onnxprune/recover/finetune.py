@@ -26,7 +26,17 @@ from onnx import ModelProto
 from torch import Tensor
 
 from onnxprune.errors import DataError, OnnxPruneError
+from onnxprune.recover.batching import (
+    batch_starts,
+    filled_index,
+    fixed_batch,
+    small_chunk_threads,
+)
 from onnxprune.recover.interpreter import OnnxModule, write_back
+from onnxprune.recover.storage import for_recovery, store_values
+
+# Below this fixed batch, BatchNormalization trains on its running statistics (see distill).
+_MIN_BN_BATCH = 16
 
 
 @dataclass
@@ -41,6 +51,7 @@ class FinetuneResult:
     last_loss: float = float("nan")
     epoch_losses: list[float] = field(default_factory=list)
     stopped_by_budget: bool = False
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +62,7 @@ class FinetuneResult:
             "last_loss": self.last_loss,
             "epoch_losses": self.epoch_losses,
             "stopped_by_budget": self.stopped_by_budget,
+            "notes": list(self.notes),
         }
 
     def __str__(self) -> str:
@@ -58,6 +70,7 @@ class FinetuneResult:
         return (
             f"fine-tune: {self.steps} steps ({self.epochs:.2f} epochs) in {self.seconds:.0f} s"
             f"{budget}; loss {self.first_loss:.4f} -> {self.last_loss:.4f}"
+            + "".join(f"; {note}" for note in self.notes)
         )
 
 
@@ -139,14 +152,17 @@ def _optimizer(
 
 
 class _Teacher:
-    """The reference model in onnxruntime; its logits are computed once when the inputs are
-    never augmented (they never change)."""
+    """The reference model in onnxruntime; its outputs are computed once when the inputs are
+    never augmented (they never change) and the batch is not fixed (with a fixed batch, the
+    output's first axis need not be the samples, so it is run per chunk)."""
 
-    def __init__(self, model: ModelProto, x_all: np.ndarray, layout: str | None) -> None:
+    def __init__(
+        self, model: ModelProto, x_all: np.ndarray, layout: str | None, fixed: int | None
+    ) -> None:
         self.session = _teacher_session(model)
         self.input = self.session.get_inputs()[0].name
         self.cache: np.ndarray | None = None
-        if layout is None:
+        if layout is None and fixed is None:
             self.cache = np.concatenate(
                 [self._run(x_all[i : i + 256]) for i in range(0, len(x_all), 256)]
             )
@@ -191,6 +207,17 @@ class _Schedule:
             left = self.max_minutes * 60.0 - (now - self.start)
             affordable = step + int(max(left, 0.0) / per_step)
             self.total = max(step, min(self.planned, affordable))
+
+
+def _bn_mode(graph: ModelProto, fixed: int | None, bn: str) -> tuple[str, list[str]]:
+    """``bn`` as requested, or ``'freeze'`` (with a note) for a small fixed batch: the batch
+    statistics of a chunk that small are not the data's, so the running ones are kept."""
+    has_bn = any(node.op_type == "BatchNormalization" for node in graph.graph.node)
+    if fixed is not None and fixed < _MIN_BN_BATCH and bn == "train" and has_bn:
+        return "freeze", [
+            f"BatchNormalization statistics frozen: the model's batch is fixed at {fixed}"
+        ]
+    return bn, []
 
 
 def distill(
@@ -248,14 +275,17 @@ def distill(
     start = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    student = OnnxModule(pruned_model, train_bn=(bn == "train"))
+    student_graph = for_recovery(pruned_model)
+    fixed = fixed_batch(student_graph) or fixed_batch(reference_model)
+    bn, notes = _bn_mode(student_graph, fixed, bn)
+    student = OnnxModule(student_graph, train_bn=(bn == "train"))
     if len(student.input_names) != 1:
         raise OnnxPruneError(
             f"fine-tuning supports single-input models; this one has inputs "
             f"{', '.join(student.input_names)}"
         )
     layout = _image_layout(tuple(x_all.shape[1:])) if augment else None
-    teacher = _Teacher(reference_model, x_all, layout)
+    teacher = _Teacher(reference_model, x_all, layout, fixed)
     params = list(student.parameters())
     if not params:
         raise OnnxPruneError("the pruned model has no trainable float initializers")
@@ -263,7 +293,7 @@ def distill(
     steps_per_epoch = max(1, math.ceil(len(x_all) / batch))
     schedule = _Schedule(max(1, int(round(epochs * steps_per_epoch))), max_minutes, start)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule.lr_factor)
-    result = FinetuneResult(model=pruned_model)
+    result = FinetuneResult(model=pruned_model, notes=notes)
     student.train()
     step, epoch_loss, epoch_count = 0, 0.0, 0
     order = torch.randperm(len(x_all), generator=generator).numpy()
@@ -274,22 +304,20 @@ def distill(
             position = 0
             result.epoch_losses.append(epoch_loss / max(epoch_count, 1))
             epoch_loss, epoch_count = 0.0, 0
-        index = np.sort(order[position : position + batch])
+        index = filled_index(np.sort(order[position : position + batch]), fixed)
         position += batch
         inputs = augment_batch(torch.from_numpy(x_all[index]), layout, generator)
-        teacher_logits = teacher.logits(index, inputs)
         labels = None if labels_all is None else torch.from_numpy(labels_all[index]).long()
-        output = student(inputs)
-        output = output[0] if isinstance(output, tuple) else output
-        loss = distillation_loss(output, teacher_logits, labels, temperature, kd_weight)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with small_chunk_threads(fixed):
+            value = _accumulate_gradients(
+                student, teacher, index, inputs, labels, fixed, (temperature, kd_weight)
+            )
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         opt.step()
         lr_sched.step()
         step += 1
-        value = float(loss.detach())
         if step == 1:
             result.first_loss = value
         epoch_loss, epoch_count = epoch_loss + value, epoch_count + 1
@@ -301,11 +329,41 @@ def distill(
         result.epoch_losses.append(epoch_loss / epoch_count)
     result.last_loss = result.epoch_losses[-1] if result.epoch_losses else float("nan")
     student.eval()
-    result.model = write_back(student, pruned_model)
+    result.model = store_values(pruned_model, student_graph, write_back(student, student_graph))
     result.steps = step
     result.epochs = step / steps_per_epoch
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _accumulate_gradients(
+    student: OnnxModule,
+    teacher: _Teacher,
+    index: np.ndarray,
+    inputs: Tensor,
+    labels: Tensor | None,
+    fixed: int | None,
+    loss_settings: tuple[float, float],
+) -> float:
+    """Backpropagate the step's loss, in chunks of the model's fixed batch if it has one.
+
+    inputs: [n, ...] (n a multiple of ``fixed``). The chunk losses are weighted by their
+    share of the step, so the gradient is that of the mean over the step's samples.
+    Returns the step's loss.
+    """
+    temperature, kd_weight = loss_settings
+    total = 0.0
+    for first, stop in batch_starts(len(index), fixed, len(index)):
+        chunk = inputs[first:stop]
+        target = teacher.logits(index[first:stop], chunk)
+        output = student(chunk)
+        output = output[0] if isinstance(output, tuple) else output
+        chunk_labels = None if labels is None else labels[first:stop]
+        loss = distillation_loss(output, target, chunk_labels, temperature, kd_weight)
+        share = (stop - first) / len(index)
+        (loss * share).backward()
+        total += float(loss.detach()) * share
+    return total
 
 
 def finetune(
@@ -326,17 +384,20 @@ def finetune(
 def distillation_loss_on(
     model: ModelProto, reference_model: ModelProto, dataset: Any, temperature: float = 4.0
 ) -> float:
-    """Mean label-free KD loss of ``model`` against ``reference_model`` on ``dataset.x``."""
+    """Mean label-free KD loss of ``model`` against ``reference_model`` on ``dataset.x``
+    (a fixed-batch model runs in chunks of its batch, a short last chunk filled by repeats)."""
     x = getattr(dataset, "x", dataset)
     student = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     teacher = ort.InferenceSession(
         reference_model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
     name_s, name_t = student.get_inputs()[0].name, teacher.get_inputs()[0].name
+    fixed = fixed_batch(model) or fixed_batch(reference_model)
     total, count = 0.0, 0
-    for i in range(0, len(x), 256):
-        s = torch.from_numpy(student.run(None, {name_s: x[i : i + 256]})[0])
-        t = torch.from_numpy(teacher.run(None, {name_t: x[i : i + 256]})[0])
-        total += float(distillation_loss(s, t, None, temperature, 1.0)) * len(s)
-        count += len(s)
+    for first, stop in batch_starts(len(x), fixed, 256):
+        chunk = x[filled_index(np.arange(first, stop), fixed)]
+        s = torch.from_numpy(student.run(None, {name_s: chunk})[0])
+        t = torch.from_numpy(teacher.run(None, {name_t: chunk})[0])
+        total += float(distillation_loss(s, t, None, temperature, 1.0)) * (stop - first)
+        count += stop - first
     return total / max(count, 1)

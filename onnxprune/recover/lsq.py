@@ -10,8 +10,8 @@ squares"), each consumer ``y = W x + b`` of pruned channels is refit on calibrat
 
 - ``X_p``: the layer's input in the *pruned* model, after the layers before it were already
   refit (processing in topological order, so errors do not compound);
-- ``Y_ref``: the layer's output in the *original* model at the same tensor name, restricted
-  to the output channels the pruned layer keeps;
+- ``Y_ref``: the output of the paired layer in the *original* model, restricted to the
+  output channels the pruned layer keeps;
 - the ridge term pulls toward the pruned weights ``W0`` (not toward zero), so a layer whose
   removed inputs were already zero is left unchanged, and ``lambda`` is ``ridge`` times the
   mean diagonal of ``X^T X``.
@@ -23,12 +23,24 @@ constant weight are solved over their last axis. The normal equations are accumu
 batch by batch (float64), so memory is bounded by the live activations of the graph at the
 calibration size plus one im2col batch.
 
-Layers whose weight (or bias) initializer is shared with another node are left as they are.
+Layers whose weight (or bias) initializer is shared with another node are left as they are
+(and listed in ``LeastSquaresResult.skipped``).
 
-Channel correspondence between the pruned and the original layer comes from the weights
-themselves: surgery copies kept weight rows/columns unchanged, so the kept output rows and
-input columns are found by exact (sorted-subsequence) matching. No name of a layer or a
-model is used for decisions; node and tensor names only pair a node with itself.
+Models as exporters write them:
+
+- Both models are read through :func:`onnxprune.normalize.normalize` (:mod:`.storage`), so
+  weights in ``Constant`` nodes are refit like initializers; the refit values are written
+  back where the pruned model keeps them (initializer or ``Constant`` node).
+- Pruned and reference layers are paired by structure and weights (:mod:`.pairing`): a
+  reference exported by another path (other node and tensor names) pairs; one that cannot
+  be paired is refused with an :class:`OnnxPruneError` naming the first unpaired layer.
+  The kept output rows and input columns are found by exact (sorted-subsequence) matching
+  of the weights, since surgery copies kept rows/columns unchanged. No name of a layer or
+  a model is used for decisions.
+- A model with a fixed batch dimension runs in chunks of exactly that batch
+  (:mod:`.batching`); the fit is the same as the dynamic-batch model's.
+- "0 layers refit" is never silent: ``LeastSquaresResult.note`` says why (nothing pruned,
+  or every pruned-input layer unrefittable, each listed with its reason).
 """
 
 from __future__ import annotations
@@ -45,7 +57,21 @@ from onnx import ModelProto
 from torch import Tensor
 
 from onnxprune.errors import DataError, OnnxPruneError
+from onnxprune.recover.batching import (
+    batch_starts,
+    fixed_batch,
+    small_chunk_threads,
+    whole_chunks,
+)
 from onnxprune.recover.interpreter import OnnxModule, conv_input_padded, write_back
+from onnxprune.recover.interpreter.core import run_node_checked
+from onnxprune.recover.pairing import (
+    LayerPair,
+    match_dense_rows,  # noqa: F401 - part of this module's API
+    pair_layers,
+    weighted_layers,
+)
+from onnxprune.recover.storage import for_recovery, store_values
 
 
 @dataclass
@@ -73,13 +99,20 @@ class LayerFit:
 
 @dataclass
 class LeastSquaresResult:
-    """Outcome of :func:`reconstruct`: the refit model and one record per layer."""
+    """Outcome of :func:`reconstruct`: the refit model and one record per layer.
+
+    ``skipped`` names the layers whose inputs were pruned but that least squares cannot refit
+    (and why); ``note`` says why nothing was refit when ``layers`` is empty.
+    """
 
     model: ModelProto
     layers: list[LayerFit] = field(default_factory=list)
     images: int = 0
     seconds: float = 0.0
     peak_activation_bytes: int = 0
+    skipped: list[str] = field(default_factory=list)
+    note: str = ""
+    fixed_batch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,60 +120,27 @@ class LeastSquaresResult:
             "images": self.images,
             "seconds": self.seconds,
             "peak_activation_bytes": self.peak_activation_bytes,
+            "skipped": list(self.skipped),
+            "note": self.note,
+            "fixed_batch": self.fixed_batch,
         }
 
     def __str__(self) -> str:
-        lines = [
-            f"least squares: {len(self.layers)} layers refit on {self.images} images in "
-            f"{self.seconds:.1f} s (peak activations {self.peak_activation_bytes / 2**20:.0f} MiB)"
-        ]
+        if not self.layers and self.note:
+            head = f"least squares: nothing refit: {self.note}"
+        else:
+            chunks = f" in chunks of its fixed batch {self.fixed_batch}" if self.fixed_batch else ""
+            head = (
+                f"least squares: {len(self.layers)} layers refit on {self.images} images"
+                f"{chunks} in {self.seconds:.1f} s (peak activations "
+                f"{self.peak_activation_bytes / 2**20:.0f} MiB)"
+            )
+        if self.skipped:
+            head += f"; {len(self.skipped)} with pruned inputs left as they are"
+        lines = [head]
         lines += [f"  {layer}" for layer in self.layers]
+        lines += [f"  not refit: {reason}" for reason in self.skipped]
         return "\n".join(lines)
-
-
-# -- channel correspondence -----------------------------------------------------------------
-
-
-def _subsequence(row: np.ndarray, candidate: np.ndarray) -> list[int] | None:
-    """Indices j_0 < j_1 < ... with candidate[j_k] == row[k] (greedy), or None.
-
-    row: [i, k], candidate: [I, k].
-    """
-    found: list[int] = []
-    position = 0
-    for column in row:
-        while position < len(candidate) and not np.array_equal(candidate[position], column):
-            position += 1
-        if position == len(candidate):
-            return None
-        found.append(position)
-        position += 1
-    return found
-
-
-def match_dense_rows(w_ref: np.ndarray, w_pruned: np.ndarray) -> tuple[list[int], list[int]]:
-    """Kept (rows, columns) with ``w_pruned == w_ref[rows][:, columns]`` (both sorted).
-
-    w_ref: [O, I, k], w_pruned: [o, i, k]. Raises :class:`OnnxPruneError` when no exact
-    match exists (the reference is not the model the pruned one was cut from).
-    """
-    out_ref, out_kept = w_ref.shape[0], w_pruned.shape[0]
-    for first in range(out_ref - out_kept + 1):
-        columns = _subsequence(w_pruned[0], w_ref[first])
-        if columns is None:
-            continue
-        restricted = w_ref[:, columns]
-        rows, position = [first], first + 1
-        for r in range(1, out_kept):
-            while position < out_ref and not np.array_equal(restricted[position], w_pruned[r]):
-                position += 1
-            if position == out_ref:
-                break
-            rows.append(position)
-            position += 1
-        if len(rows) == out_kept:
-            return rows, columns
-    raise OnnxPruneError("no exact match")
 
 
 # -- the layers we can refit --------------------------------------------------------------
@@ -158,118 +158,83 @@ class _Layer:
     kept_inputs: int
     original_inputs: int
     output: str
+    ref_output: str  # the paired reference layer's output tensor
 
 
-def _weight_matrix(op_type: str, attrs: dict[str, Any], weight: np.ndarray) -> np.ndarray:
-    """The weight as [out, in, taps] for matching."""
-    if op_type == "Conv":
-        return weight.reshape(weight.shape[0], weight.shape[1], -1)
-    if op_type == "Gemm":
-        matrix = weight if attrs.get("transB", 0) else weight.T
-        return matrix[:, :, None]
-    return weight.T[:, :, None]  # MatMul: [in, out]
+@dataclass
+class _Selection:
+    """The layers to refit, the ones with pruned inputs that cannot be, and whether any
+    layer differs from the reference at all."""
+
+    layers: list[_Layer]
+    skipped: list[str]
+    pruned_any: bool
 
 
-def _find_layers(pruned: OnnxModule, reference: OnnxModule, all_layers: bool) -> list[_Layer]:
-    ref_nodes = {ctx.name: (ctx, ins, outs) for ctx, ins, outs in reference._nodes}
+def _bias_of(pair: LayerPair, module: OnnxModule) -> tuple[str | None, str]:
+    """(bias tensor or None, reason it cannot be refit per channel or '')."""
+    layer, inputs = pair.pruned, pair.pruned.inputs
+    if layer.op_type not in ("Conv", "Gemm") or len(inputs) < 3 or not inputs[2]:
+        return None, ""
+    if inputs[2] not in module.initializer_names("param"):
+        return None, ""
+    count = module.tensor(inputs[2]).numel()
+    if count == layer.matrix.shape[0]:
+        return inputs[2], ""
+    if layer.op_type == "Gemm" and count == 1:
+        return None, ""
+    return (
+        None,
+        f"its bias '{inputs[2]}' is broadcast ({count} values for {layer.matrix.shape[0]} outputs)",
+    )
+
+
+def _find_layers(pruned: OnnxModule, reference: OnnxModule, all_layers: bool) -> _Selection:
+    """Pair the weighted layers by structure (:mod:`.pairing`) and pick those to refit."""
+    pairs = pair_layers(weighted_layers(pruned), weighted_layers(reference))
     uses: dict[str, int] = {}
     for _, inputs, _ in pruned._nodes:
         for name in set(inputs):
             uses[name] = uses.get(name, 0) + 1
-    layers = []
-    for index, (ctx, inputs, outputs) in enumerate(pruned._nodes):
-        if ctx.op_type not in ("Conv", "Gemm", "MatMul") or ctx.name not in ref_nodes:
+    selection = _Selection([], [], False)
+    for pair in pairs:
+        layer, ref = pair.pruned, pair.reference
+        if layer.matrix.shape != ref.matrix.shape or layer.groups != ref.groups:
+            selection.pruned_any = True
+        if layer.inputs_total == ref.inputs_total and not all_layers:
             continue
-        ref_ctx, ref_inputs, ref_outputs = ref_nodes[ctx.name]
-        if outputs[0] != ref_outputs[0]:
+        if pair.out_keep is None:
+            raise OnnxPruneError(
+                f"node '{layer.name}': its pruned weights '{layer.weight}' cannot be paired with "
+                f"the reference: {pair.reason} (nearest reference layer of the same kind: "
+                f"{ref.describe()}, weights '{ref.weight}'); pass as --reference the model the "
+                "pruned one was cut from"
+            )
+        bias, bias_problem = _bias_of(pair, pruned)
+        shared = [n for n in (layer.weight, bias) if n is not None and uses.get(n, 0) > 1]
+        if shared or bias_problem:
+            # Refitting a weight shared by several nodes for one of them breaks the others.
+            why = (
+                f"its weight '{shared[0]}' is shared with another node" if shared else bias_problem
+            )
+            selection.skipped.append(f"{layer.name}: {why}")
             continue
-        slot = 0 if (ctx.op_type == "Gemm" and ctx.attr("transA", 0)) else 1
-        if ctx.op_type == "MatMul" or ctx.op_type == "Gemm":
-            if ctx.op_type == "Gemm" and ctx.attr("transA", 0):
-                continue  # rows are not samples; not a layer we refit
-        weight = inputs[slot]
-        if weight not in pruned.initializer_names() or ref_inputs[slot] not in reference._slots:
-            continue
-        if uses.get(weight, 0) > 1 or (len(inputs) > 2 and uses.get(inputs[2], 0) > 1):
-            continue  # a weight shared by several nodes: refitting it for one breaks the others
-        w_pruned = pruned.tensor(weight).detach().numpy()
-        w_ref = reference.tensor(ref_inputs[slot]).detach().numpy()
-        if ctx.op_type == "MatMul" and w_pruned.ndim != 2:
-            continue
-        if ctx.op_type == "Conv" and w_pruned.ndim != 4 and w_pruned.ndim != 3:
-            continue
-        groups = int(ctx.attr("group", 1)) if ctx.op_type == "Conv" else 1
-        ref_groups = int(ref_ctx.attr("group", 1)) if ctx.op_type == "Conv" else 1
-        m_pruned = _weight_matrix(ctx.op_type, ctx.attrs, w_pruned)
-        m_ref = _weight_matrix(ctx.op_type, ref_ctx.attrs, w_ref)
-        kept_in, orig_in = m_pruned.shape[1] * groups, m_ref.shape[1] * ref_groups
-        if kept_in == orig_in and not all_layers:
-            continue
-        if m_pruned.shape[1] == 1 and groups > 1:  # depthwise: rows decide everything
-            out_keep = _match_rows_only(m_ref, m_pruned, ctx.name)
-        elif groups > 1:
-            out_keep = _match_grouped(m_ref, m_pruned, groups, ref_groups, ctx.name)
-        else:
-            try:
-                out_keep, _ = match_dense_rows(m_ref, m_pruned)
-            except OnnxPruneError:
-                raise OnnxPruneError(
-                    f"node '{ctx.name}': the pruned weights '{weight}' are not a slice of the "
-                    f"reference weights '{ref_inputs[slot]}'; pass as --reference the model the "
-                    "pruned one was cut from"
-                ) from None
-        bias = None
-        if ctx.op_type in ("Conv", "Gemm") and len(inputs) > 2 and inputs[2]:
-            if inputs[2] in pruned.initializer_names("param"):
-                bias_value = pruned.tensor(inputs[2])
-                if bias_value.numel() == m_pruned.shape[0]:
-                    bias = inputs[2]
-                elif not (ctx.op_type == "Gemm" and bias_value.numel() == 1):
-                    continue  # a broadcast bias we cannot refit per channel
-        layers.append(
+        selection.layers.append(
             _Layer(
-                index,
-                ctx.name,
-                ctx.op_type,
-                weight,
+                layer.index,
+                layer.name,
+                layer.op_type,
+                layer.weight,
                 bias,
-                groups,
-                out_keep,
-                kept_in,
-                orig_in,
-                outputs[0],
+                layer.groups,
+                pair.out_keep,
+                layer.inputs_total,
+                ref.inputs_total,
+                layer.output,
+                ref.output,
             )  # fmt: skip
         )
-    return layers
-
-
-def _match_rows_only(m_ref: np.ndarray, m_pruned: np.ndarray, node: str) -> list[int]:
-    rows = _subsequence(m_pruned.reshape(len(m_pruned), -1), m_ref.reshape(len(m_ref), -1))
-    if rows is None:
-        raise OnnxPruneError(
-            f"node '{node}': the pruned depthwise weights are not a slice of the reference's; "
-            "pass as --reference the model the pruned one was cut from"
-        )
-    return rows
-
-
-def _match_grouped(m_ref, m_pruned, groups: int, ref_groups: int, node: str) -> list[int]:
-    if groups != ref_groups:
-        raise OnnxPruneError(f"node '{node}': group count changed from {ref_groups} to {groups}")
-    out_ref, out_kept = m_ref.shape[0] // groups, m_pruned.shape[0] // groups
-    rows: list[int] = []
-    for g in range(groups):
-        try:
-            kept, _ = match_dense_rows(
-                m_ref[g * out_ref : (g + 1) * out_ref], m_pruned[g * out_kept : (g + 1) * out_kept]
-            )
-        except OnnxPruneError:
-            raise OnnxPruneError(
-                f"node '{node}': group {g} of the pruned weights is not a slice of the "
-                "reference's; pass as --reference the model the pruned one was cut from"
-            ) from None
-        rows += [g * out_ref + r for r in kept]
-    return rows
+    return selection
 
 
 # -- lock-step execution of the graph over the calibration set ------------------------------
@@ -307,7 +272,7 @@ class _Runner:
             for env in self.envs:
                 values = [env[n] if n else None for n in names_in]
                 for name, value in zip(
-                    names_out, self.module.handler_for(ctx)(ctx, values), strict=False
+                    names_out, run_node_checked(self.module, ctx, values), strict=False
                 ):
                     if name:
                         env[name] = value
@@ -319,6 +284,12 @@ class _Runner:
 
     def tensor_batches(self, name: str) -> list[Tensor]:
         return [env[name] for env in self.envs]
+
+    def release(self, name: str) -> None:
+        """Drop a tensor that was kept past its last use, once the run has passed it."""
+        if name not in self.static and self.module._last_use.get(name, -1) < self.next_index:
+            for env in self.envs:
+                env.pop(name, None)
 
 
 # -- per-layer solve --------------------------------------------------------------------------
@@ -414,7 +385,7 @@ def _fit_layer(
 ) -> LayerFit:
     ctx, names_in, _ = pruned.module._nodes[layer.index]
     xs = pruned.tensor_batches(names_in[0])
-    ys = reference.tensor_batches(layer.output)
+    ys = reference.tensor_batches(layer.ref_output)
     weight_shape = tuple(pruned.module.tensor(layer.weight).shape)
     current = _current_matrix(layer, pruned.module, ctx)  # [g, f(+1), o/g]
     groups, dim, _ = current.shape
@@ -469,9 +440,34 @@ def layers_to_refit(
     pruned_model: ModelProto, reference_model: ModelProto, all_layers: bool = False
 ) -> list[str]:
     """Names of the nodes :func:`reconstruct` would refit, in the order it refits them."""
-    pruned_module = OnnxModule(pruned_model, train_bn=False, fallback="onnxruntime")
-    reference_module = OnnxModule(reference_model, train_bn=False, fallback="onnxruntime")
-    return [layer.name for layer in _find_layers(pruned_module, reference_module, all_layers)]
+    pruned_module = OnnxModule(for_recovery(pruned_model), train_bn=False, fallback="onnxruntime")
+    reference_module = OnnxModule(
+        for_recovery(reference_model), train_bn=False, fallback="onnxruntime"
+    )
+    return [
+        layer.name for layer in _find_layers(pruned_module, reference_module, all_layers).layers
+    ]
+
+
+def _common_fixed_batch(pruned: ModelProto, reference: ModelProto) -> int | None:
+    pruned_batch, reference_batch = fixed_batch(pruned), fixed_batch(reference)
+    if pruned_batch and reference_batch and pruned_batch != reference_batch:
+        raise OnnxPruneError(
+            f"the pruned model's input has a fixed batch of {pruned_batch} and the reference's "
+            f"of {reference_batch}; pass as --reference the model the pruned one was cut from"
+        )
+    return pruned_batch or reference_batch
+
+
+def _nothing_refit(selection: _Selection) -> str:
+    """Why no layer was refit, said explicitly ('' when some were)."""
+    if selection.layers:
+        return ""
+    if not selection.pruned_any:
+        return "no layer was pruned (every Conv/Gemm/MatMul has the reference's weights)"
+    if selection.skipped:
+        return "every layer with pruned inputs is left as it is (see below)"
+    return "no layer has pruned inputs (only output channels of the last layers differ)"
 
 
 def reconstruct(
@@ -490,19 +486,23 @@ def reconstruct(
     """Refit every Conv/Gemm/MatMul whose input channels were pruned (see module docstring).
 
     Args:
-        pruned_model: the physically pruned model (same node/tensor names as the reference).
-        reference_model: the unpruned model it was cut from.
+        pruned_model: the physically pruned model.
+        reference_model: the unpruned model it was cut from (any exporter: layers are paired
+            by structure and weights, :mod:`.pairing`; weights may be ``Constant`` nodes).
         dataset: a ``Dataset`` (its ``x`` is used) or an array ``[N, ...model input]``.
         max_images: a seeded random subset of at most this many images is used.
         positions_per_image: output positions sampled per image for convolutions (and
             rows per sample for MatMul over a sequence).
         ridge: regularisation strength relative to the mean diagonal of ``X^T X``.
-        batch_size: images per batch while accumulating ``X^T X``.
+        batch_size: images per batch while accumulating ``X^T X``; a model with a fixed
+            batch runs in chunks of exactly that batch (:mod:`.batching`).
         all_layers: also refit layers whose inputs were not pruned.
         on_layer: called after each layer (progress reporting).
 
     Returns a :class:`LeastSquaresResult` whose ``model`` has the same structure as
-    ``pruned_model`` with new values for the refit layers' weights and biases.
+    ``pruned_model`` with new values for the refit layers' weights and biases (see
+    :func:`~onnxprune.recover.storage.store_values`). Raises :class:`OnnxPruneError` naming
+    the first layer that cannot be paired with the reference.
     """
     start = time.perf_counter()
     x = _as_array(dataset)
@@ -511,36 +511,66 @@ def reconstruct(
     rng = np.random.default_rng(seed)
     if len(x) > max_images:
         x = x[np.sort(rng.choice(len(x), max_images, replace=False))]
+    pruned_graph, reference_graph = for_recovery(pruned_model), for_recovery(reference_model)
+    fixed = _common_fixed_batch(pruned_graph, reference_graph)
+    if fixed is not None:
+        x = whole_chunks(x, fixed)
     # Ops without a torch handler run in onnxruntime: least squares needs no gradients.
-    pruned_module = OnnxModule(pruned_model, train_bn=False, fallback="onnxruntime").eval()
-    reference_module = OnnxModule(reference_model, train_bn=False, fallback="onnxruntime").eval()
+    pruned_module = OnnxModule(pruned_graph, train_bn=False, fallback="onnxruntime").eval()
+    reference_module = OnnxModule(reference_graph, train_bn=False, fallback="onnxruntime").eval()
     if len(pruned_module.input_names) != 1:
         raise OnnxPruneError(
             f"least squares supports single-input models; this one has inputs "
             f"{', '.join(pruned_module.input_names)}"
         )
-    layers = _find_layers(pruned_module, reference_module, all_layers)
-    batches = [torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])) for i in
-               range(0, len(x), batch_size)]  # fmt: skip
+    selection = _find_layers(pruned_module, reference_module, all_layers)
+    result = LeastSquaresResult(
+        model=pruned_model, images=len(x), skipped=selection.skipped,
+        note=_nothing_refit(selection), fixed_batch=fixed,
+    )  # fmt: skip
+    if selection.layers:
+        batches = [torch.from_numpy(np.ascontiguousarray(x[a:b]))
+                   for a, b in batch_starts(len(x), fixed, batch_size)]  # fmt: skip
+        with small_chunk_threads(fixed):
+            _fit_all(selection.layers, pruned_module, reference_module, batches,
+                     (positions_per_image, ridge, seed), result, on_layer)  # fmt: skip
+        result.model = store_values(
+            pruned_model, pruned_graph, write_back(pruned_module, pruned_graph)
+        )
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _fit_all(
+    layers: list[_Layer],
+    pruned_module: OnnxModule,
+    reference_module: OnnxModule,
+    batches: list[Tensor],
+    settings: tuple[int, float, int],
+    result: LeastSquaresResult,
+    on_layer: Callable[[LayerFit], None] | None,
+) -> None:
+    """Refit ``layers`` in pruned-graph order, running both graphs in lock step."""
+    positions, ridge, seed = settings
     generator = torch.Generator().manual_seed(seed)
-    result = LeastSquaresResult(model=pruned_model, images=len(x))
     with torch.no_grad():
         pruned_run = _Runner(pruned_module, batches)
         reference_run = _Runner(reference_module, batches)
-        peak = 0
-        for layer in layers:
+        for number, layer in enumerate(layers):
             pruned_run.advance(layer.index)
-            reference_run.advance(reference_run.producer[layer.output] + 1, keep={layer.output})
-            peak = max(peak, pruned_run.live_bytes() + reference_run.live_bytes())
-            fit = _fit_layer(layer, pruned_run, reference_run, positions_per_image, ridge,
-                             generator)  # fmt: skip
+            # Reference layers may come in another order (another exporter): keep the outputs
+            # of layers still to fit that the run passes on the way.
+            pending = {later.ref_output for later in layers[number:]}
+            stop = reference_run.producer[layer.ref_output] + 1
+            reference_run.advance(max(stop, reference_run.next_index), keep=pending)
+            result.peak_activation_bytes = max(
+                result.peak_activation_bytes, pruned_run.live_bytes() + reference_run.live_bytes()
+            )
+            fit = _fit_layer(layer, pruned_run, reference_run, positions, ridge, generator)
+            reference_run.release(layer.ref_output)
             result.layers.append(fit)
             if on_layer is not None:
                 on_layer(fit)
-        result.peak_activation_bytes = peak
-    result.model = write_back(pruned_module, pruned_model)
-    result.seconds = time.perf_counter() - start
-    return result
 
 
 def least_squares_recover(

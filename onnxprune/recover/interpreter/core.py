@@ -279,15 +279,7 @@ class OnnxModule(nn.Module):
             values = [env[n] if n else None for n in names_in]
             if ctx.op_type == "BatchNormalization":
                 ctx.training_bn = self.train_bn and self.training
-            try:
-                results = self.handler_for(ctx)(ctx, values)
-            except OnnxPruneError:
-                raise
-            except Exception as exc:
-                raise OnnxPruneError(
-                    f"node '{ctx.name}' ({ctx.op_type}) failed in the training interpreter: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+            results = run_node_checked(self, ctx, values)
             for name, value in zip(names_out, results, strict=False):
                 if name:
                     env[name] = value
@@ -312,6 +304,25 @@ class OnnxModule(nn.Module):
                 ]
                 return self.handler_for(ctx)(ctx, values)
         raise OnnxPruneError(f"no node named '{node_name}' in the model")
+
+
+def run_node_checked(
+    module: OnnxModule, ctx: NodeContext, values: list[Tensor | None]
+) -> list[Tensor]:
+    """Run one node; a failure becomes an :class:`OnnxPruneError` naming the node and the
+    shapes it was given (a shape error is what a model with baked-in sizes produces)."""
+    try:
+        return module.handler_for(ctx)(ctx, values)
+    except OnnxPruneError:
+        raise
+    except Exception as exc:
+        shapes = ", ".join(str(list(v.shape)) if v is not None else "-" for v in values)
+        raise OnnxPruneError(
+            f"node '{ctx.name}' ({ctx.op_type}) failed in the recovery interpreter on inputs of "
+            f"shape {shapes}: {type(exc).__name__}: {str(exc).splitlines()[0]}; the model may "
+            "only accept the input sizes it was exported with (check the calibration data's "
+            "sample shape against the model input)"
+        ) from exc
 
 
 class _OrtNode:
