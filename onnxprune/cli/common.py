@@ -114,7 +114,7 @@ def preprocess_options(func: Any) -> Any:
 def load_cli_data(data: Path, model: Any, flags: dict[str, Any] | None = None) -> Any:
     """``load_data`` with the command's preprocessing flags (:func:`onnxprune.data.
     preprocess_from_flags`); the raw-image note (:func:`onnxprune.data.raw_images_note`)
-    goes to stderr."""
+    and what loading resized or converted (``Dataset.notes``) go to stderr."""
     from onnxprune.data import load_data, preprocess_from_flags, raw_images_note
 
     spec = preprocess_from_flags(data, **(flags or {}))
@@ -122,4 +122,6 @@ def load_cli_data(data: Path, model: Any, flags: dict[str, Any] | None = None) -
     note = raw_images_note(data, spec)
     if note is not None:
         click.echo(note, err=True)
+    for line in getattr(dataset, "notes", ()):
+        click.echo(f"note: {line}", err=True)
     return dataset
