@@ -212,3 +212,17 @@ def test_cli_loading_prints_the_resize_note(tmp_path, capsys):
     Image.new("RGB", (20, 10), (1, 2, 3)).save(folder / "0.png")
     load_cli_data(folder, _model(x=["n", 3, 16, 16]))
     assert "note: resized 1 of 1 images from 10x20 to 16x16" in capsys.readouterr().err
+
+
+def test_grayscale_nhwc_input_and_raw_image_sniffing_by_input_name(tmp_path):
+    from onnxprune.data import holds_raw_images
+
+    folder = tmp_path / "g"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(folder / "0.png")
+    data = load_data(folder, _model(x=["n", 8, 8, 1]), Preprocess(scale=1.0))
+    assert data.x.shape == (1, 8, 8, 1) and data.x[0, 3, 3, 0] == round(0.587 * 255)  # 150
+    np.savez(tmp_path / "named.npz", image=np.zeros((1, 8, 8, 3), np.uint8), y=np.zeros(1, int))
+    np.savez(tmp_path / "floats.npz", image=np.zeros((1, 3, 8, 8), np.float32))
+    assert holds_raw_images(tmp_path / "named.npz")
+    assert not holds_raw_images(tmp_path / "floats.npz")
