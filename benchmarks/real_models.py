@@ -45,6 +45,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -381,6 +382,8 @@ def _search(
     ]  # fmt: skip
     if strategy != "uniform" and args.episodes is not None:
         cmd += ["--episodes", str(args.episodes)]
+    # a fresh folder per run: search refuses to overwrite (or silently --resume) an old one
+    shutil.rmtree(outdir, ignore_errors=True)
     start = time.perf_counter()
     try:
         proc = _cli(code, cmd, timeout=args.timeout)
