@@ -45,7 +45,7 @@ import dataclasses
 import json
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -352,15 +352,20 @@ class InputSpec:
 def _spec_of(value: onnx.ValueInfoProto) -> InputSpec:
     # a 0-sized dim cannot be fed either: unknown, like the dims model.value_dims leaves open
     shape: list[int | None] = [d or None for d in value_dims(value) or ()]
-    layout = None
-    if len(shape) == 4:
-        c_first, c_last = shape[1] in _CHANNEL_SIZES, shape[3] in _CHANNEL_SIZES
-        if c_first and not c_last:
-            layout = "NCHW"
-        elif c_last and not c_first:
-            layout = "NHWC"
     elem_type = value.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
-    return InputSpec(value.name, shape, layout, elem_type)
+    return InputSpec(value.name, shape, _infer_layout(shape), elem_type)
+
+
+def _infer_layout(shape: Sequence[int | None]) -> str | None:
+    """NCHW or NHWC when exactly one of dims 1 and 3 is a channel count (1, 3 or 4)."""
+    if len(shape) != 4:
+        return None
+    c_first, c_last = shape[1] in _CHANNEL_SIZES, shape[3] in _CHANNEL_SIZES
+    if c_first and not c_last:
+        return "NCHW"
+    if c_last and not c_first:
+        return "NHWC"
+    return None
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -676,15 +681,57 @@ def _load_npz(path: Path, specs: list[InputSpec], preprocess: Preprocess) -> Dat
     return Dataset.from_inputs(inputs, labels, str(path), notes=notes)
 
 
+def _with_shapes(
+    specs: list[InputSpec], input_shapes: Mapping[str, Sequence[int]]
+) -> list[InputSpec]:
+    """``specs`` with dynamic dims taken from ``input_shapes``; a given dim that contradicts
+    a fixed one, a wrong rank or an unknown input name is an error."""
+    by_name = {spec.name: spec for spec in specs}
+    unknown = sorted(set(input_shapes) - set(by_name))
+    if unknown:
+        raise DataError(
+            f"--input-shape names '{unknown[0]}', which is not a model input "
+            f"({', '.join(by_name)}); use one of those names"
+        )
+    fixed = []
+    for spec in specs:
+        dims = input_shapes.get(spec.name)
+        if dims is None:
+            fixed.append(spec)
+            continue
+        dims = [int(d) for d in dims]
+        clash = len(dims) != len(spec.shape) or any(
+            have is not None and have != want
+            for have, want in zip(spec.shape[1:], dims[1:], strict=False)
+        )
+        if clash:
+            raise DataError(
+                f"--input-shape {spec.name}:{'x'.join(map(str, dims))} does not fit model input "
+                f"'{spec.name}' {_fmt(spec.shape)}; give one size per dim and keep the fixed ones"
+            )
+        # the batch stays as the model declares it: data may hold any number of samples
+        shape = [spec.shape[0], *dims[1:]]
+        fixed.append(_spec_of_shape(spec, shape))
+    return fixed
+
+
+def _spec_of_shape(spec: InputSpec, shape: list[int | None]) -> InputSpec:
+    """``spec`` with another shape, layout re-inferred unless it was already known."""
+    layout = spec.layout or _infer_layout(shape)
+    return InputSpec(spec.name, shape, layout, spec.elem_type)
+
+
 def load_data(
     path: str | os.PathLike[str],
     model: onnx.ModelProto | str | os.PathLike[str],
     preprocess: Preprocess | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Dataset:
     """Load ``path`` (.npz, .npy or image folder) as model-ready input for ``model``.
 
     ``preprocess`` defaults to ``preprocess.json`` next to the data, else :class:`Preprocess`
-    defaults. Raises :class:`DataError` naming the file and the model input for a
+    defaults. ``input_shapes`` (``--input-shape NAME:DIMS``) fixes dynamic input dims, so
+    images are resized to its H x W (dim 0, the batch, never limits the sample count). Raises :class:`DataError` naming the file and the model input for a
     missing/empty/unreadable source, an unknown extension, a missing input array, or samples
     that do not fit the model input (both shapes named). The result's ``inputs`` maps every
     model input name to its array.
@@ -692,7 +739,7 @@ def load_data(
     path = Path(path)
     if not isinstance(model, onnx.ModelProto):
         model = load_model(model, infer_shapes=False)
-    specs = input_specs(model)
+    specs = _with_shapes(input_specs(model), input_shapes or {})
     if not specs:
         raise DataError("the model has no inputs to feed data to")
     if not path.exists():

@@ -226,3 +226,17 @@ def test_grayscale_nhwc_input_and_raw_image_sniffing_by_input_name(tmp_path):
     np.savez(tmp_path / "floats.npz", image=np.zeros((1, 3, 8, 8), np.float32))
     assert holds_raw_images(tmp_path / "named.npz")
     assert not holds_raw_images(tmp_path / "floats.npz")
+
+
+def test_input_shapes_fix_dynamic_dims_for_resizing(tmp_path):
+    folder = _mixed_folder(tmp_path / "photos")
+    model = _model(x=["n", 3, "h", "w"])
+    data = load_data(folder, model, Preprocess(), input_shapes={"x": [1, 3, 48, 320]})
+    assert data.x.shape == (5, 3, 48, 320)  # batch 1 in the shape does not limit N
+    assert "to 48x320 (H x W, the fixed H x W of model input 'x')" in data.notes[0]
+    with pytest.raises(DataError, match=r"--input-shape x:1x1x48x320 does not fit model input 'x'"):
+        load_data(folder, model, Preprocess(), input_shapes={"x": [1, 1, 48, 320]})
+    with pytest.raises(
+        DataError, match=r"--input-shape names 'image', which is not a model input \(x\)"
+    ):
+        load_data(folder, model, Preprocess(), input_shapes={"image": [1, 3, 8, 8]})
