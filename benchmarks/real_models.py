@@ -495,6 +495,9 @@ def main() -> None:
     parser.add_argument("--code", type=Path, default=HERE.parent, help="onnxprune checkout")
     parser.add_argument("--out", type=Path, default=None, help="search outputs (default DIR/out)")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep other models' rows of the existing JSON"
+    )
     args = parser.parse_args()
     selected = [e for e in MODELS if args.models is None or e.key in args.models.split(",")]
     if args.fetch:
@@ -503,16 +506,6 @@ def main() -> None:
     data = build_data(args.folder, args.cifar, args.lines, args.pages)
     args.out = args.out or args.folder / "out"
     args.accepts_input_shape = _accepts(args.code, "search", "--input-shape")
-    rows = []
-    for entry in selected:
-        if not (args.folder / entry.member).exists():
-            print(f"missing {args.folder / entry.member}; run with --fetch", file=sys.stderr)
-            continue
-        row = run_one(args.code, entry, args.folder, data, args)
-        print(row, flush=True)
-        rows.append(row)
-    print()
-    print(_table(rows))
     commit = subprocess.run(
         ["git", "-C", str(args.code), "rev-parse", "--short", "HEAD"],
         capture_output=True, text=True, check=False,
@@ -529,16 +522,40 @@ def main() -> None:
         "timeout": args.timeout,
         "input_shape_flag": args.accepts_input_shape,
     }
+    rows: list[Row] = []
+    for entry in selected:
+        if not (args.folder / entry.member).exists():
+            print(f"missing {args.folder / entry.member}; run with --fetch", file=sys.stderr)
+            continue
+        row = run_one(args.code, entry, args.folder, data, args)
+        print(row, flush=True)
+        rows.append(row)
+        if not args.no_write:  # after every row: a long run stopped half-way keeps its rows
+            write_results(rows, meta, args.merge)
+    print()
+    print(_table(rows))
     if not args.no_write:
-        RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "meta": meta,
-            "models": [asdict(e) for e in selected],
-            "rows": [r.to_dict() for r in rows],
-        }
-        RESULTS_JSON.write_text(json.dumps(payload, indent=1) + "\n")
-        write_results_md(rows, meta)
         print(f"wrote {RESULTS_JSON} and {RESULTS_MD} ({SECTION})")
+
+
+def write_results(rows: list[Row], meta: dict, merge: bool) -> None:
+    """The JSON and the RESULTS.md section; with ``merge``, rows of models not run this
+    time are kept from the existing JSON (in ``MODELS`` order)."""
+    by_key = {row.key: row for row in rows}
+    if merge and RESULTS_JSON.exists():
+        old = json.loads(RESULTS_JSON.read_text()).get("rows", [])
+        for record in old:
+            by_key.setdefault(record["key"], Row(**record))
+    order = [e.key for e in MODELS]
+    merged = sorted(by_key.values(), key=lambda r: order.index(r.key) if r.key in order else 99)
+    RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "meta": meta,
+        "models": [asdict(e) for e in MODELS if e.key in by_key],
+        "rows": [r.to_dict() for r in merged],
+    }
+    RESULTS_JSON.write_text(json.dumps(payload, indent=1) + "\n")
+    write_results_md(merged, meta)
 
 
 if __name__ == "__main__":
