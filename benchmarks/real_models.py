@@ -184,6 +184,7 @@ class Row:
     search_seconds: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    code: str = ""  # the onnxprune commit the commands ran on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -363,6 +364,16 @@ def _fidelity(side: dict) -> float | None:
     return None
 
 
+def _latency_ratio(original: dict, pruned: dict) -> float | None:
+    """Pruned / original p50 at batch 1: the report's interleaved ratio when it has one."""
+    measured = (pruned.get("latency_ratio") or {}).get("1")
+    if isinstance(measured, dict) and measured.get("ratio") is not None:
+        return round(float(measured["ratio"]), 3)
+    if original.get("latency_ms_b1") and pruned.get("latency_ms_b1"):
+        return round(pruned["latency_ms_b1"] / original["latency_ms_b1"], 3)
+    return None
+
+
 def _search(
     code: Path,
     entry: RealModel,
@@ -428,13 +439,14 @@ def run_one(code: Path, entry: RealModel, folder: Path, data: Path, args) -> Row
         macs_kept = round(p["macs"] / max(o["macs"], 1), 4)
         if strategy == "fast":
             row.macs_kept, row.fidelity_searched = macs_kept, _fidelity(p)
-            row.metric = report.get("reward_metric")
+            row.metric = p.get("metric") or report.get("reward_metric")
             row.heldout = report.get("eval_samples")
             row.search_seconds = round(report.get("search_seconds", seconds), 1)
-            if o.get("latency_ms_b1") and p.get("latency_ms_b1"):
-                row.latency_ratio = round(p["latency_ms_b1"] / o["latency_ms_b1"], 3)
+            row.latency_ratio = _latency_ratio(o, p)
         else:
             row.macs_kept_uniform, row.fidelity_uniform = macs_kept, _fidelity(p)
+            row.metric = row.metric or p.get("metric") or report.get("reward_metric")
+            row.heldout = row.heldout if row.heldout is not None else report.get("eval_samples")
     return row
 
 
@@ -445,8 +457,8 @@ def run_one(code: Path, entry: RealModel, folder: Path, data: Path, args) -> Row
 def _table(rows: list[Row]) -> str:
     header = (
         "| model | exporter | task | data (images) | groups (prunable) | MACs kept "
-        "| fidelity searched / uniform (metric, held-out n) | latency ratio | search s | error |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "| fidelity searched / uniform (metric, held-out n) | latency ratio | search s | code "
+        "| error |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -458,7 +470,8 @@ def _table(rows: list[Row]) -> str:
         lines.append(
             f"| {r.key} `{r.model}` | {r.exporter} | {r.task} | {r.data} ({r.images}) "
             f"| {_fmt(r.groups)} ({_fmt(r.prunable)}) | {_fmt(r.macs_kept)} | {fidelity} "
-            f"| {_fmt(r.latency_ratio)} | {_fmt(r.search_seconds, '.0f')} | {error or '-'} |"
+            f"| {_fmt(r.latency_ratio)} | {_fmt(r.search_seconds, '.0f')} | {r.code or '-'} "
+            f"| {error or '-'} |"
         )
     return header + "\n".join(lines) + "\n"
 
@@ -528,6 +541,7 @@ def main() -> None:
             print(f"missing {args.folder / entry.member}; run with --fetch", file=sys.stderr)
             continue
         row = run_one(args.code, entry, args.folder, data, args)
+        row.code = commit
         print(row, flush=True)
         rows.append(row)
         if not args.no_write:  # after every row: a long run stopped half-way keeps its rows
