@@ -487,7 +487,9 @@ def write_results_md(rows: list[Row], meta: dict) -> None:
         f"`--reward-samples {meta['reward_samples']}`, label-free, a folder of images as data "
         f"(provenance in the script's docstring); timeout {meta['timeout']:.0f} s per search. "
         f"Wheels: {pins}. Fidelity is the held-out figure the report states, under the "
-        "metric it names. An error is the last line the command printed.\n\n" + _table(rows)
+        "metric it names. An error is the last line the command printed. Each row ran on "
+        "the commit in its code column; with --merge the settings above are the last run's."
+        "\n\n" + _table(rows)
     )
     wheel_models.replace_section(RESULTS_MD, SECTION, body)
 
