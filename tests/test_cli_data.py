@@ -53,3 +53,20 @@ def test_bad_mean_flag_names_the_flag(tmp_path, tiny_cnn_path):
     )
     assert result.exit_code != 0
     assert "--mean 'a,b'" in str(result.exception) + result.output
+
+
+def test_input_shapes_reach_the_loader(tmp_path, capsys):
+    from onnx import TensorProto, helper
+    from PIL import Image
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, "h", "w"])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [value], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    folder = tmp_path / "f"
+    folder.mkdir()
+    Image.new("RGB", (30, 10), (1, 2, 3)).save(folder / "0.png")
+    Image.new("RGB", (12, 12), (1, 2, 3)).save(folder / "1.png")
+    dataset = load_cli_data(folder, model, input_shapes={"x": [1, 3, 24, 40]})
+    assert dataset.x.shape == (2, 3, 24, 40)
+    assert "note: resized 2 of 2 images from 10x30, 12x12 to 24x40" in capsys.readouterr().err

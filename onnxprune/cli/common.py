@@ -178,17 +178,25 @@ def preprocess_options(func: Any) -> Any:
     return func
 
 
-def load_cli_data(data: Path, model: Any, flags: dict[str, Any] | None = None) -> Any:
+def load_cli_data(
+    data: Path,
+    model: Any,
+    flags: dict[str, Any] | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+) -> Any:
     """``load_data`` with the command's preprocessing flags (:func:`onnxprune.data.
-    preprocess_from_flags`); the raw-image note (:func:`onnxprune.data.raw_images_note`)
-    goes to stderr."""
+    preprocess_from_flags`) and its ``--input-shape`` values (dynamic dims they fix are the
+    size images are resized to); the raw-image note (:func:`onnxprune.data.raw_images_note`)
+    and what loading resized or converted (``Dataset.notes``) go to stderr."""
     from onnxprune.data import load_data, preprocess_from_flags, raw_images_note
 
     spec = preprocess_from_flags(data, **(flags or {}))
-    dataset = load_data(data, model, spec)
+    dataset = load_data(data, model, spec, input_shapes=input_shapes)
     note = raw_images_note(data, spec)
     if note is not None:
         click.echo(note, err=True)
+    for line in getattr(dataset, "notes", ()):
+        click.echo(f"note: {line}", err=True)
     return dataset
 
 
