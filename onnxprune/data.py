@@ -89,6 +89,9 @@ _INTEGER_TYPES = frozenset(
 _WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
+_MAX_SIDE = 16384  # no model input is larger; a bigger --resize is a typo or an attack
+
+
 @dataclass
 class Preprocess:
     """How uint8 images become model input (see the module docstring for the order)."""
@@ -100,7 +103,18 @@ class Preprocess:
     resize: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.scale, int | float) or isinstance(self.scale, bool):
+            raise DataError(f"scale must be a number, got {self.scale!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and (
+                not isinstance(values, list | tuple)
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+            ):
+                raise DataError(f"{name} must be a list of numbers, got {values!r}")
         if self.layout is not None:
+            if not isinstance(self.layout, str):
+                raise DataError(f'layout must be "NCHW" or "NHWC", got {self.layout!r}')
             self.layout = self.layout.upper()
             if self.layout not in _LAYOUTS:
                 raise DataError(f"layout '{self.layout}' is not NCHW or NHWC")
@@ -111,8 +125,15 @@ class Preprocess:
             if any(v == 0 for v in self.std):
                 raise DataError("std contains 0; every per-channel std must be non-zero")
         if self.resize is not None:
-            if len(self.resize) != 2 or any(int(v) <= 0 for v in self.resize):
-                raise DataError(f"resize must be [H, W] with positive sizes, got {self.resize}")
+            if (
+                not isinstance(self.resize, list | tuple)
+                or len(self.resize) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in self.resize)
+                or not all(0 < v <= _MAX_SIDE for v in self.resize)
+            ):
+                raise DataError(
+                    f"resize must be [H, W] with sizes 1..{_MAX_SIDE}, got {self.resize!r}"
+                )
             self.resize = (int(self.resize[0]), int(self.resize[1]))
 
     @classmethod
@@ -135,7 +156,7 @@ class Preprocess:
             )
         try:
             return cls(**{k: v for k, v in spec.items() if v is not None or k != "scale"})
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, DataError) as exc:
             raise DataError(f"'{path}': {exc}") from exc
 
     def to_dict(self) -> dict:
@@ -508,6 +529,11 @@ def preprocess_images(
     images = _match_channels(images, spec, source, notes)
     target, why = _target_size(spec, preprocess)
     if target is not None and tuple(images.shape[1:3]) != tuple(target):
+        # float32 after scaling: 4 bytes per value, plus the uint8 resize buffer
+        _check_memory(
+            5 * len(images) * target[0] * target[1] * images.shape[3],
+            f"resizing '{source}' to {target[0]}x{target[1]}",
+        )
         notes.append(_resize_note([tuple(images.shape[1:3])] * len(images), target, why))
         images = _resize(images, target)
     x = images.astype(np.float32) * np.float32(preprocess.scale)
@@ -570,10 +596,15 @@ def _labels(y: np.ndarray, source: str) -> np.ndarray:
 
 def _load_image(path: Path, mode: str) -> np.ndarray:
     """One image file as uint8 ``[H, W]`` (mode L) or ``[H, W, C]`` (RGB, RGBA)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            # Pillow only warns between 89 and 179 megapixels: a decompression bomb is an error
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
             if image.mode in _WIDE_MODES:
                 # Pillow's convert("L") clips 16-bit values at 255 instead of scaling them:
                 # scale 0..65535 to 0..255 ourselves (rounded, 65535 / 257 = 255).
@@ -583,6 +614,10 @@ def _load_image(path: Path, mode: str) -> np.ndarray:
             # a palette may carry transparency; going through RGBA keeps Pillow quiet
             opened = image.convert("RGBA") if image.mode == "P" else image
             return np.asarray(opened.convert(mode))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise DataError(
+            f"image '{path}' is too large to be a calibration image ({exc}); downscale it"
+        ) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(
             f"cannot read image '{path}' ({type(exc).__name__}); remove or replace the file"
@@ -721,21 +756,13 @@ def _spec_of_shape(spec: InputSpec, shape: list[int | None]) -> InputSpec:
     return InputSpec(spec.name, shape, layout, spec.elem_type)
 
 
-def load_data(
+def _load_any(
     path: str | os.PathLike[str],
     model: onnx.ModelProto | str | os.PathLike[str],
     preprocess: Preprocess | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Dataset:
-    """Load ``path`` (.npz, .npy or image folder) as model-ready input for ``model``.
-
-    ``preprocess`` defaults to ``preprocess.json`` next to the data, else :class:`Preprocess`
-    defaults. ``input_shapes`` (``--input-shape NAME:DIMS``) fixes dynamic input dims, so
-    images are resized to its H x W (dim 0, the batch, never limits the sample count). Raises :class:`DataError` naming the file and the model input for a
-    missing/empty/unreadable source, an unknown extension, a missing input array, or samples
-    that do not fit the model input (both shapes named). The result's ``inputs`` maps every
-    model input name to its array.
-    """
+    """:func:`load_data` by format, before the checks every format shares."""
     path = Path(path)
     if not isinstance(model, onnx.ModelProto):
         model = load_model(model, infer_shapes=False)
@@ -762,12 +789,132 @@ def load_data(
             x = np.load(path, allow_pickle=False)
         except Exception as exc:
             raise DataError(f"cannot read '{path}' as .npy ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(x, np.ndarray):  # np.load opens a zip archive whatever its name
+            x.close()
+            raise DataError(f"'{path}' is an .npz archive, not an .npy array; rename it to .npz")
         notes: list[str] = []
         x = _input_array(x, specs[0], preprocess, str(path), notes)
         return Dataset.from_inputs({specs[0].name: x}, None, str(path), notes=notes)
     raise DataError(
         f"data file '{path}' has unknown extension '{path.suffix}'; use .npz, .npy or a folder of images"
     )
+
+
+def load_data(
+    path: str | os.PathLike[str],
+    model: onnx.ModelProto | str | os.PathLike[str],
+    preprocess: Preprocess | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> Dataset:
+    """Load ``path`` (.npz, .npy or image folder) as model-ready input for ``model``.
+
+    ``preprocess`` defaults to ``preprocess.json`` next to the data, else :class:`Preprocess`
+    defaults. ``input_shapes`` (``--input-shape NAME:DIMS``) fixes dynamic input dims, so
+    images are resized to its H x W (dim 0, the batch, never limits the sample count). The
+    result's ``inputs`` maps every model input name to its array.
+
+    Raises :class:`DataError` naming the file and the model input, before any work, for: a
+    missing, empty, unreadable or non-regular (FIFO, device) source; an unknown extension; a
+    missing input array; samples that do not fit the model input (both shapes named);
+    arrays or a resize that would need more memory than is available; zero samples; NaN or
+    Inf values; labels that are not one integer per sample in the model's class range.
+    """
+    model = model if isinstance(model, onnx.ModelProto) else load_model(model, infer_shapes=False)
+    source = Path(path)
+    if source.exists() and not (source.is_dir() or source.is_file()):
+        raise DataError(
+            f"data path '{source}' is not a regular file or a folder (a FIFO, socket or "
+            "device); pass a .npz/.npy file or an image folder"
+        )
+    if source.is_file() and source.suffix.lower() == ".npz":
+        _check_npz_size(source)
+    dataset = _load_any(source, model, preprocess, input_shapes)
+    _validate_samples(dataset, model)
+    return dataset
+
+
+def _available_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(needed: int, what: str) -> None:
+    available = _available_bytes()
+    if available is not None and needed > available:
+        raise DataError(
+            f"{what} would need {needed / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB "
+            "of memory is available; use fewer or smaller samples"
+        )
+
+
+def _check_npz_size(path: Path) -> None:
+    """The arrays' declared sizes (read from each member's .npy header, not its data) must
+    fit in memory: a small compressed file can expand to gigabytes."""
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with archive.open(member) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    reader = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = reader(handle)
+                if dtype.hasobject:
+                    raise DataError(
+                        f"'{path}' array '{member[:-4]}' holds Python objects; onnxprune never "
+                        "unpickles data: save numeric arrays"
+                    )
+                total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise DataError(f"cannot read '{path}' as .npz ({type(exc).__name__}: {exc})") from exc
+    _check_memory(total, f"'{path}'")
+
+
+def _class_count(model: onnx.ModelProto) -> int | None:
+    """Classes of a single ``[N, classes]`` output, when the model declares them."""
+    outputs = model.graph.output
+    if len(outputs) != 1:
+        return None
+    dims = value_dims(outputs[0])
+    if dims is None or len(dims) != 2 or not dims[1]:
+        return None
+    return dims[1]
+
+
+def _validate_samples(dataset: Dataset, model: onnx.ModelProto) -> None:
+    if len(dataset) == 0:
+        raise DataError(f"data '{dataset.source}' holds no samples; add samples or check --data")
+    arrays = dataset.inputs or {"x": dataset.x}
+    for name, array in arrays.items():
+        if np.issubdtype(array.dtype, np.floating):
+            bad = int(np.count_nonzero(~np.isfinite(array)))
+            if bad:
+                raise DataError(
+                    f"data '{dataset.source}' input '{name}' has {bad:,} NaN or infinite "
+                    "values (or values too large for float32); clean the data"
+                )
+    if dataset.y is None:
+        return
+    if len(dataset.y) != len(dataset):
+        raise DataError(
+            f"data '{dataset.source}' has {len(dataset.y)} labels for {len(dataset)} samples; "
+            "give one integer label per sample"
+        )
+    classes = _class_count(model)
+    low, high = int(dataset.y.min()), int(dataset.y.max())
+    if low < 0 or (classes is not None and high >= classes):
+        valid = f"0..{classes - 1}" if classes is not None else ">= 0"
+        raise DataError(
+            f"data '{dataset.source}' has labels from {low} to {high}, but the model's output "
+            f"has classes {valid}; fix the labels or give data without labels"
+        )
 
 
 # --------------------------------------------------------------------------------------------

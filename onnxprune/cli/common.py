@@ -28,6 +28,12 @@ def run_guarded(cli: click.Group, args: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.UsageError as exc:  # one line like every other user error
+        if debug:
+            raise
+        where = exc.ctx.command_path if exc.ctx is not None else "onnxprune"
+        click.echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
+        return EXIT_USAGE
     except click.ClickException as exc:
         exc.show()
         return EXIT_USAGE

@@ -6,8 +6,13 @@ from pathlib import Path
 
 import click
 
-from onnxprune.cli.common import cli_input_shapes, echo_fixed_note, echo_json, input_shape_option
-from onnxprune.errors import OnnxPruneError
+from onnxprune.cli.common import (
+    cli_input_shapes,
+    echo_fixed_note,
+    echo_json,
+    guard_outputs,
+    input_shape_option,
+)
 
 
 @click.command(
@@ -56,9 +61,7 @@ def graph_command(
     from onnxprune.hgraph.draw import draw_png, write_graphml
     from onnxprune.model import fix_input_shapes, load_model
 
-    for out in (graphml, png):
-        if out is not None and out.resolve() == model.resolve():
-            raise OnnxPruneError(f"output '{out}' would overwrite the model; choose another path")
+    guard_outputs({"MODEL": model}, {"--graphml": graphml, "--png": png})
     loaded = load_model(model)
     shapes, source = cli_input_shapes(input_shapes)
     fixed = fix_input_shapes(loaded, shapes, source=source)
