@@ -54,6 +54,24 @@ def check_output_target(target: Path) -> None:
         )
 
 
+def require_free_space(folder: Path, needed: int, what: str) -> None:
+    """Refuse before writing when ``folder``'s filesystem cannot hold ``needed`` bytes (a
+    size known in advance: a model's serialised size), instead of failing half-way."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return
+    if needed > free:
+        raise OnnxPruneError(
+            f"no space left on the device holding '{folder}': {what} needs "
+            f"{needed / 2**20:,.1f} MiB, {free / 2**20:,.1f} MiB are free; nothing written, "
+            "free space or choose another output path"
+        )
+
+
 def write_error(target: Path, exc: OSError) -> OnnxPruneError:
     """The one-line user error for a failed write of ``target`` (nothing was written)."""
     if exc.errno in _DISK_FULL:

@@ -22,7 +22,13 @@ from typing import Literal, overload
 import onnx
 from onnx import ModelProto, TensorProto, numpy_helper
 
-from onnxprune.atomic import atomic_path, commit_file, staging_folder, write_error
+from onnxprune.atomic import (
+    atomic_path,
+    commit_file,
+    require_free_space,
+    staging_folder,
+    write_error,
+)
 from onnxprune.errors import OnnxPruneError
 from onnxprune.validate import check_declared_sizes, one_line, validate_model, validate_shapes
 
@@ -330,6 +336,7 @@ def save_model(
         raise OnnxPruneError(
             f"output path '{target}' is a folder; give a file name ending in .onnx"
         )
+    require_free_space(target.parent, model.ByteSize(), f"'{target.name}'")
     if model.ByteSize() >= _EXTERNAL_DATA_THRESHOLD:
         _save_external(model, target, protected)
     else:

@@ -127,3 +127,13 @@ def test_a_model_given_as_its_folder_is_protected(tmp_path):
     with pytest.raises(OnnxPruneError, match="refusing to overwrite the input model"):
         save_model(_weighted_model(2.0), folder / "model.onnx", protect=[folder])
     assert (folder / "model.onnx").read_bytes() == before
+
+
+def test_a_known_size_that_does_not_fit_is_refused_before_writing(tmp_path, monkeypatch):
+    import shutil
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(OnnxPruneError, match=r"no space left .* needs 0\.0 MiB, 0\.0 MiB are free"):
+        save_model(_weighted_model(1.0), tmp_path / "big.onnx")
+    assert list(tmp_path.iterdir()) == []

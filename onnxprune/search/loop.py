@@ -79,7 +79,8 @@ def run_search(
     if not 0 < flops <= 1:
         raise OnnxPruneError(f"--flops must be a fraction of the MACs in (0, 1], got {flops}")
     out = Path(outdir)
-    check_output_folder(out, resume)  # before any work: nothing of another run is touched
+    model_bytes = Path(model_path).stat().st_size if Path(model_path).is_file() else 0
+    check_output_folder(out, resume, model_bytes)  # before any work: nothing else is touched
     setup = prepare(
         Path(model_path), data, eval_data, flops, strat, out, seed, device, threads, started,
         input_shapes=input_shapes,

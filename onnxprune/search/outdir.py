@@ -20,6 +20,7 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
+from onnxprune.atomic import require_free_space
 from onnxprune.errors import OnnxPruneError
 from onnxprune.search.checkpoint import CHECKPOINT
 
@@ -28,8 +29,10 @@ RESULT_FILES = (CHECKPOINT, "plan.json", "pruned.onnx", "report.json", "report.m
 _ALL_OUTPUTS = (*RESULT_FILES, "reward.png", "ratios.png")
 
 
-def check_output_folder(outdir: Path, resume: bool) -> None:
-    """Refuse a folder holding another search's files unless ``resume`` continues it."""
+def check_output_folder(outdir: Path, resume: bool, model_bytes: int = 0) -> None:
+    """Refuse a folder holding another search's files unless ``resume`` continues it, or
+    without room for the results (about twice the model: ``pruned.onnx`` is at most the
+    model's size, the checkpoint, plan, report and plots are small next to it)."""
     if outdir.exists() and not outdir.is_dir():
         raise OnnxPruneError(f"output '{outdir}' exists and is not a folder; pass a folder with -o")
     found = [name for name in RESULT_FILES if (outdir / name).exists()]
@@ -38,6 +41,7 @@ def check_output_folder(outdir: Path, resume: bool) -> None:
             f"output folder '{outdir}' already holds a search ({', '.join(found)}); continue "
             "it with --resume, or choose a new folder with -o (delete the folder to start over)"
         )
+    require_free_space(outdir, 2 * model_bytes, "the search's results")
 
 
 def _alive(pid: int) -> bool:
