@@ -362,6 +362,23 @@ def _time_until_conclusive(
             return _Timing(base_ms, cand_ms, done, ratio, low, high, conclusive)
 
 
+def _recorded_baseline(
+    baseline_json: str | os.PathLike[str] | None,
+    provider: str,
+    threads: int,
+    batch: int,
+    shapes: dict[str, list[int]],
+) -> tuple[list[float], list[str]]:
+    """The baseline's recorded times and the environment mismatches (empty without a file)."""
+    if baseline_json is None:
+        return [], []
+    record = load_baseline(baseline_json)
+    times = [float(t) for t in record["base"].get("times_ms") or []]
+    if not times:
+        times = [float(record["base"]["median_ms"])]
+    return times, _baseline_caveats(record, environment(provider, threads), batch, shapes)
+
+
 def run_gate(
     base: onnx.ModelProto | str | os.PathLike[str],
     cand: onnx.ModelProto | str | os.PathLike[str],
@@ -406,16 +423,8 @@ def run_gate(
         base_session.run(None, base_feed)
         cand_session.run(None, cand_feed)
 
-    caveats: list[str] = []
-    baseline_source = "timed"
-    recorded_base: list[float] = []
-    if baseline_json is not None:
-        record = load_baseline(baseline_json)
-        baseline_source = str(baseline_json)
-        recorded_base = [float(t) for t in record["base"].get("times_ms") or []]
-        if not recorded_base:
-            recorded_base = [float(record["base"]["median_ms"])]
-        caveats = _baseline_caveats(record, environment(provider, n_threads), batch, shapes)
+    baseline_source = "timed" if baseline_json is None else str(baseline_json)
+    recorded_base, caveats = _recorded_baseline(baseline_json, provider, n_threads, batch, shapes)
 
     timing = _time_until_conclusive(
         base_session,
