@@ -54,6 +54,7 @@ import onnx
 
 from onnxprune.errors import DataError
 from onnxprune.model import graph_inputs, load_model, value_dims
+from onnxprune.validate import available_memory
 
 __all__ = [
     "PREPROCESS_FILE",
@@ -833,15 +834,8 @@ def load_data(
     return dataset
 
 
-def _available_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _check_memory(needed: int, what: str) -> None:
-    available = _available_bytes()
+    available = available_memory()
     if available is not None and needed > available:
         raise DataError(
             f"{what} would need {needed / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB "

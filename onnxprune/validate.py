@@ -251,7 +251,8 @@ def validate_shapes(model: ModelProto, shapes: dict, source: str) -> None:
             )
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
+    """Bytes of memory free now (``None`` where the platform cannot tell)."""
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -299,7 +300,7 @@ def check_declared_sizes(model: ModelProto, folder: Path, source: str) -> None:
                 f"but '{file.name}' holds {file.stat().st_size:,}; the external data is "
                 "truncated or belongs to another model"
             )
-    memory = _available_memory()
+    memory = available_memory()
     if memory is not None and total > memory:
         raise OnnxPruneError(
             f"{source} declares {total / 2**30:.1f} GiB of weights but only "

@@ -129,7 +129,7 @@ def test_external_data_larger_than_its_file_is_refused_before_reading(tmp_path: 
 def test_declaring_more_weights_than_memory_is_refused(tmp_path: Path, monkeypatch) -> None:
     import onnxprune.validate as validate
 
-    monkeypatch.setattr(validate, "_available_memory", lambda: 100)
+    monkeypatch.setattr(validate, "available_memory", lambda: 100)
     path = tmp_path / "m.onnx"
     path.write_bytes(_conv_model().SerializeToString())
     with pytest.raises(OnnxPruneError, match=r"declares 0\.0 GiB of weights but only 0\.0 GiB"):
