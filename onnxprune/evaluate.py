@@ -255,6 +255,10 @@ def _run_chunks(
             ) from exc
         for i, value in enumerate(results):
             value = np.asarray(value)
+            if fixed == 1 and (value.ndim == 0 or value.shape[0] != 1):
+                # one sample per run: the whole output is that sample's, whatever its layout
+                # (time-major sequence heads [T, 1, C], scalars); stack runs on a new axis
+                value = value[None]
             if value.ndim == 0 or value.shape[0] != len(chunk):
                 raise DataError(
                     f"output '{names[i]}' has shape {list(value.shape)} for a batch of "
@@ -276,8 +280,10 @@ def predict_outputs(
     sample by sample; otherwise the last chunk is zero-padded and cut), so a fixed-batch
     export evaluates instead of failing. A dynamic-size input is run at the size of ``x``.
     Returns one ``[N, ...output]`` float32 array per output, in the model's output order.
-    Raises :class:`DataError` when an output's first dimension is not the batch (its rows
-    cannot be matched to samples).
+    With a fixed batch of 1 every run is one sample, so an output whose first dimension is
+    not the batch (a time-major ``[T, 1, C]`` head) is that sample's whole output and is
+    stacked as ``[N, T, 1, C]``. Otherwise raises :class:`DataError` when an output's first
+    dimension is not the batch (its rows cannot be matched to samples).
     """
     return _run_chunks(session, x, batch_size, [o.name for o in session.get_outputs()])
 

@@ -383,3 +383,26 @@ def test_recover_cli_names_the_fidelity_it_prints(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     assert "SNR" in out.stdout and "snr: output signal-to-noise ratio" in out.stdout
     assert "fewer than 200" in out.output
+
+
+def test_fixed_batch_one_time_major_output_is_stacked_per_sample(tmp_path: Path) -> None:
+    # the captcha recogniser's idiom: input [1, C, H, W], output [T, 1, classes]
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["x", "shape"], ["seq"], name="to_seq"),
+            helper.make_node("Transpose", ["seq"], ["y"], name="time_major", perm=[1, 0, 2]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 1, 4])],
+        [helper.make_tensor("shape", TensorProto.INT64, [3], [1, 6, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    from onnxprune.evaluate import make_session, predict_outputs
+
+    x = np.arange(3 * 24, dtype=np.float32).reshape(3, 2, 3, 4)
+    (out,) = predict_outputs(make_session(model.SerializeToString(), device="cpu"), x)
+    assert out.shape == (3, 6, 1, 4)
+    np.testing.assert_array_equal(out[2], x[2].reshape(1, 6, 4).transpose(1, 0, 2))
