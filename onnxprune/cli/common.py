@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,7 @@ def load_cli_data(
     data: Path,
     model: Any,
     flags: dict[str, Any] | None = None,
-    input_shapes: dict[str, list[int]] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Any:
     """``load_data`` with the command's preprocessing flags (:func:`onnxprune.data.
     preprocess_from_flags`) and its ``--input-shape`` values (dynamic dims they fix are the

@@ -197,6 +197,7 @@ def eval_cmd(
         data_path,
         onnx_model,
         {"scale": scale, "mean": mean, "std": std, "layout": layout, "resize": resize},
+        cli_input_shapes(input_shapes)[0],
     )
     shapes, source = cli_input_shapes(input_shapes, onnx_model, dataset)
     onnx_model = fix_input_shapes(onnx_model, shapes, source=source)
@@ -376,7 +377,11 @@ def gate_cmd(
         {"BASE": base, "CAND": cand, "--data": data_path, "--baseline-json": baseline_json},
         {"--json": json_out},
     )
-    dataset = load_cli_data(data_path, base_model) if data_path is not None else None
+    dataset = None
+    if data_path is not None:
+        dataset = load_cli_data(
+            data_path, base_model, input_shapes=cli_input_shapes(input_shapes)[0]
+        )
     with progress("gate", runs, enabled=True) as task:
         result = run_gate(
             base_model,

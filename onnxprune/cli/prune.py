@@ -243,7 +243,7 @@ def prune_cmd(
     )
     calib = None
     if criterion == "activation" and plan_path is None and data is not None:
-        calib = load_cli_data(data, model, flags)
+        calib = load_cli_data(data, model, flags, cli_input_shapes(input_shapes)[0])
     declared = load_model(model, infer_shapes=False) if calib is not None else None
     shapes, source = cli_input_shapes(input_shapes, declared, calib)
     result = prune_model(

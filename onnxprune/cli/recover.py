@@ -128,7 +128,9 @@ def recover(
     )
     pruned_model = load_model(pruned)
     reference_model = load_model(reference)
-    dataset = load_cli_data(data_path, reference_model)
+    dataset = load_cli_data(
+        data_path, reference_model, input_shapes=cli_input_shapes(input_shapes)[0]
+    )
     shapes, source = cli_input_shapes(input_shapes, reference_model, dataset)
     pruned_model = fix_input_shapes(pruned_model, shapes, source=source)
     reference_model = fix_input_shapes(reference_model, shapes, source=source)

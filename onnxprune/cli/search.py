@@ -159,8 +159,9 @@ def search_command(
     if reward is not None:  # --reward overrides the preset's ``reward`` key
         chosen = dataclasses.replace(load_strategy(strategy), reward=reward)
     flags = {"scale": scale, "mean": mean, "std": std, "layout": layout, "resize": resize}
-    dataset = load_cli_data(data, model, flags)
-    eval_dataset = load_cli_data(eval_data, model, flags) if eval_data is not None else None
+    shapes = cli_input_shapes(input_shapes)[0]
+    dataset = load_cli_data(data, model, flags, shapes)
+    eval_dataset = load_cli_data(eval_data, model, flags, shapes) if eval_data is not None else None
     result = run_search(
         model,
         dataset,
@@ -178,7 +179,7 @@ def search_command(
         show_progress=not as_json,
         latency_runs=latency_runs,
         threads=threads,
-        input_shapes=cli_input_shapes(input_shapes)[0],
+        input_shapes=shapes,
     )
     if as_json:
         echo_json(result.to_dict())
