@@ -78,6 +78,11 @@ def detect_source_kind(path: str | os.PathLike[str]) -> SourceKind:
         raise OnnxPruneError(
             f"folder '{src}' holds neither saved_model.pb nor an .onnx file; pass {_ACCEPTED}"
         )
+    if not src.is_file():  # opening a FIFO or device would block or stream forever
+        raise OnnxPruneError(
+            f"model path '{src}' is not a regular file (a FIFO, socket or device); pass a "
+            "model file or folder"
+        )
     with open(src, "rb") as handle:
         head = handle.read(8)
     suffix = src.suffix.lower()

@@ -51,6 +51,11 @@ def _resolve_model_file(path: Path) -> Path:
                 f"folder '{path}' holds {len(candidates)} .onnx files; pass the model file itself"
             )
         return candidates[0]
+    if not path.is_file():  # a FIFO or device would block or stream forever
+        raise OnnxPruneError(
+            f"model path '{path}' is not a regular file (a FIFO, socket or device); pass an "
+            ".onnx file or its folder"
+        )
     return path
 
 

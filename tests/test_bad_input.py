@@ -134,6 +134,7 @@ MODEL_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "cycle": (_edited(_cycle), "does not pass onnx.checker"),
     "utf8": (_edited(_bad_utf8), "not valid UTF-8"),
     "two_models": (_two_models, "holds 2 .onnx files"),
+    "fifo": (lambda f: (os.mkfifo(f / "m.onnx"), f / "m.onnx")[1], "not a regular file"),
     "empty_folder": (_empty_folder, "holds 0 .onnx files"),
     "data_missing": (_external("missing"), "m.data"),
     "data_truncated": (_external("truncated"), "m.data"),
