@@ -173,3 +173,61 @@ def run_case(raw: bytes, command: str, kind: str, seed: int, folder: Path) -> Ca
     model.unlink()
     out.unlink(missing_ok=True)
     return case
+
+
+# Plans and data files, mutated (issue 15): through `prune --plan` and `eval --data`.
+_JUNK: list[object] = [None, True, -1, 0, 3.9, 2**40, "123", "x", [], [1, 2], {"a": 1},
+                       float("inf"), float("nan"), [[0, 1]], {"keep": [0]}]  # fmt: skip
+
+
+def mutate_plan(valid: dict, seed: int) -> str:
+    """A plan's JSON text with one field replaced by junk, a key dropped or added, or the
+    text cut short."""
+    import copy
+    import json
+
+    rng = np.random.default_rng(seed)
+    plan = copy.deepcopy(valid)
+    junk = _JUNK[int(rng.integers(len(_JUNK)))]
+    choice = int(rng.integers(6))
+    group = plan["groups"][int(rng.integers(len(plan["groups"])))] if plan["groups"] else {}
+    if choice == 0 and group:
+        group[str(rng.choice(["id", "keep", "channels", "tensors"]))] = junk
+    elif choice == 1 and group and group.get("keep"):
+        group["keep"][int(rng.integers(len(group["keep"])))] = junk
+    elif choice == 2:
+        plan[str(rng.choice(["format", "model_sha256", "meta", "groups"]))] = junk
+    elif choice == 3:
+        plan.pop(str(rng.choice(sorted(plan))), None)
+    elif choice == 4:
+        plan[str(rng.choice(["extra", "group", "Groups"]))] = junk
+    text = json.dumps(plan, allow_nan=True)
+    if choice == 5:
+        text = text[: int(rng.integers(len(text)))]
+    return text
+
+
+def mutate_data(samples: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """``.npz`` arrays with one defect: odd values, dtypes, shapes, labels or names."""
+    rng = np.random.default_rng(seed)
+    x, y = samples.copy(), labels.copy()
+    choice = int(rng.integers(9))
+    if choice == 0:
+        x.flat[int(rng.integers(x.size))] = float(rng.choice([np.nan, np.inf, -np.inf]))
+    elif choice == 1:
+        y[int(rng.integers(len(y)))] = int(rng.choice([-1, 10, 2**40]))
+    elif choice == 2:
+        y = y[: int(rng.integers(len(y)))]
+    elif choice == 3:
+        x = x[: int(rng.integers(len(x)))]
+    elif choice == 4:
+        x = x.reshape(len(x), -1)
+    elif choice == 5:
+        x = x.astype(rng.choice([np.float16, np.float64, np.int8, np.uint8, np.bool_]))
+    elif choice == 6:
+        x = x[:, :, : int(rng.integers(1, x.shape[2]))]
+    elif choice == 7:
+        return {"images": x, "y": y}
+    else:
+        y = y.astype(np.float32) + 0.5
+    return {"x": x, "y": y}

@@ -48,3 +48,68 @@ def test_the_unmutated_model_passes_every_command(tmp_path: Path) -> None:
     for command in COMMANDS:
         case = run_case(RAW, command, "none", 0, tmp_path)
         assert case.code == 0 and case.verdict() is None, case.stderr
+
+
+def _one_line_or_ok(args: list[str]) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from onnxprune.cli import main
+    from onnxprune.cli.common import run_guarded
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+        code = run_guarded(main, args)
+    return code, stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def plan_setup(tmp_path_factory: pytest.TempPathFactory):
+    import json
+
+    folder = tmp_path_factory.mktemp("plan-fuzz")
+    model = folder / "m.onnx"
+    model.write_bytes(RAW)
+    code, err = _one_line_or_ok(["prune", str(model), "--ratio", "0.5", "--save-plan",
+                                 str(folder / "plan.json"), "-o", str(folder / "p.onnx")])  # fmt: skip
+    assert code == 0, err
+    return folder, model, json.loads((folder / "plan.json").read_text())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(seed=st.integers(0, 2**32 - 1))
+def test_mutated_plans_are_applied_or_refused_in_one_line(plan_setup, seed: int) -> None:
+    from tests.fuzzing import mutate_plan
+
+    folder, model, valid = plan_setup
+    plan = folder / f"mutated-{seed}.json"
+    plan.write_text(mutate_plan(valid, seed))
+    out = folder / f"out-{seed}.onnx"
+    code, err = _one_line_or_ok(["prune", str(model), "--plan", str(plan), "-o", str(out)])
+    assert code in (0, 2), err
+    if code == 2:
+        assert err.count("\n") == 1 and not out.exists(), err
+    plan.unlink()
+    out.unlink(missing_ok=True)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_mutated_data_is_evaluated_or_refused_in_one_line(seed: int) -> None:
+    import numpy as np
+
+    from tests.fuzzing import mutate_data
+
+    rng = np.random.default_rng(0)
+    samples = rng.normal(0, 1, (12, 3, 16, 16)).astype(np.float32)
+    labels = rng.integers(0, 10, 12)
+    with tempfile.TemporaryDirectory() as folder:
+        model = Path(folder) / "m.onnx"
+        model.write_bytes(RAW)
+        data = Path(folder) / "d.npz"
+        np.savez(data, **mutate_data(samples, labels, seed))
+        code, err = _one_line_or_ok(["eval", str(model), "--data", str(data)])
+    assert code in (0, 2), err
+    if code == 2:
+        assert err.count("\n") == 1, err
