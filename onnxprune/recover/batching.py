@@ -82,6 +82,13 @@ def small_chunk_threads(fixed: int | None) -> Iterator[None]:
     if fixed is None or fixed >= SMALL_CHUNK:
         yield
         return
+    with one_torch_thread():
+        yield
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one intra-op thread inside the block, the previous count restored after."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

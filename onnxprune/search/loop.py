@@ -11,10 +11,9 @@ stops the loop and keeps the best plan so far.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,20 +131,6 @@ def _searched_data_sha(setup: SearchSetup) -> str:
     return data_sha256(*arrays)
 
 
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """The agent's networks are tiny: one torch thread is fastest, and a second one only
-    busy-waits for cycles the onnxruntime reward sessions need (restored afterwards)."""
-    import torch
-
-    count = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(count)
-
-
 def _budget_spent(setup: SearchSetup, episode: int) -> bool:
     budget, spent = setup.strategy.evaluations, setup.env.n_evaluations
     if budget and spent >= budget:
@@ -166,11 +151,14 @@ def _run_episodes(
 ) -> bool:
     """Run the remaining episodes into ``state``; returns whether Ctrl-C stopped them."""
     from onnxprune.progress import progress
+    from onnxprune.recover.batching import one_torch_thread  # imports torch: only when run
 
     strat, env, agent = setup.strategy, setup.env, setup.agent
     start = len(state.log)
     bar_context = progress(f"search {strat.name}", strat.episodes, enabled=show_progress)
-    with _one_torch_thread(), bar_context as bar:
+    # The agent's networks are tiny: one torch thread is fastest, and a second one only
+    # busy-waits for cycles the onnxruntime reward sessions need.
+    with one_torch_thread(), bar_context as bar:
         if start:
             bar.advance(start, status="resumed")
         try:
