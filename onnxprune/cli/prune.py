@@ -146,7 +146,11 @@ def groups_cmd(
     ),
 )
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--ratio", type=float, help="Remove round(R*C) channels of every prunable group.")
+@click.option(
+    "--ratio",
+    type=float,
+    help="Uniform prune ratio: every prunable group keeps (1-R)*C channels, rounded to --round-to.",
+)
 @click.option(
     "--flops",
     type=float,
@@ -218,7 +222,7 @@ def prune_cmd(
 
     \b
     One of:
-      --ratio R   uniform: remove round(R*C) channels of every prunable group
+      --ratio R   uniform: every prunable group keeps (1-R)*C channels, rounded to --round-to
       --flops F   at most F of the MACs remain: uniform ratio by bisection, then the
                   budget left by rounding regrows the thinnest groups
       --plan P    keep exactly the channels listed in a plan JSON
