@@ -197,7 +197,7 @@ def eval_cmd(
         data_path,
         onnx_model,
         {"scale": scale, "mean": mean, "std": std, "layout": layout, "resize": resize},
-        cli_input_shapes(input_shapes)[0],
+        _shapes(input_shapes),
     )
     shapes, source = cli_input_shapes(input_shapes, onnx_model, dataset)
     onnx_model = fix_input_shapes(onnx_model, shapes, source=source)
@@ -379,9 +379,7 @@ def gate_cmd(
     )
     dataset = None
     if data_path is not None:
-        dataset = load_cli_data(
-            data_path, base_model, input_shapes=cli_input_shapes(input_shapes)[0]
-        )
+        dataset = load_cli_data(data_path, base_model, input_shapes=shapes)
     with progress("gate", runs, enabled=True) as task:
         result = run_gate(
             base_model,
