@@ -149,3 +149,31 @@ def test_datasets_are_subsets_at_the_indices() -> None:
     assert picked.eval_source == "other" and len(picked.heldout) == 5
     with pytest.raises(OnnxPruneError, match="data 'tiny' has 1 sample"):
         make_splits(Dataset(x[:1], None, "tiny"), None, SplitSizes(reward=1), 0)
+
+
+# -- the structural skip rule 'residual' ------------------------------------------------------
+def _group_of(analysis, producer: str):
+    return next(g for g in analysis.groups if any(producer in p for p in g.producers))
+
+
+def test_residual_rule_skips_summed_groups_but_not_gated_ones() -> None:
+    """'residual' skips channels summed across an Add (the stem + block output), while a
+    squeeze-excitation group (two producers tied by a Mul gate) stays searchable."""
+    from onnxprune.deps import analyze
+    from onnxprune.search.prepare import select_groups, summed_groups
+    from tests.test_deps import TINY
+
+    res = analyze(TINY["residual"]())
+    stem, inner = _group_of(res, "stem"), _group_of(res, "inner")
+    assert summed_groups(res.model, list(res.prunable_groups())) == {stem.id}
+    kept, notes = select_groups(res, ["residual"])
+    assert [g.id for g in kept] == [g.id for g in res.prunable_groups() if g.id != stem.id]
+    assert inner.id in [g.id for g in kept]
+    assert notes == ["skip rule 'residual' left 1 group(s) full"]
+
+    se = analyze(TINY["squeeze_excite"]())
+    body = _group_of(se, "body")
+    assert len(body.producers) == 2  # the body conv and the gate's fc2, tied by the Mul
+    assert summed_groups(se.model, list(se.prunable_groups())) == set()
+    kept, notes = select_groups(se, ["residual"])
+    assert body.id in [g.id for g in kept] and notes == []

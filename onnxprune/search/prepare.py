@@ -24,15 +24,19 @@ from onnxprune.search.strategy import SKIP_RULES, Strategy
 def select_groups(analysis: Any, skip: list[str]) -> tuple[list[Any], list[str]]:
     """Prunable groups the agent controls, after the structural ``skip`` rules.
 
-    ``residual``: groups with more than one producer (channels tied across a residual Add);
-    ``grouped``: groups of grouped/depthwise convolutions (``block_count > 1``).
-    Returns ``(groups, notes)``; notes say how many groups each rule removed.
+    ``residual``: groups whose channels are summed across a residual connection (an
+    ``Add``/``Sub``/``Sum`` with two or more of the group's tensors as inputs,
+    :func:`summed_groups`); groups tied only by a gate (a squeeze-excitation ``Mul``) are block
+    interiors and stay searchable. ``grouped``: groups of grouped/depthwise convolutions
+    (``block_count > 1``). Returns ``(groups, notes)``; notes say how many groups each rule
+    removed.
     """
     groups = list(analysis.prunable_groups())
     notes = []
     for rule in skip:
         if rule == "residual":
-            keep = [g for g in groups if len(g.producers) <= 1]
+            summed = summed_groups(analysis.model, groups)
+            keep = [g for g in groups if g.id not in summed]
         elif rule == "grouped":
             keep = [g for g in groups if g.block_count <= 1]
         else:
@@ -41,6 +45,30 @@ def select_groups(analysis: Any, skip: list[str]) -> tuple[list[Any], list[str]]
             notes.append(f"skip rule '{rule}' left {len(groups) - len(keep)} group(s) full")
         groups = keep
     return groups, notes
+
+
+SUMMING_OPS = frozenset({"Add", "Sub", "Sum"})
+
+
+def summed_groups(model: Any, groups: list[Any]) -> set[int]:
+    """Ids of the ``groups`` whose channels meet in a sum: a node of :data:`SUMMING_OPS` with
+    at least two inputs that hold the group's channels (a residual connection adds a block's
+    output to its input channel by channel). A per-channel constant (a bias, a folded
+    BatchNorm shift) is not one of the group's tensors, so it does not count."""
+    by_tensor: dict[str, set[int]] = {}
+    for group in groups:
+        for member in group.members:
+            by_tensor.setdefault(member.tensor, set()).add(group.id)
+    summed: set[int] = set()
+    for node in model.graph.node:
+        if node.op_type not in SUMMING_OPS:
+            continue
+        counts: dict[int, int] = {}
+        for name in node.input:
+            for gid in by_tensor.get(name, ()):
+                counts[gid] = counts.get(gid, 0) + 1
+        summed.update(gid for gid, n in counts.items() if n >= 2)
+    return summed
 
 
 @dataclass
