@@ -245,6 +245,13 @@ class PruningEnv:
         full = self.plan_cost.full_macs
         return self.budget.fit(keep, action, target / full if full else 1.0)
 
+    def uniform_kept(self) -> dict[int, int]:
+        """The uniform plan: one prune ratio for every group, the largest the FLOPs wall
+        allows (what the ``uniform`` agent's zero action gives in one step)."""
+        n = len(self.groups)
+        counts, _ = self.wall(np.ones(n), np.zeros(n), self.target_macs)
+        return self.kept_dict(counts)
+
     def step(self, action: np.ndarray) -> StepResult:
         """Apply prune ratios ``action [n_groups]`` in [0, 1]; see the module docstring."""
         action = np.asarray(action, dtype=np.float64).reshape(-1)
@@ -272,9 +279,13 @@ class PruningEnv:
             reward, cached = self.evaluate(kept)
         return StepResult(self._record(), reward, done, kept, fraction, wall_u, cached)
 
+    def cache_key(self, kept: dict[int, int]) -> tuple[int, ...]:
+        """The key of plan ``kept`` in :attr:`cache`: its counts in group order."""
+        return tuple(kept[gid] for gid in self.group_ids)
+
     def evaluate(self, kept: dict[int, int]) -> tuple[float, bool]:
         """``reward_fn(kept)``, cached by counts; returns ``(reward, was_cached)``."""
-        key = tuple(kept[gid] for gid in self.group_ids)
+        key = self.cache_key(kept)
         if key in self.cache:
             return self.cache[key], True
         reward = float(self.reward_fn(kept))

@@ -103,8 +103,10 @@ def test_fast_preset_end_to_end(tiny_model: Path, tiny_data: Dataset, tmp_path: 
 def test_final_pick_rescores_top_plans_on_a_selection_split(
     tiny_model: Path, tiny_data: Dataset, tmp_path: Path
 ) -> None:
-    path = _strategy(tmp_path, "random", 6, 6)
-    path.write_text(path.read_text().replace("encoder_dim", "select_top = 3\nencoder_dim"))
+    path = _strategy(tmp_path, "random", 6, 6)  # no baseline: only the episodes' plans
+    path.write_text(
+        path.read_text().replace("encoder_dim", 'select_top = 3\nbaseline = "none"\nencoder_dim')
+    )
     result = _run(tiny_model, tiny_data, tmp_path / "out", path)
     # 120 samples: 60 reward, 30 selection (half of the rest), 30 held out
     assert result.reward_samples == 60 and result.eval_samples == 30
@@ -291,3 +293,47 @@ def test_unknown_recovery_is_a_clear_error(
     with pytest.raises(OnnxPruneError, match="--recover must be one of none, ls, finetune"):
         _run(tiny_model, tiny_data, tmp_path, _strategy(tmp_path), recover="magic")
     assert not (tmp_path / "checkpoint.pt").exists()  # failed before any search work
+
+
+def test_uniform_baseline_is_a_candidate_and_wins_when_the_agent_misses_it(
+    tiny_model: Path, tiny_data: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reward that is highest at the uniform plan and an agent that never proposes it: the
+    baseline candidate is the result (episode -1) and the report says so."""
+    from onnxprune.rl.agents import AGENT_REGISTRY, EpisodeOutcome, RandomAgent
+    from onnxprune.search import loop
+    from onnxprune.search.reward import PlanEvaluator
+
+    class FirstGroupAgent(RandomAgent):  # every episode prunes the first group hardest
+        def run_episode(self, env, episode):
+            env.reset()
+            action = np.zeros(env.n_actions)
+            action[0] = 1.0
+            return EpisodeOutcome(env.step(action), "random")
+
+    monkeypatch.setitem(AGENT_REGISTRY, "first-group", FirstGroupAgent)
+    target: dict[int, int] = {}
+    original_prepare = loop.prepare
+
+    def prepare(*args, **kwargs):
+        setup = original_prepare(*args, **kwargs)
+        target.update(setup.env.uniform_kept())
+        return setup
+
+    def reward(self, kept):  # 0 at the uniform plan, below elsewhere
+        return 0.0 - sum(abs(kept[g] - target[g]) for g in kept) / 100
+
+    monkeypatch.setattr(loop, "prepare", prepare)
+    monkeypatch.setattr(PlanEvaluator, "__call__", reward)
+    strategy = _strategy(tmp_path, "first-group", 2, 2)
+    result = _run(tiny_model, tiny_data, tmp_path / "out", strategy)
+    assert all(e.kept != target for e in result.episodes)
+    assert result.kept == target and result.best_episode == -1 and result.best_reward == 0.0
+    assert result.evaluations == 2  # the agent's one plan and the baseline
+    beat = "the uniform plan (reward +0.0000) beat every searched plan"
+    assert any(beat in n for n in result.notes)
+    assert "at the uniform baseline" in (tmp_path / "out" / "report.md").read_text()
+    # baseline = "none": the agent's plan, the uniform one is not evaluated
+    strategy.write_text('baseline = "none"\n' + strategy.read_text())
+    result = _run(tiny_model, tiny_data, tmp_path / "none", strategy)
+    assert result.kept != target and result.best_episode == 0 and result.evaluations == 1

@@ -33,6 +33,7 @@ from onnxprune.search.reward import select_final
 from onnxprune.search.strategy import Strategy, StrategyOverrides, load_strategy
 
 OnEpisode = Callable[[EpisodeRecord], None]
+BASELINE_EPISODE = -1  # the episode number of the uniform baseline plan (not an episode)
 CONSTANT_REWARD_PLANS = 3  # distinct warm-up plans with one reward that stop the search
 
 
@@ -90,6 +91,8 @@ def run_search(
         interrupted = _run_episodes(setup, state, checkpoint, show_progress, on_episode)
         if state.best is None:
             raise InternalError("the search ended without a single finished episode")
+        if not interrupted:
+            _uniform_baseline(setup, state)
         best, selection = _final_pick(setup, state.best, state.log, interrupted)
         seconds = time.perf_counter() - search_start
         outcome = SearchOutcome(best, state.log, interrupted, resumed_from, seconds, selection)
@@ -235,6 +238,29 @@ def _stop_if_reward_is_constant(
         f"of the {len(log)} warm-up episodes, so it cannot steer the search (exploiting it "
         f"would be a random search); {advice}"
     )
+
+
+def _uniform_baseline(setup: SearchSetup, state: SearchState) -> None:
+    """Strategy ``baseline = "uniform"``: the uniform plan at the same budget is one more
+    candidate (one evaluation, free when an episode already tried it; within the evaluation
+    budget when there is one). A search should never
+    return a plan its own reward rates below pruning every group alike; when the uniform plan
+    wins it is the result (episode :data:`BASELINE_EPISODE`) and the report says so."""
+    env, budget = setup.env, setup.strategy.evaluations
+    if setup.strategy.baseline != "uniform":
+        return
+    kept = env.uniform_kept()
+    if budget and env.n_evaluations >= budget and env.cache_key(kept) not in env.cache:
+        return  # an evaluation budget is a hard cap: the baseline only runs within it
+    reward, _ = env.evaluate(kept)
+    assert state.best is not None
+    if reward > state.best.reward:
+        setup.notes.append(
+            f"the uniform plan (reward {reward:+.4f}) beat every searched plan (best "
+            f"{state.best.reward:+.4f}); it is the result unless the final pick re-scores "
+            "another plan higher"
+        )
+        state.best = BestPlan(reward, BASELINE_EPISODE, kept)
 
 
 def _final_pick(

@@ -24,6 +24,7 @@ from typing import Any
 from onnxprune.atomic import atomic_path
 from onnxprune.model import format_shapes
 from onnxprune.rl.agents import agent_class
+from onnxprune.search.result import episode_text
 
 # What the reward number is, per metric (the mapping of onnxprune.search.reward).
 _REWARD_MAP = {
@@ -113,7 +114,7 @@ def markdown(result: Any) -> str:
         + (f" (resumed at episode {result.resumed_from})" if result.resumed_from else ""),
         f"- reward: {_REWARD_MAP.get(result.reward_metric, result.reward_metric)}; "
         f"**{result.reward_metric}** = {reward_text}; {result.reward_samples} samples; best "
-        f"{result.best_reward:.4f} at episode {result.best_episode}",
+        f"{result.best_reward:.4f} at {episode_text(result.best_episode)}",
         f"- held-out evaluation: {result.eval_samples} samples of {result.eval_source}; "
         f"{label}: {METRIC_TEXT.get(metric, metric)}; [low, high] is the 95 % interval{small}",
         f"- recovery: {result.recover}",

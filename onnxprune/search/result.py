@@ -9,6 +9,11 @@ from typing import Any
 from onnxprune.search.strategy import Strategy
 
 
+def episode_text(episode: int) -> str:
+    """``episode 7``, or ``the uniform baseline`` for the baseline plan (episode -1)."""
+    return "the uniform baseline" if episode < 0 else f"episode {episode}"
+
+
 @dataclass
 class BestPlan:
     """The plan with the best reward so far: ``kept`` counts per group id."""
@@ -18,7 +23,7 @@ class BestPlan:
     kept: dict[int, int]
 
     def __str__(self) -> str:
-        return f"best reward {self.reward:.4f} at episode {self.episode}"
+        return f"best reward {self.reward:.4f} at {episode_text(self.episode)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"reward": self.reward, "episode": self.episode, "kept": dict(self.kept)}
@@ -105,8 +110,8 @@ class SearchResult:
         )
         return (
             f"search{stop}: {self.strategy.name} ({self.strategy.agent}), seed {self.seed}, "
-            f"{len(self.episodes)} episodes, best reward {self.best_reward:.4f} at episode "
-            f"{self.best_episode}; MACs {o['macs']:,} -> {p['macs']:,} "
+            f"{len(self.episodes)} episodes, best reward {self.best_reward:.4f} at "
+            f"{episode_text(self.best_episode)}; MACs {o['macs']:,} -> {p['macs']:,} "
             f"({p['macs'] / max(o['macs'], 1):.3f}){acc}; wrote {self.outdir}{warning}"
         )
 

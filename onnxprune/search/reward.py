@@ -247,5 +247,6 @@ def select_final(
     for i, row in enumerate(rows):
         row["chosen"] = i == winner
     kept = env.kept_dict(ranked[winner][0])
-    episode = next((e.episode for e in log if e.kept == kept), best.episode)
+    # every cached plan is an episode's, or the uniform baseline's (episode -1)
+    episode = next((e.episode for e in log if e.kept == kept), -1)
     return BestPlan(ranked[winner][1], episode, kept), rows

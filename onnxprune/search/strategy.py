@@ -59,6 +59,7 @@ class Strategy:
     select_top: int = 1
     select_samples: int = 1000
     evaluations: int = 0
+    baseline: str = "uniform"
     noise: NoiseSettings = field(default_factory=NoiseSettings)
     ddpg: DDPGConfig = field(default_factory=DDPGConfig)
 
@@ -92,6 +93,7 @@ _CHOICE_KEYS = {
     "reward": REWARDS,
     "recover": RECOVERY,
     "reward_recover": ("none", "ls"),
+    "baseline": ("uniform", "none"),
 }
 
 
