@@ -211,7 +211,7 @@ def eval_cmd(
     with progress("evaluating", len(chunks) * len(sessions), enabled=not as_json) as task:
         for name, session in sessions:
             for start, stop in chunks:
-                parts[name].append(predict_outputs(session, dataset.x[start:stop], batch))
+                parts[name].append(predict_outputs(session, dataset.rows(start, stop), batch))
                 task.advance()
     outputs = {
         name: [np.concatenate(o) for o in zip(*chunked, strict=True)]
