@@ -9,6 +9,7 @@ Sources (:func:`load_data`):
   ``uint8`` array for a 4-D float input holds images ``[N, H, W, C]`` (or ``[N, H, W]``) and
   goes through the :class:`Preprocess` spec. An integer model input (token ids, raw bytes)
   takes integer arrays unchanged (cast to the input's type).
+  Any other array but ``y`` is an error: a name the model does not have is a typo.
 - ``.npy``: one array, treated like ``x`` of an ``.npz`` without labels.
 - A folder of images read with Pillow: class sub-folders give labels in sorted-name order
   (``cat/ dog/`` -> 0, 1); a flat folder is unlabelled (then evaluation measures fidelity
@@ -37,6 +38,12 @@ inside the image folder) is read when no spec is passed. Keys, all optional::
      "resize": null}                         # [H, W] | null (model's H, W when static)
 
 Unknown keys are an error (a typo must not silently change the preprocessing).
+
+Feeding a model: :meth:`Dataset.batches` is the one way data reaches a session (prediction,
+evaluation, the ``activation`` criterion): every input by name, in chunks, cast to the input's
+type, padded to a fixed batch; :meth:`Dataset.check_inputs` first refuses data that does not
+fit the model's inputs (a missing or extra array, a wrong rank or fixed dim, a dtype that
+cannot be cast), naming the input. :meth:`Dataset.sample_shapes` gives every input's size.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
   ORT logging muted) that it really initialises on this machine; otherwise it uses the CPU
   provider, so a machine without CUDA prints nothing. ``device="cuda"`` without a working
   CUDA provider raises :class:`OnnxPruneError`.
-- :func:`predict_outputs` runs every output (fixed-batch models in chunks of their batch);
+- :func:`predict_outputs` runs every output over a ``Dataset`` (every input fed by name) or a
+  bare array (single-input models), fixed-batch models in chunks of their batch;
   :func:`predict` the first one (the classifier path).
 - :func:`evaluate` gives top-1/top-5 (in percent) when the data has labels, and label-free
   fidelity to a reference model (top-1 agreement in percent, mean KL(reference || model)

@@ -156,40 +156,43 @@ def test_cli_eval_of_two_input_model_against_itself_is_100_db(tmp_path: Path, ca
     assert "SNR 100.00 dB [100.00, 100.00]" in capsys.readouterr().out
 
 
-def _strategy(tmp_path: Path, agent: str, episodes: int) -> Path:
+def _strategy(tmp_path: Path, agent: str, episodes: int, select_top: int) -> Path:
     path = tmp_path / f"{agent}.toml"
     path.write_text(
         f'agent = "{agent}"\nepisodes = {episodes}\nwarmup = {episodes}\n'
         "steps_per_episode = 1\nround_to = 2\nmin_channels = 2\nskip = []\n"
         'reward_samples = 12\nbatch_size = 5\nrecover = "none"\nreward_recover = "none"\n'
-        "select_top = 1\n"
+        f"select_top = {select_top}\nselect_samples = 6\n"
     )
     return path
 
 
 @pytest.mark.parametrize(
-    ("make", "arrays", "agent", "episodes"),
+    ("make", "arrays", "agent", "episodes", "select_top", "flops"),
     [
-        (image_and_mask_model, _mask_arrays, "uniform", 1),
-        (image_and_scalars_model, _scalar_arrays, "random", 2),
+        (image_and_scalars_model, _scalar_arrays, "uniform", 1, 1, 0.8),
+        (image_and_mask_model, _mask_arrays, "random", 4, 2, 0.6),
     ],
 )
 def test_cli_search_on_multi_input_model_writes_a_plan_in_budget(
-    tmp_path: Path, capsys, make, arrays, agent, episodes
+    tmp_path: Path, capsys, make, arrays, agent, episodes, select_top, flops
 ) -> None:
     model_path, data_path = _save(tmp_path, make(), arrays(n=30, seed=2))
     out = tmp_path / "out"
+    strategy = _strategy(tmp_path, agent, episodes, select_top)
     args = [
-        "search", str(model_path), "--flops", "0.6", "--data", str(data_path),
-        "--strategy", str(_strategy(tmp_path, agent, episodes)), "--latency-runs", "2",
-        "--json", "-o", str(out),
+        "search", str(model_path), "--flops", str(flops), "--data", str(data_path),
+        "--strategy", str(strategy), "--latency-runs", "2", "--json", "-o", str(out),
     ]  # fmt: skip
     assert run_guarded(main, args) == 0, capsys.readouterr().err
     plan = json.loads((out / "plan.json").read_text())
     assert plan["groups"]
     report = json.loads((out / "report.json").read_text())
-    assert report["reward_samples"] == 12 and report["eval_samples"] == 18
-    assert report["pruned"]["macs"] <= 0.6 * report["original"]["macs"]
+    selected = 6 if select_top > 1 else 0
+    assert report["reward_samples"] == 12 and report["eval_samples"] == 18 - selected
+    # the random episodes found 2 distinct plans: both re-scored on the selection split
+    assert len(report["selection"]) == (2 if selected else 0)
+    assert report["pruned"]["macs"] <= flops * report["original"]["macs"]
     assert set(report["input_shapes"]) == set(arrays(n=1))
     # the pruned model runs on the same multi-input data, one row per sample
     dataset = load_data(data_path, onnx.load(str(model_path)))
@@ -197,6 +200,27 @@ def test_cli_search_on_multi_input_model_writes_a_plan_in_budget(
     pruned = predict_outputs(make_session(out / "pruned.onnx", device="cpu"), dataset)[0]
     assert pruned.shape == original.shape and original.shape[0] == 30
     assert np.isfinite(pruned).all()
+
+
+def test_search_fingerprint_hashes_every_input() -> None:
+    from types import SimpleNamespace
+
+    from onnxprune.search.checkpoint import data_sha256
+    from onnxprune.search.loop import _searched_data_sha
+
+    def sha(reward: Dataset) -> str:
+        return _searched_data_sha(
+            SimpleNamespace(splits=SimpleNamespace(reward=reward, fit=None, select=None))
+        )  # type: ignore[arg-type]
+
+    arrays = _mask_arrays()
+    base = sha(Dataset.from_inputs(arrays, None, "a"))
+    other_mask = sha(Dataset.from_inputs({**arrays, "mask": 1 - arrays["mask"]}, None, "b"))
+    assert base != other_mask  # same images, other masks: another search
+    # a single-input split hashes as before multi-input data: [x, y] per split
+    x, y = arrays["image"], np.arange(7)
+    single = Dataset.from_inputs({"image": x}, y, "c")
+    assert sha(single) == data_sha256(x, y, None, None, None, None)
 
 
 def test_activation_scores_feed_every_input_and_skip_fixed_batch_padding() -> None:
