@@ -274,7 +274,10 @@ def _run_chunks(
             results = session.run(names, feeds)
         except Exception as exc:
             given = ", ".join(f"'{k}' {list(v.shape)}" for k, v in feeds.items())
-            expected = ", ".join(f"'{s.name}' {s.shape}" for s in specs)
+            expected = ", ".join(
+                f"'{s.name}' [{', '.join('?' if d is None else str(d) for d in s.shape)}]"
+                for s in specs
+            )
             raise DataError(
                 f"onnxruntime rejected a batch of {given} (model expects {expected}): "
                 f"{str(exc).splitlines()[0]}"

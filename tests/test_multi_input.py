@@ -209,9 +209,8 @@ def test_search_fingerprint_hashes_every_input() -> None:
     from onnxprune.search.loop import _searched_data_sha
 
     def sha(reward: Dataset) -> str:
-        return _searched_data_sha(
-            SimpleNamespace(splits=SimpleNamespace(reward=reward, fit=None, select=None))
-        )  # type: ignore[arg-type]
+        splits = SimpleNamespace(reward=reward, fit=None, select=None)
+        return _searched_data_sha(SimpleNamespace(splits=splits))  # type: ignore[arg-type]
 
     arrays = _mask_arrays()
     base = sha(Dataset.from_inputs(arrays, None, "a"))
@@ -327,12 +326,16 @@ def test_missing_array_names_the_input_and_lists_the_arrays(tmp_path: Path) -> N
     assert "no array for model input 'mask' (it has image)" in message
 
 
-def test_array_for_a_name_the_model_lacks_is_refused(tmp_path: Path) -> None:
+def test_array_for_a_name_the_model_lacks_is_refused(tmp_path: Path, capsys) -> None:
     arrays = {**_mask_arrays(), "depth": np.zeros((7, 1, 16, 16), np.float32)}
     message = _load_error(tmp_path, arrays)
     assert "array 'depth' but the model has no input of that name" in message
     assert "(its inputs: image, mask)" in message
     assert "array 'depth' but the model has no input" in _predict_error(arrays)
+    # on the command line: one line, exit 2
+    code = run_guarded(main, ["eval", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "array 'depth'" in err
     # labels are not an input
     model_path, data_path = _save(tmp_path, image_and_mask_model(), _mask_arrays(), y=np.arange(7))
     assert load_data(data_path, onnx.load(str(model_path))).y.tolist() == list(range(7))

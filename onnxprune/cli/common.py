@@ -215,7 +215,8 @@ def input_shape_option(func: Any) -> Any:
         multiple=True,
         metavar="[NAME:]DIMS",
         help="Fix a dynamic input size, e.g. x:1x3x640x640, or 1x3x640x640 for a single-input "
-        "model (repeat per input). Default: the size of the --data samples, if any.",
+        "model (repeat per input). Default: the size of the --data samples, if any (for "
+        "every input the option does not name).",
     )(func)
 
 
