@@ -9,6 +9,7 @@ Sources (:func:`load_data`):
   ``uint8`` array for a 4-D float input holds images ``[N, H, W, C]`` (or ``[N, H, W]``) and
   goes through the :class:`Preprocess` spec. An integer model input (token ids, raw bytes)
   takes integer arrays unchanged (cast to the input's type).
+  Any other array but ``y`` is an error: a name the model does not have is a typo.
 - ``.npy``: one array, treated like ``x`` of an ``.npz`` without labels.
 - A folder of images read with Pillow: class sub-folders give labels in sorted-name order
   (``cat/ dog/`` -> 0, 1); a flat folder is unlabelled (then evaluation measures fidelity
@@ -37,6 +38,12 @@ inside the image folder) is read when no spec is passed. Keys, all optional::
      "resize": null}                         # [H, W] | null (model's H, W when static)
 
 Unknown keys are an error (a typo must not silently change the preprocessing).
+
+Feeding a model: :meth:`Dataset.batches` is the one way data reaches a session (prediction,
+evaluation, the ``activation`` criterion): every input by name, in chunks, cast to the input's
+type, padded to a fixed batch; :meth:`Dataset.check_inputs` first refuses data that does not
+fit the model's inputs (a missing or extra array, a wrong rank or fixed dim, a dtype that
+cannot be cast), naming the input. :meth:`Dataset.sample_shapes` gives every input's size.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import dataclasses
 import json
 import os
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -59,7 +66,10 @@ from onnxprune.validate import available_memory
 __all__ = [
     "PREPROCESS_FILE",
     "Dataset",
+    "InputSpec",
     "Preprocess",
+    "as_dataset",
+    "fixed_batch",
     "holds_raw_images",
     "input_spec",
     "input_specs",
@@ -259,6 +269,72 @@ class Dataset:
             )
         return {name: self.inputs[name][start:stop] for name in wanted}
 
+    def rows(self, start: int = 0, stop: int | None = None) -> Dataset:
+        """Samples ``[start, stop)`` of every input and the labels, as views (no copy)."""
+        y = None if self.y is None else self.y[start:stop]
+        if self.inputs is not None:
+            inputs = {name: array[start:stop] for name, array in self.inputs.items()}
+            return Dataset.from_inputs(inputs, y, self.source, self.classes, self.notes)
+        return Dataset(self.x[start:stop], y, self.source, self.classes, notes=list(self.notes))
+
+    def sample_shapes(self, names: Sequence[str] | None = None) -> dict[str, tuple[int, ...]]:
+        """``{input name: shape of one sample}`` of every array :meth:`feeds` gives ``names``
+        (``[N, 3, 32, 32]`` -> ``(3, 32, 32)``); the same errors as :meth:`feeds`."""
+        return {name: tuple(a.shape[1:]) for name, a in self.feeds(0, 0, names).items()}
+
+    def check_inputs(self, specs: Sequence[InputSpec]) -> None:
+        """Raise :class:`DataError` (naming the input) unless this data can feed ``specs``:
+        an array for every input and none for a name the model lacks, each array's sample
+        shape fitting the input's declared rank and fixed dims, and a dtype that casts to
+        the input's type without losing meaning (floats never feed an integer input)."""
+        names = [spec.name for spec in specs]
+        extra = [name for name in self.input_names if name not in names]
+        if extra:
+            raise DataError(
+                f"data '{self.source}' has an array '{extra[0]}' but the model has no input of "
+                f"that name (its inputs: {', '.join(names) or 'none'}); rename the array to a "
+                "model input name or remove it"
+            )
+        feeds = self.feeds(0, 0, names)
+        for spec in specs:
+            array = feeds[spec.name]
+            if not _castable(array.dtype, spec):
+                raise DataError(
+                    f"data '{self.source}' has {array.dtype} values for model input "
+                    f"'{spec.name}', which takes {_type_name(spec)}; save that array as "
+                    f"{_type_name(spec)}"
+                )
+            if spec.shape:  # an input of unknown rank takes any array
+                _check_fits(array, spec, self.source)
+
+    def batches(
+        self, specs: Sequence[InputSpec], size: int
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """``(samples in the chunk, session feeds)`` for consecutive chunks of ``size``
+        samples, every input cast to its type, after :meth:`check_inputs`.
+
+        A model with a fixed batch ``B`` (:func:`fixed_batch`) gets chunks of exactly ``B``
+        samples whatever ``size`` is: the last chunk is zero-padded to ``B`` and its first
+        count says how many rows are real.
+        """
+        self.check_inputs(specs)
+        fixed = fixed_batch(specs)
+        step = fixed or max(1, size)
+        names = [spec.name for spec in specs]
+        dtypes = {spec.name: _feed_dtype(spec) for spec in specs}
+        for start in range(0, len(self), step):
+            feeds = self.feeds(start, start + step, names)
+            real = min(step, len(self) - start)
+            for name, chunk in feeds.items():
+                dtype = dtypes[name]
+                if dtype is not None and chunk.dtype != dtype:
+                    chunk = chunk.astype(dtype)
+                if fixed and real < fixed:
+                    pad = np.zeros((fixed - real, *chunk.shape[1:]), dtype=chunk.dtype)
+                    chunk = np.concatenate([chunk, pad])
+                feeds[name] = chunk
+            yield real, feeds
+
     def subset(self, idx: Sequence[int] | np.ndarray) -> Dataset:
         """The samples at ``idx`` (any integer index array) of every input, same source,
         classes and notes."""
@@ -327,6 +403,15 @@ class Dataset:
         return f"{len(self)} samples of {list(self.x.shape[1:])} from {self.source} ({labels})"
 
 
+def as_dataset(data: Dataset | np.ndarray, source: str = "the input array") -> Dataset:
+    """``data`` itself, or a bare ``[N, ...]`` array as one unnamed input (what the
+    functions that take "a Dataset or an array" accept; :meth:`Dataset.feeds` gives it to a
+    single-input model's only input)."""
+    if isinstance(data, Dataset):
+        return data
+    return Dataset(np.asarray(data), None, source)
+
+
 # --------------------------------------------------------------------------------------------
 # model input
 
@@ -388,6 +473,51 @@ def _infer_layout(shape: Sequence[int | None]) -> str | None:
     if c_last and not c_first:
         return "NHWC"
     return None
+
+
+def fixed_batch(specs: Sequence[InputSpec]) -> int | None:
+    """The fixed first dimension ``B > 0`` of the first input that declares one (a model
+    exported for batch 1), else ``None`` (any batch runs)."""
+    for spec in specs:
+        if spec.shape and spec.shape[0] is not None and spec.shape[0] > 0:
+            return spec.shape[0]
+    return None
+
+
+_FLOAT_TYPES = frozenset(
+    {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.BFLOAT16,
+    }
+)
+
+
+def _feed_dtype(spec: InputSpec) -> np.dtype | None:
+    """The numpy type fed to ``spec``; ``None`` for a type numpy has no match for."""
+    fed = (_FLOAT_TYPES - {onnx.TensorProto.BFLOAT16}) | _INTEGER_TYPES | {onnx.TensorProto.BOOL}
+    return spec.dtype if spec.elem_type in fed else None
+
+
+def _type_name(spec: InputSpec) -> str:
+    if spec.integer:
+        return f"{spec.dtype} integers"
+    if spec.elem_type == onnx.TensorProto.BOOL:
+        return "booleans"
+    return f"{onnx.TensorProto.DataType.Name(spec.elem_type).lower()} numbers"
+
+
+def _castable(dtype: np.dtype, spec: InputSpec) -> bool:
+    """Whether ``dtype`` values mean the same after a cast to ``spec``'s type: integers and
+    booleans feed any numeric input, floats only a float input, booleans a bool input."""
+    if spec.elem_type in _FLOAT_TYPES:
+        return dtype.kind in "fiub"
+    if spec.integer:
+        return dtype.kind in "iub"
+    if spec.elem_type == onnx.TensorProto.BOOL:
+        return dtype.kind == "b"
+    return True  # strings and other types: onnxruntime says what it wants
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -576,8 +706,9 @@ def _input_array(
         x = x.astype(np.float32, copy=False)
     else:
         raise DataError(
-            f"data '{source}' has x of dtype {x.dtype}; use float samples shaped like the model "
-            "input, or uint8 images [N, H, W, C]"
+            f"data '{source}' has {x.dtype} values for model input '{spec.name}', which cannot "
+            "be cast to its type; use float samples shaped like the input, or uint8 images "
+            "[N, H, W, C]"
         )
     if spec.shape and x.ndim != len(spec.shape):
         raise DataError(
@@ -686,22 +817,34 @@ def _npz_arrays(
     arrays: dict[str, np.ndarray], specs: list[InputSpec], path: Path
 ) -> dict[str, np.ndarray]:
     """The stored array for each model input: by input name, or ``x`` for a single-input
-    model (the historical convention)."""
-    if len(specs) == 1 and specs[0].name not in arrays:
+    model (the historical convention). Besides them only the labels ``y`` may be stored: an
+    array for a name the model does not have is an error (a typo must not be ignored)."""
+    names = [spec.name for spec in specs]
+    if len(specs) == 1 and names[0] not in arrays:
         if "x" not in arrays:
             raise DataError(
-                f"'{path}' has arrays {sorted(arrays)} but no 'x' (nor '{specs[0].name}', the "
+                f"'{path}' has arrays {sorted(arrays)} but no 'x' (nor '{names[0]}', the "
                 "model input); save samples as x (and labels as y)"
             )
-        return {specs[0].name: arrays["x"]}
-    missing = [spec.name for spec in specs if spec.name not in arrays]
-    if missing:
-        example = ", ".join(f"{spec.name}=..." for spec in specs)
+        chosen = {names[0]: arrays["x"]}
+        used = {"x"}
+    else:
+        missing = [name for name in names if name not in arrays]
+        if missing:
+            example = ", ".join(f"{name}=..." for name in names)
+            raise DataError(
+                f"'{path}' has no array for model input '{missing[0]}' (it has {sorted(arrays)});"
+                f" save one array per input name, e.g. np.savez('{path.name}', {example})"
+            )
+        chosen = {name: arrays[name] for name in names}
+        used = set(names)
+    extra = sorted(set(arrays) - used - {"y"})
+    if extra:
         raise DataError(
-            f"'{path}' has no array for model input '{missing[0]}' (it has {sorted(arrays)}); "
-            f"save one array per input name, e.g. np.savez('{path.name}', {example})"
+            f"'{path}' has an array '{extra[0]}' but the model has no input of that name (its "
+            f"inputs: {', '.join(names)}); rename the array to a model input name or remove it"
         )
-    return {spec.name: arrays[spec.name] for spec in specs}
+    return chosen
 
 
 def _load_npz(path: Path, specs: list[InputSpec], preprocess: Preprocess) -> Dataset:

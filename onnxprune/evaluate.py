@@ -4,7 +4,8 @@
   ORT logging muted) that it really initialises on this machine; otherwise it uses the CPU
   provider, so a machine without CUDA prints nothing. ``device="cuda"`` without a working
   CUDA provider raises :class:`OnnxPruneError`.
-- :func:`predict_outputs` runs every output (fixed-batch models in chunks of their batch);
+- :func:`predict_outputs` runs every output over a ``Dataset`` (every input fed by name) or a
+  bare array (single-input models), fixed-batch models in chunks of their batch;
   :func:`predict` the first one (the classifier path).
 - :func:`evaluate` gives top-1/top-5 (in percent) when the data has labels, and label-free
   fidelity to a reference model (top-1 agreement in percent, mean KL(reference || model)
@@ -49,7 +50,7 @@ from onnxprune.fidelity import (
 from onnxprune.model import load_model
 
 if TYPE_CHECKING:
-    from onnxprune.data import Dataset
+    from onnxprune.data import Dataset, InputSpec
 
 __all__ = [
     "EvalResult",
@@ -68,6 +69,7 @@ __all__ = [
     "measure_latency",
     "predict",
     "session_provider",
+    "session_specs",
 ]
 
 _DEVICES = ("auto", "cpu", "cuda")
@@ -212,9 +214,23 @@ def cpu_model() -> str:
 # prediction and accuracy
 
 
-def _fixed_batch(session: ort.InferenceSession) -> int | None:
-    dim = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
-    return dim if isinstance(dim, int) and dim > 0 else None
+def session_specs(session: ort.InferenceSession) -> list[InputSpec]:
+    """Every session input as an :class:`~onnxprune.data.InputSpec` (name, declared dims with
+    ``None`` where dynamic, element type), in the session's order: what data is checked
+    against and fed to."""
+    from onnxprune.data import InputSpec
+
+    specs = []
+    for inp in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else None for d in (inp.shape or [])]
+        dtype = _ORT_DTYPES.get(inp.type)
+        elem = (
+            onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+            if dtype is not None
+            else onnx.TensorProto.UNDEFINED
+        )
+        specs.append(InputSpec(inp.name, shape, None, elem))
+    return specs
 
 
 def batch_unsupported(session: ort.InferenceSession, batch: int) -> str | None:
@@ -226,72 +242,83 @@ def batch_unsupported(session: ort.InferenceSession, batch: int) -> str | None:
     return None
 
 
-def _run_chunks(
-    session: ort.InferenceSession, x: np.ndarray, batch_size: int, names: list[str]
-) -> list[np.ndarray]:
-    """Outputs ``names`` for ``x``, run in chunks (see :func:`predict_outputs`)."""
-    inputs = session.get_inputs()
-    if len(inputs) != 1:
+def _stacked(value: np.ndarray, name: str, rows: int, fixed: int | None) -> np.ndarray:
+    """One run's output ``name`` as ``[rows, ...]`` (see :func:`predict_outputs`)."""
+    value = np.asarray(value)
+    if fixed == 1 and (value.ndim == 0 or value.shape[0] != 1):
+        # one sample per run: the whole output is that sample's, whatever its layout
+        # (time-major sequence heads [T, 1, C], scalars); stack runs on a new axis
+        value = value[None]
+    if value.ndim == 0 or value.shape[0] != rows:
         raise DataError(
-            f"the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
-            "evaluation supports single-input models"
+            f"output '{name}' has shape {list(value.shape)} for a batch of {rows}: its first "
+            "dimension is not the batch, so its rows cannot be matched to samples; evaluate a "
+            "model whose outputs are per sample"
         )
-    name = inputs[0].name
-    fixed = _fixed_batch(session)
-    step = fixed or max(1, batch_size)
+    return value
+
+
+def _run_chunks(
+    session: ort.InferenceSession, data: Dataset | np.ndarray, batch_size: int, names: list[str]
+) -> list[np.ndarray]:
+    """Outputs ``names`` for every sample of ``data``, run in chunks (see
+    :func:`predict_outputs`); the one place a session runs over a dataset."""
+    from onnxprune.data import as_dataset, fixed_batch
+
+    dataset = as_dataset(data)
+    specs = session_specs(session)
+    fixed = fixed_batch(specs)
     chunks: list[list[np.ndarray]] = [[] for _ in names]
-    for start in range(0, len(x), step):
-        chunk = x[start : start + step]
-        real = len(chunk)
-        if fixed and real < fixed:
-            pad = np.zeros((fixed - real, *chunk.shape[1:]), dtype=chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
+    for real, feeds in dataset.batches(specs, batch_size):
         try:
-            results = session.run(names, {name: chunk})
+            results = session.run(names, feeds)
         except Exception as exc:
+            given = ", ".join(f"'{k}' {list(v.shape)}" for k, v in feeds.items())
+            expected = ", ".join(
+                f"'{s.name}' [{', '.join('?' if d is None else str(d) for d in s.shape)}]"
+                for s in specs
+            )
             raise DataError(
-                f"onnxruntime rejected a batch of shape {list(chunk.shape)} for input '{name}' "
-                f"(model expects {inputs[0].shape}): {str(exc).splitlines()[0]}"
+                f"onnxruntime rejected a batch of {given} (model expects {expected}): "
+                f"{str(exc).splitlines()[0]}"
             ) from exc
+        rows = len(next(iter(feeds.values())))
         for i, value in enumerate(results):
-            value = np.asarray(value)
-            if fixed == 1 and (value.ndim == 0 or value.shape[0] != 1):
-                # one sample per run: the whole output is that sample's, whatever its layout
-                # (time-major sequence heads [T, 1, C], scalars); stack runs on a new axis
-                value = value[None]
-            if value.ndim == 0 or value.shape[0] != len(chunk):
-                raise DataError(
-                    f"output '{names[i]}' has shape {list(value.shape)} for a batch of "
-                    f"{len(chunk)}: its first dimension is not the batch, so its rows cannot be "
-                    "matched to samples; evaluate a model whose outputs are per sample"
-                )
-            chunks[i].append(value[:real])
+            chunks[i].append(_stacked(value, names[i], rows, fixed)[:real])
     if not chunks[0]:
         raise DataError("no samples to predict on; the dataset is empty")
     return [np.concatenate(parts).astype(np.float32, copy=False) for parts in chunks]
 
 
 def predict_outputs(
-    session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256
+    session: ort.InferenceSession, data: Dataset | np.ndarray, batch_size: int = 256
 ) -> list[np.ndarray]:
-    """Every output of the model for ``x: [N, ...input]``, run in chunks of ``batch_size``.
+    """Every output of the model for every sample of ``data``, run in chunks of
+    ``batch_size``.
 
-    A model with a fixed batch dimension ``B`` is run with exactly that batch (``B = 1``:
-    sample by sample; otherwise the last chunk is zero-padded and cut), so a fixed-batch
-    export evaluates instead of failing. A dynamic-size input is run at the size of ``x``.
-    Returns one ``[N, ...output]`` float32 array per output, in the model's output order.
-    With a fixed batch of 1 every run is one sample, so an output whose first dimension is
-    not the batch (a time-major ``[T, 1, C]`` head) is that sample's whole output and is
-    stacked as ``[N, T, 1, C]``. Otherwise raises :class:`DataError` when an output's first
-    dimension is not the batch (its rows cannot be matched to samples).
+    ``data`` is a :class:`~onnxprune.data.Dataset` (each model input fed by name from its
+    array, :meth:`~onnxprune.data.Dataset.batches`) or a bare ``[N, ...input]`` array for a
+    single-input model. Data that does not fit the model's inputs (a missing or extra array,
+    a wrong rank or fixed dim, a dtype that cannot be cast) is a :class:`DataError` naming
+    the input. A model with a fixed batch dimension ``B`` is run with exactly that batch
+    (``B = 1``: sample by sample; otherwise the last chunk is zero-padded and cut), so a
+    fixed-batch export evaluates instead of failing. A dynamic-size input is run at the size
+    of the data. Returns one ``[N, ...output]`` float32 array per output, in the model's
+    output order. With a fixed batch of 1 every run is one sample, so an output whose first
+    dimension is not the batch (a time-major ``[T, 1, C]`` head) is that sample's whole
+    output and is stacked as ``[N, T, 1, C]``. Otherwise raises :class:`DataError` when an
+    output's first dimension is not the batch (its rows cannot be matched to samples).
     """
-    return _run_chunks(session, x, batch_size, [o.name for o in session.get_outputs()])
+    return _run_chunks(session, data, batch_size, [o.name for o in session.get_outputs()])
 
 
-def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits of the first output for ``x: [N, ...input]`` (the classifier path), see
-    :func:`predict_outputs`. Returns ``[N, ...output]`` float32."""
-    return _run_chunks(session, x, batch_size, [session.get_outputs()[0].name])[0]
+def predict(
+    session: ort.InferenceSession, data: Dataset | np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """Logits of the first output for every sample of ``data`` (a ``Dataset`` or a bare
+    ``[N, ...input]`` array; the classifier path), see :func:`predict_outputs`. Returns
+    ``[N, ...output]`` float32."""
+    return _run_chunks(session, data, batch_size, [session.get_outputs()[0].name])[0]
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -477,7 +504,7 @@ def evaluate(
     batch_size: int = 256,
 ) -> EvalResult:
     """Run ``session`` over ``dataset`` and score its first output (see :class:`EvalResult`)."""
-    logits = predict(session, dataset.x, batch_size)
+    logits = predict(session, dataset, batch_size)
     return accuracy_from_logits(logits, dataset.y, reference_logits)
 
 
@@ -490,11 +517,15 @@ def make_feed(
     batch: int = 1,
     input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
+    samples: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Random inputs for every session input: dynamic first dims -> ``batch``.
 
-    Any other dynamic dimension needs ``input_shape`` (one shape for a single-input model,
-    or ``{input name: shape}``), else :class:`OnnxPruneError` names the input.
+    ``input_shape`` (one full shape for a single-input model, or ``{input name: shape}``)
+    gives an input's whole shape. For the other inputs any dynamic dimension after the batch
+    is taken from ``samples`` (``{input name: sample dims}``, e.g.
+    :meth:`onnxprune.data.Dataset.sample_shapes`: time at the data's size), else
+    :class:`OnnxPruneError` names the input.
     """
     rng = np.random.default_rng(seed)
     inputs = session.get_inputs()
@@ -507,6 +538,9 @@ def make_feed(
     given = dict(input_shape or {})
     feed: dict[str, np.ndarray] = {}
     for inp in inputs:
+        sample = list((samples or {}).get(inp.name, ()))
+        if len(sample) != len(inp.shape) - 1:
+            sample = []  # a sample of another rank cannot say this input's sizes
         if inp.name in given:
             shape = [int(d) for d in given[inp.name]]
         else:
@@ -516,6 +550,8 @@ def make_feed(
                     shape.append(dim)
                 elif axis == 0:
                     shape.append(batch)
+                elif sample:
+                    shape.append(int(sample[axis - 1]))
                 else:
                     raise OnnxPruneError(
                         f"input '{inp.name}' has dynamic dimension {axis} ('{dim}'); give the "

@@ -44,6 +44,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxprune.data import as_dataset
 from onnxprune.errors import OnnxPruneError
 from onnxprune.evaluate import (
     EvalResult,
@@ -221,7 +222,7 @@ def _accuracy(
     base: ort.InferenceSession, cand: ort.InferenceSession, data: Any
 ) -> tuple[EvalResult, EvalResult, float]:
     """Both models' scores; the drop is in top-1 points (labelled) or 100 - agreement."""
-    base_logits = predict(base, data.x)
+    base_logits = predict(base, data)
     if data.y is not None:
         base_result = evaluate(base, data)
         cand_result = evaluate(cand, data, reference_logits=base_logits)
@@ -402,8 +403,10 @@ def run_gate(
 
     ``runs`` is the number of interleaved rounds (each runs both models once); up to
     ``max_rounds`` (default ``4 * runs``) are used when the interval straddles the limit.
-    ``data`` (a :class:`~onnxprune.data.Dataset`) with ``max_accuracy_drop`` (points) also
-    fails a candidate whose top-1 (or agreement with the baseline, unlabelled) drops more.
+    ``data`` (a :class:`~onnxprune.data.Dataset`, every model input fed by name) with
+    ``max_accuracy_drop`` (points) also fails a candidate whose top-1 (or agreement with the
+    baseline, unlabelled) drops more; a dynamic input size ``input_shape`` does not give is
+    then timed at the data's size.
     """
     if max_slowdown <= 0:
         raise OnnxPruneError(f"--max-slowdown must be > 0 (e.g. 1.05), got {max_slowdown}")
@@ -415,8 +418,11 @@ def run_gate(
     base_session = make_session(base, device=device, threads=threads)
     cand_session = make_session(cand, device=device, threads=threads)
     check_same_inputs(base_session, cand_session)
-    base_feed = make_feed(base_session, batch, input_shape, seed=seed)
-    cand_feed = make_feed(cand_session, batch, input_shape, seed=seed)
+    # without --input-shape, dynamic sizes are the data's (every input), if data is given
+    names = [i.name for i in base_session.get_inputs()]
+    samples = as_dataset(data).sample_shapes(names) if data is not None else None
+    base_feed = make_feed(base_session, batch, input_shape, seed=seed, samples=samples)
+    cand_feed = make_feed(cand_session, batch, input_shape, seed=seed, samples=samples)
     shapes = {k: list(v.shape) for k, v in cand_feed.items()}
     provider, n_threads = session_provider(cand_session), session_threads(cand_session)
     for _ in range(warmup):

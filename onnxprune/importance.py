@@ -48,7 +48,6 @@ import onnx
 
 from onnxprune.budget import Budget, ChannelRounding
 from onnxprune.errors import DataError, OnnxPruneError, PlanError
-from onnxprune.model import graph_inputs
 from onnxprune.plan import PruningPlan, model_sha256
 
 if TYPE_CHECKING:
@@ -158,20 +157,18 @@ _MAX_TENSORS_PER_GROUP = 4
 
 
 def _activation_scores(analysis: DependencyAnalysis, data: Any) -> dict[int, np.ndarray]:
-    """Mean |activation| per channel over ``data`` (array or Dataset with ``.x``)."""
+    """Mean |activation| per channel over ``data`` (a ``Dataset``, every model input fed by
+    name, or a bare array for a single-input model), in chunks of 32 samples (of the fixed
+    batch for a fixed-batch model, padding rows left out of the means)."""
     import onnxruntime as ort
 
-    x = getattr(data, "x", data)
-    if x is None:
+    from onnxprune.data import as_dataset, input_specs
+
+    if data is None:
         raise DataError("criterion 'activation' needs calibration data; pass --data")
-    x = np.asarray(x, dtype=np.float32)
+    dataset = as_dataset(data, "calibration data")
     model = analysis.model
-    inputs = graph_inputs(model)
-    if len(inputs) != 1:
-        raise DataError(
-            f"criterion 'activation' feeds one input, but the model has {len(inputs)} "
-            f"({', '.join(i.name for i in inputs)}); use l1/l2/bn"
-        )
+    specs = input_specs(model)
     tensors = _activation_tensors(analysis)
     axes = {tensor: axis for per_group in tensors.values() for tensor, axis in per_group}
     wanted = sorted(axes)
@@ -189,23 +186,24 @@ def _activation_scores(analysis: DependencyAnalysis, data: Any) -> dict[int, np.
     names = [o.name for o in session.get_outputs()]
     sums: dict[str, np.ndarray] = {}
     count = 0
-    batch = 32
-    for start in range(0, len(x), batch):
-        chunk = x[start : start + batch]
+    for real, feeds in dataset.batches(specs, 32):
         try:
-            values = dict(zip(names, session.run(None, {inputs[0].name: chunk}), strict=True))
+            values = dict(zip(names, session.run(None, feeds), strict=True))
         except Exception as exc:
+            shapes = ", ".join(f"'{k}' {list(v.shape)}" for k, v in feeds.items())
             raise DataError(
-                f"running the model on the calibration data failed for input "
-                f"'{inputs[0].name}' with batch shape {list(chunk.shape)}: {exc}"
+                f"running the model on the calibration data failed for inputs {shapes}: {exc}"
             ) from exc
+        rows = len(next(iter(feeds.values())))
         for tensor in wanted:
             value = np.abs(values[tensor])
+            if real < rows and value.ndim and value.shape[0] == rows:
+                value = value[:real]  # zero rows padded to a fixed batch are not samples
             axis = axes[tensor]
             per_channel = value.sum(axis=tuple(a for a in range(value.ndim) if a != axis))
             per_channel = per_channel / (value.size / value.shape[axis])
-            sums[tensor] = sums.get(tensor, 0) + per_channel * len(chunk)
-        count += len(chunk)
+            sums[tensor] = sums.get(tensor, 0) + per_channel * real
+        count += real
     sizes = {g.id: int(g.size) for g in analysis.groups}
     scores: dict[int, np.ndarray] = {}
     for group_id, per_group in tensors.items():
@@ -266,7 +264,8 @@ def score_channels(
     """Importance of every channel of every group, with the ``bn`` fallbacks.
 
     ``criterion`` is one of :data:`CRITERIA` (definitions in the module docstring);
-    ``activation`` needs ``data`` (float32 array ``[N, ...model input]`` or a ``Dataset``).
+    ``activation`` needs ``data`` (a ``Dataset``, one array per model input, or a float32
+    array ``[N, ...model input]`` for a single-input model).
     Groups a criterion cannot score (e.g. no weights at all) get zeros.
     """
     if criterion not in CRITERIA:

@@ -568,13 +568,46 @@ def fix_input_shapes(
     return infer_model_shapes(fixed)
 
 
-def data_input_shapes(model: ModelProto, sample_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
-    """``{input: (1, *sample_shape)}`` for a single-input model (the shape of one sample of
-    the data after preprocessing, batch 1); ``{}`` for a multi-input model."""
+def data_input_shapes(
+    model: ModelProto, samples: Sequence[int] | Mapping[str, Sequence[int]]
+) -> dict[str, tuple[int, ...]]:
+    """``{input: (1, *sample dims)}``: the shape of one sample of the data after
+    preprocessing, batch 1, for every model input the data holds.
+
+    ``samples`` is ``{input name: sample dims}`` (``Dataset.sample_shapes()``), or one
+    sample's dims for a single-input model (then ``{}`` for a multi-input one). Names that
+    are not model inputs are left out (loading the data already refused them).
+    """
     names = [i.name for i in graph_inputs(model)]
-    if len(names) != 1:
-        return {}
-    return {names[0]: (1, *(int(d) for d in sample_shape))}
+    if not isinstance(samples, Mapping):
+        return {names[0]: (1, *(int(d) for d in samples))} if len(names) == 1 else {}
+    return {name: (1, *(int(d) for d in samples[name])) for name in names if name in samples}
+
+
+def input_shapes_from(
+    model: ModelProto,
+    given: Mapping[str, Sequence[int]] | None,
+    samples: Mapping[str, Sequence[int]] | None,
+    data_source: str = "the data",
+) -> tuple[dict[str, tuple[int, ...]], str]:
+    """``(shapes, source)``: the size every input is fixed to before analysis and pricing.
+
+    ``given`` (``--input-shape``, names or :data:`SINGLE_INPUT`) wins per input; every other
+    input takes one sample of the data (``samples``, ``{input: sample dims}``, batch 1).
+    ``source`` says where they came from for the errors of :func:`fix_input_shapes` (which
+    also resolves symbolic dims shared across inputs, and refuses a symbol given two sizes).
+    """
+    named = named_input_shapes(model, given, "--input-shape") if given else {}
+    from_data = {
+        name: dims
+        for name, dims in data_input_shapes(model, samples or {}).items()
+        if name not in named
+    }
+    if not from_data:
+        return named, "--input-shape"
+    if not named:
+        return from_data, data_source
+    return {**from_data, **named}, f"--input-shape and {data_source}"
 
 
 def format_shapes(shapes: Mapping[str, Sequence[int | str | None]]) -> str:

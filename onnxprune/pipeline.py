@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,7 +187,7 @@ def prune_model(
     are ``None`` when the size is dynamic; ``flops`` needs a known size. Raises
     :class:`OnnxPruneError` for an impossible request.
     """
-    from onnxprune.data import Dataset
+    from onnxprune.data import as_dataset
     from onnxprune.deps import analyze
     from onnxprune.model import check_model, fix_input_shapes, fixed_input_note, load_model
     from onnxprune.surgery import apply_plan
@@ -205,8 +205,7 @@ def prune_model(
         )
     calib = None
     if criterion == "activation" and plan is None:
-        dataset = data if isinstance(data, Dataset) else Dataset(np.asarray(data), None, "data")
-        calib = np.asarray(dataset.sample(calib_samples).x, dtype=np.float32)
+        calib = as_dataset(data, "calibration data").sample(calib_samples)
     chosen, scores = _make_plan(
         analysis, ratio, flops, plan, criterion, round_to, min_channels, calib
     )
@@ -444,11 +443,15 @@ def _session(model: Any, device: str, threads: int | None) -> Any:
 
 
 def _interleaved_latency(
-    result: Comparison, sessions: tuple[Any, Any], sample_shape: tuple[int, ...], runs: int
+    result: Comparison,
+    sessions: tuple[Any, Any],
+    sample_shapes: Mapping[str, tuple[int, ...]],
+    runs: int,
 ) -> None:
     """Time both sessions interleaved (the gate's method) at batch 1 (``runs`` rounds) and
-    32 (``max(5, runs // 2)``), on random input of the data's sample shape; a batch size
-    either model cannot run is recorded as ``None`` with the reason."""
+    32 (``max(5, runs // 2)``), on random input of the data's sample shape for every input
+    (``{input: sample dims}``); a batch size either model cannot run is recorded as ``None``
+    with the reason."""
     from onnxprune.evaluate import (
         batch_unsupported,
         interleaved_timings,
@@ -457,7 +460,6 @@ def _interleaved_latency(
     )
 
     base, cand = sessions
-    name = base.get_inputs()[0].name
     for batch, rounds in ((1, runs), (32, max(5, runs // 2))):
         reason = batch_unsupported(base, batch) or batch_unsupported(cand, batch)
         if reason is not None:
@@ -465,8 +467,7 @@ def _interleaved_latency(
             result.latency_ratio[batch] = None
             result.latency_note[batch] = reason
             continue
-        shape = {name: [batch, *sample_shape]} if len(base.get_inputs()) == 1 else None
-        feed = make_feed(base, batch, shape)
+        feed = make_feed(base, batch, samples=sample_shapes)
         interleaved_timings(base, cand, feed, feed, max(2, rounds // 5))  # warm-up
         base_ms, cand_ms = interleaved_timings(base, cand, feed, feed, rounds)
         result.original_latency_ms[batch] = float(np.median(base_ms))
@@ -496,16 +497,17 @@ def compare(
     :class:`OnnxPruneError`. ``latency_runs > 0`` also times both, interleaved, at batch 1
     (that many rounds) and batch 32 (``max(5, runs // 2)``) where the models accept it.
     """
+    from onnxprune.data import as_dataset
     from onnxprune.evaluate import fidelity_from_outputs, predict_outputs
     from onnxprune.fidelity import measurable, metric_problem
 
     original_session = _session(original, device, threads)
     pruned_session = _session(pruned, device, threads)
     if original_logits is None:
-        original_logits = predict_outputs(original_session, data.x, batch_size)
+        original_logits = predict_outputs(original_session, data, batch_size)
     elif isinstance(original_logits, np.ndarray):
         original_logits = [original_logits]
-    pruned_outputs = predict_outputs(pruned_session, data.x, batch_size)
+    pruned_outputs = predict_outputs(pruned_session, data, batch_size)
     labelled = data.y is not None
     if metric is not None and metric_problem(metric, labelled, original_logits):
         raise OnnxPruneError(
@@ -519,14 +521,16 @@ def compare(
     result = Comparison(
         original=original_result,
         pruned=pruned_result,
-        samples=len(data.x),
+        samples=len(data),
         labelled=labelled,
         metric=pruned_result.metric or "agreement",
         original_logits=original_logits,
     )
     if latency_runs:
         sessions = (original_session, pruned_session)
-        _interleaved_latency(result, sessions, tuple(data.x.shape[1:]), latency_runs)
+        names = [i.name for i in original_session.get_inputs()]
+        samples = as_dataset(data).sample_shapes(names)
+        _interleaved_latency(result, sessions, samples, latency_runs)
     return result
 
 

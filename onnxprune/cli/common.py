@@ -215,24 +215,26 @@ def input_shape_option(func: Any) -> Any:
         multiple=True,
         metavar="[NAME:]DIMS",
         help="Fix a dynamic input size, e.g. x:1x3x640x640, or 1x3x640x640 for a single-input "
-        "model (repeat per input). Default: the size of the --data samples, if any.",
+        "model (repeat per input). Default: the size of the --data samples, if any (for "
+        "every input the option does not name).",
     )(func)
 
 
 def cli_input_shapes(
     specs: tuple[str, ...], model: Any = None, dataset: Any = None
 ) -> tuple[dict[str, tuple[int, ...]] | None, str]:
-    """``(shapes, source)``: parsed ``--input-shape`` specs, else one sample of ``dataset``
-    (``Dataset.x`` after preprocessing, batch 1) for a single-input ``model``, else ``None``.
-    ``source`` names where the shapes came from, for error messages."""
-    from onnxprune.model import data_input_shapes, parse_input_shapes
+    """``(shapes, source)``: the parsed ``--input-shape`` specs; with ``model`` and
+    ``dataset`` also one sample of the data (after preprocessing, batch 1) for every input the
+    specs do not name (:func:`onnxprune.model.input_shapes_from`); ``None`` when there is
+    nothing. ``source`` names where the shapes came from, for error messages."""
+    from onnxprune.model import graph_inputs, input_shapes_from, parse_input_shapes
 
-    if specs:
-        return parse_input_shapes(specs), "--input-shape"
-    if dataset is not None and model is not None:
-        shapes = data_input_shapes(model, dataset.x.shape[1:])
-        return shapes or None, f"the data ({dataset.source})"
-    return None, "--input-shape"
+    given = parse_input_shapes(specs) if specs else None
+    if dataset is None or model is None:
+        return given, "--input-shape"
+    samples = dataset.sample_shapes([i.name for i in graph_inputs(model)])
+    shapes, source = input_shapes_from(model, given, samples, f"the data ({dataset.source})")
+    return shapes or None, source
 
 
 def echo_fixed_note(before: Any, after: Any, err: bool = True) -> None:

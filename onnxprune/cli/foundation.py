@@ -211,7 +211,7 @@ def eval_cmd(
     with progress("evaluating", len(chunks) * len(sessions), enabled=not as_json) as task:
         for name, session in sessions:
             for start, stop in chunks:
-                parts[name].append(predict_outputs(session, dataset.x[start:stop], batch))
+                parts[name].append(predict_outputs(session, dataset.rows(start, stop), batch))
                 task.advance()
     outputs = {
         name: [np.concatenate(o) for o in zip(*chunked, strict=True)]
@@ -363,7 +363,9 @@ def gate_cmd(
     """CI latency gate: fail when CAND is slower than MAX_SLOWDOWN x BASE.
 
     Both models run in this process, timed interleaved (AB/BA alternating rounds); the
-    decision is on the ratio of medians, reported with a bootstrap 95 % interval.
+    decision is on the ratio of medians, reported with a bootstrap 95 % interval. With
+    --data, a dynamic input size that --input-shape does not give is timed at the size of
+    the data's samples (every input of a multi-input model is fed from its own array).
     """
     from onnxprune.gate import run_gate
     from onnxprune.model import load_model, named_input_shapes

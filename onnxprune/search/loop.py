@@ -125,12 +125,17 @@ def _start(setup: SearchSetup, resume: bool) -> tuple[SearchState, int | None, C
 
 
 def _searched_data_sha(setup: SearchSetup) -> str:
-    """Hash of the splits that decide the plan (reward, LS fit, selection); the held-out
-    split only grades the result, so ``--eval-data`` may change on resume."""
+    """Hash of the splits that decide the plan (reward, LS fit, selection): every input's
+    array and the labels; the held-out split only grades the result, so ``--eval-data`` may
+    change on resume. A single-input split hashes as ``[x, y]``, as before multi-input data."""
     splits = setup.splits
     arrays = []
     for split in (splits.reward, splits.fit, splits.select):
-        arrays += [None, None] if split is None else [split.x, split.y]
+        if split is None:
+            arrays += [None, None]
+            continue
+        inputs = list(split.inputs.values()) if split.inputs else [split.x]
+        arrays += [*inputs, split.y]
     return data_sha256(*arrays)
 
 

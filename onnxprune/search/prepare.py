@@ -121,26 +121,31 @@ def _load(
 ) -> tuple[Any, Any, Any, list[Any], Any, list[str]]:
     """``(model as loaded, dataset, analysis, searched groups, plan cost, notes)``.
 
-    The input size is ``input_shapes``, else that of one sample of ``data`` (batch 1): a
-    dynamic size is fixed to it before the analysis, so shape computations fold for it.
+    The input size is ``input_shapes`` for the inputs it names, else that of one sample of
+    ``data`` (batch 1) for every input: a dynamic size is fixed to it before the analysis,
+    so shape computations fold for it.
     """
     from onnxprune.cost import PlanCost
-    from onnxprune.data import Dataset, load_data
+    from onnxprune.data import Dataset, input_specs, load_data
     from onnxprune.deps import analyze
-    from onnxprune.model import data_input_shapes, fix_input_shapes, fixed_input_note, load_model
+    from onnxprune.model import (
+        data_input_shapes,
+        fix_input_shapes,
+        fixed_input_note,
+        graph_inputs,
+        input_shapes_from,
+        load_model,
+    )
 
     model = load_model(model_file)
     dataset = data if isinstance(data, Dataset) else load_data(data, model)
-    if input_shapes:
-        shapes, source = input_shapes, "--input-shape"
-    else:
-        shapes = data_input_shapes(model, dataset.x.shape[1:])
-        source = f"the data ({dataset.source})"
+    dataset.check_inputs(input_specs(model))
+    samples = dataset.sample_shapes([i.name for i in graph_inputs(model)])
+    data_source = f"the data ({dataset.source})"
+    shapes, source = input_shapes_from(model, input_shapes, samples, data_source)
     fixed = fix_input_shapes(model, shapes, source=source)
     # the data must run at the size the MACs are priced at: a mismatch is one clear error
-    fix_input_shapes(
-        fixed, data_input_shapes(fixed, dataset.x.shape[1:]), source=f"the data ({dataset.source})"
-    )
+    fix_input_shapes(fixed, data_input_shapes(fixed, samples), source=data_source)
     note = fixed_input_note(model, fixed)
     analysis = analyze(fixed)
     groups, notes = select_groups(analysis, strat.skip)

@@ -74,7 +74,7 @@ def reward_metric(
         return metric
     from onnxprune.evaluate import predict_outputs
 
-    sample_outputs = predict_outputs(session, split.x[:1], batch_size)
+    sample_outputs = predict_outputs(session, split.rows(0, 1), batch_size)
     if requested == "auto":
         return auto_metric(split.labelled, sample_outputs)
     problem = metric_problem(requested, split.labelled, sample_outputs)
@@ -197,10 +197,10 @@ class PlanEvaluator:
             spin=False,
         )
         if self.metric == "top1":  # the classifier path, as before: first output only
-            logits = predict(session, self.split.x, self.batch_size)
+            logits = predict(session, self.split, self.batch_size)
             result = accuracy_from_logits(logits, self.split.y)
         else:
-            outputs = predict_outputs(session, self.split.x, self.batch_size)
+            outputs = predict_outputs(session, self.split, self.batch_size)
             result = fidelity_from_outputs(outputs, self.split.y, self.reference)
         self.seconds += time.perf_counter() - start
         self.calls += 1
@@ -214,7 +214,7 @@ def reference_logits(metric: str, session: Any, split: Any, batch_size: int) -> 
         return None
     from onnxprune.evaluate import predict_outputs
 
-    return predict_outputs(session, split.x, batch_size)
+    return predict_outputs(session, split, batch_size)
 
 
 def select_final(
