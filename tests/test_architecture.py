@@ -25,7 +25,8 @@ LEVELS = {
     "rl": 9,
     "pipeline": 10,
     "search": 11,
-    "cli": 12, "__main__": 12,
+    "cli": 12,
+    "__main__": 13,
 }  # fmt: skip
 PACKAGE = Path(onnxprune.__file__).parent
 
