@@ -353,7 +353,7 @@ def test_bench_cli_says_na_for_a_batch_the_model_cannot_run(tmp_path: Path) -> N
 
 def test_search_on_a_fixed_batch_model_reports_batch_32_as_not_applicable(tmp_path: Path) -> None:
     result = _search(make_tiny_cnn((8, 16), batch=1), tmp_path, n=60)
-    assert result.reward_metric == "agreement"
+    assert result.reward_metric == "kl" and result.pruned["metric"] == "agreement"
     assert result.pruned["latency_ms_b32"] is None and result.original["latency_ms_b32"] is None
     assert result.pruned["latency_note"] == {"32": "fixed batch 1"}
     assert result.pruned["latency_ms_b1"] > 0

@@ -201,7 +201,7 @@ def test_unlabelled_data_uses_fidelity_reward(
 ) -> None:
     unlabelled = Dataset(tiny_data.x, None, "unlabelled")
     result = _run(tiny_model, unlabelled, tmp_path, _strategy(tmp_path, "gnn-rl", 3, 2))
-    assert result.reward_metric == "agreement"
+    assert result.reward_metric == "kl"  # the reward; held-out: agreement
     assert -1.0 <= result.best_reward <= 0.0
     assert result.original["accuracy"] == 100.0 and 0 <= result.pruned["accuracy"] <= 100
     assert "agreement with the unpruned model" in (tmp_path / "report.md").read_text()

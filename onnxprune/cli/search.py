@@ -49,8 +49,9 @@ def register(main: click.Group) -> None:
 @click.option(
     "--reward",
     type=click.Choice(REWARDS),
-    help="What the reward measures (preset: auto = top-1 with labels, agreement for a "
-    "classifier, snr for any other outputs; cosine, kl, timestep: see report.md).",
+    help="What the reward measures (preset: auto = top-1 with labels; KL to the unpruned "
+    "model for a classifier without labels, reported as top-1 agreement on the held-out "
+    "split; snr for any other outputs; cosine, timestep: see report.md).",
 )
 @click.option("--episodes", type=int, help="Override the preset's number of episodes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed (CPU runs repeat).")

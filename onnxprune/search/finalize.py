@@ -73,7 +73,7 @@ def _evaluate(
         latency_runs=latency_runs,
         device=setup.device,
         threads=setup.threads,
-        metric=setup.metric,
+        metric=setup.eval_metric or setup.metric,
     )
     _warn_small_heldout(setup, len(setup.splits.heldout))
 

@@ -16,7 +16,12 @@ from typing import Any
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.rl.agents import Agent, AgentSetup, agent_class
-from onnxprune.search.reward import PlanEvaluator, reference_logits, reward_metric
+from onnxprune.search.reward import (
+    PlanEvaluator,
+    heldout_metric,
+    reference_logits,
+    reward_metric,
+)
 from onnxprune.search.splits import DataSplits, SplitSizes, make_splits
 from onnxprune.search.strategy import SKIP_RULES, Strategy
 
@@ -94,6 +99,7 @@ class SearchSetup:
     started: float = field(default_factory=time.perf_counter)
     notes: list[str] = field(default_factory=list)
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    eval_metric: str = ""  # the held-out headline; "" = ``metric``
 
     def __str__(self) -> str:
         return (
@@ -261,4 +267,5 @@ def prepare(
         started=started,
         notes=notes,
         input_shapes=dict(plan_cost.input_shapes),
+        eval_metric=heldout_metric(strat.reward, metric),
     )
