@@ -22,6 +22,7 @@ from onnxprune.rl.agents import (
     Agent,
     AgentSetup,
     EpisodeOutcome,
+    Proposal,
     agent_class,
     register_agent,
 )
@@ -151,9 +152,9 @@ class GreedyConstant(Agent):
     def build(cls, setup: AgentSetup) -> Agent:
         return cls(0.3)
 
-    def run_episode(self, env: Any, episode: int) -> EpisodeOutcome:
+    def propose(self, env: Any, episode: int) -> Proposal:
         env.reset()
-        return EpisodeOutcome(env.step(np.full(env.n_actions, self.ratio)), "constant")
+        return Proposal(episode, "constant", env.step(np.full(env.n_actions, self.ratio), False))
 
 
 @pytest.fixture

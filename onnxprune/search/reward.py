@@ -123,6 +123,7 @@ class PlanEvaluator:
         self.recover_images = recover_images
         self.seconds = 0.0
         self.calls = 0
+        self.provider = ""  # the execution provider that ran the last candidate
 
     def __str__(self) -> str:
         return (
@@ -138,6 +139,22 @@ class PlanEvaluator:
             "calls": self.calls,
             "seconds": self.seconds,
         }
+
+    def pinned(self, threads: int) -> PlanEvaluator:
+        """The same evaluator with ``threads`` onnxruntime intra-op threads per candidate
+        (every search evaluator uses the same count, so rewards are bit-identical)."""
+        return PlanEvaluator(
+            self.analysis,
+            self.scores,
+            self.split,
+            self.metric,
+            self.reference,
+            self.device,
+            self.batch_size,
+            threads,
+            recover_images=self.recover_images,
+            fit_split=self.fit_split,
+        )
 
     def on_split(self, split: Any, original_session: Any) -> PlanEvaluator:
         """The same evaluator (same plans, same least-squares fit) scoring on ``split``; the
@@ -187,6 +204,7 @@ class PlanEvaluator:
             make_session,
             predict,
             predict_outputs,
+            session_provider,
         )
 
         start = time.perf_counter()
@@ -196,6 +214,7 @@ class PlanEvaluator:
             threads=self.threads,
             spin=False,
         )
+        self.provider = session_provider(session)
         if self.metric == "top1":  # the classifier path, as before: first output only
             logits = predict(session, self.split.x, self.batch_size)
             result = accuracy_from_logits(logits, self.split.y)
