@@ -47,8 +47,8 @@ from onnxprune.search.reward import PlanEvaluator
 
 #: A candidate that took down this many workers in a row is an error, not bad luck.
 MAX_ATTEMPTS = 3
-#: Environment variable naming a file each worker appends its pid to once it is ready
-#: (a test hook: tests kill a worker mid-search and check that nothing changes).
+#: Environment variable naming a file each worker appends ``PID ready|start|done`` lines to
+#: (a test hook: tests kill a busy worker mid-search and check that nothing changes).
 PID_FILE_ENV = "ONNXPRUNE_WORKER_PID_FILE"
 RAY_HINT = "install it with `pip install 'onnxprune[ray]'` (ray>=2.9)"
 
@@ -139,6 +139,9 @@ class RewardJob:
 
         from onnxprune.deps import analyze
 
+        if self.recover_images:
+            import onnxprune.recover.lsq  # noqa: F401 - torch loads now, not in the first candidate
+
         analysis = analyze(onnx.load_from_string(self.model_bytes))
         groups = [(g.id, g.size) for g in analysis.prunable_groups()]
         if groups != self.groups:
@@ -159,10 +162,11 @@ class RewardJob:
             fit_split=self.fit_split,
         )
 
-    def report_pid(self) -> None:
+    def report(self, event: str) -> None:
+        """Append ``PID event`` to :data:`PID_FILE_ENV`'s file, when it is set."""
         if self.pid_file:
             with open(self.pid_file, "a") as handle:
-                handle.write(f"{os.getpid()}\n")
+                handle.write(f"{os.getpid()} {event}\n")
 
 
 @contextmanager
@@ -178,11 +182,18 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def evaluate_candidate(reward_fn: PlanEvaluator, kept: dict[int, int]) -> CandidateResult:
-    """``reward_fn(kept)`` with torch pinned to ``reward_fn.threads`` threads."""
+def evaluate_candidate(
+    reward_fn: PlanEvaluator, kept: dict[int, int], job: RewardJob | None = None
+) -> CandidateResult:
+    """``reward_fn(kept)`` with torch pinned to ``reward_fn.threads`` threads (a worker
+    passes its ``job`` to report start and end, see :data:`PID_FILE_ENV`)."""
     start = time.perf_counter()
+    if job is not None:
+        job.report("start")
     with torch_threads(reward_fn.threads or 1):
         reward = float(reward_fn(kept))
+    if job is not None:
+        job.report("done")
     return CandidateResult(reward, time.perf_counter() - start, reward_fn.provider, os.getpid())
 
 
@@ -266,7 +277,7 @@ def _pool_worker(conn: Any, job: RewardJob) -> None:
     except BaseException as exc:  # the parent turns this into one clear error
         conn.send(("failed", -1, f"{type(exc).__name__}: {exc}"))
         return
-    job.report_pid()
+    job.report("ready")
     conn.send(("ready", -1, os.getpid()))
     while True:
         try:
@@ -277,7 +288,7 @@ def _pool_worker(conn: Any, job: RewardJob) -> None:
             return
         index, kept = message
         try:
-            conn.send(("done", index, evaluate_candidate(reward_fn, kept)))
+            conn.send(("done", index, evaluate_candidate(reward_fn, kept, job)))
         except Exception as exc:  # a bad candidate is reported, the worker lives on
             conn.send(("error", index, f"{type(exc).__name__}: {exc}"))
 
@@ -443,11 +454,12 @@ class RayWorker:
     """The body of one Ray actor: builds the reward function once from the job."""
 
     def __init__(self, job: RewardJob) -> None:
+        self.job = job
         self.reward_fn = job.build()
-        job.report_pid()
+        job.report("ready")
 
     def evaluate(self, kept: dict[int, int]) -> CandidateResult:
-        return evaluate_candidate(self.reward_fn, kept)
+        return evaluate_candidate(self.reward_fn, kept, self.job)
 
 
 def ray_actor_options(threads: int, gpus_per_worker: float) -> dict[str, Any]:
