@@ -23,6 +23,8 @@ from onnxprune.search import PlanEvaluator, run_search
 from onnxprune.search.evaluators import (
     PID_FILE_ENV,
     Execution,
+    ProcessPoolEvaluator,
+    RewardJob,
     ray_actor_options,
 )
 from onnxprune.search.rounds import RoundRunner, round_end
@@ -364,3 +366,15 @@ def test_progress_status_shows_in_flight_workers_and_throughput() -> None:
     runner.state = type("S", (), {"best": None})()
     text = runner._status_text(0.5)
     assert text == "MACs 0.500, 2 in flight, 1/2 workers, 15.0 cand/min"
+
+
+def test_a_worker_that_cannot_start_is_one_clear_error(tiny_data: Dataset) -> None:
+    job = RewardJob(
+        model_bytes=b"not an onnx model", groups=[(0, 16)], scores={}, split=tiny_data,
+        fit_split=None, metric="top1", reference=None, device="cpu", batch_size=64,
+        threads=1, recover_images=None,
+    )  # fmt: skip
+    with ProcessPoolEvaluator(job, 1) as pool:
+        with pytest.raises(OnnxPruneError, match="a search worker could not start: DecodeError"):
+            pool.run([{0: 8}], lambda index, result: None)
+    assert multiprocessing.active_children() == []

@@ -190,7 +190,10 @@ def evaluate_candidate(
     start = time.perf_counter()
     if job is not None:
         job.report("start")
-    with torch_threads(reward_fn.threads or 1):
+    if reward_fn.recover_images:  # least squares runs in torch
+        with torch_threads(reward_fn.threads or 1):
+            reward = float(reward_fn(kept))
+    else:
         reward = float(reward_fn(kept))
     if job is not None:
         job.report("done")
@@ -556,7 +559,8 @@ class RayEvaluator(Evaluator):
                 try:
                     result = ray.get(ready[0])
                 except ray.exceptions.RayActorError as exc:
-                    attempts.lost(index, candidates[index], type(exc).__name__)
+                    why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+                    attempts.lost(index, candidates[index], why)
                     pending.appendleft(index)
                     self.retried += 1
                     self._replace(slot)
