@@ -19,7 +19,7 @@ cluster instead: ``ray.init``, ``ray.put`` of the reward job (model bytes + data
 an actor's start with the job (object-store fetch + reward build), the task round-trip of
 a trivial actor call, and the per-candidate cost in-process (one thread) for comparison.
 
-Full run (about 20-30 minutes on 2 idle cores with the default 60 episodes)::
+Full run (about 15-30 minutes on 2 cores with the default 60 episodes, depending on load)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/search_scaling.py
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/search_scaling.py --overheads
