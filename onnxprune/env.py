@@ -30,6 +30,9 @@ One episode is one compression of the model, in up to ``steps_per_episode`` prun
   top-1 error on the reward split, or a fidelity score without labels - the caller decides).
   Results are cached by kept counts: keep-indices are a fixed function of the counts (the
   channel ranking is computed once), so equal counts mean the same pruned model.
+  ``step(action, evaluate=False)`` only proposes: the last step's reward is left NaN and the
+  caller supplies it later with :meth:`PruningEnv.record` (a search round evaluates its
+  candidates elsewhere, in parallel).
 """
 
 from __future__ import annotations
@@ -252,8 +255,11 @@ class PruningEnv:
         counts, _ = self.wall(np.ones(n), np.zeros(n), self.target_macs)
         return self.kept_dict(counts)
 
-    def step(self, action: np.ndarray) -> StepResult:
-        """Apply prune ratios ``action [n_groups]`` in [0, 1]; see the module docstring."""
+    def step(self, action: np.ndarray, evaluate: bool = True) -> StepResult:
+        """Apply prune ratios ``action [n_groups]`` in [0, 1]; see the module docstring.
+
+        ``evaluate=False``: the last step's reward is NaN (not evaluated; see :meth:`record`).
+        """
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape[0] != len(self.groups):
             raise OnnxPruneError(
@@ -275,24 +281,30 @@ class PruningEnv:
         kept = self.kept_dict(counts)
         fraction = self.macs_fraction(counts)
         reward, cached = 0.0, False
-        if done:
+        if done and evaluate:
             reward, cached = self.evaluate(kept)
+        elif done:
+            reward = math.nan
         return StepResult(self._record(), reward, done, kept, fraction, wall_u, cached)
-
-    def cache_key(self, kept: dict[int, int]) -> tuple[int, ...]:
-        """The key of plan ``kept`` in :attr:`cache`: its counts in group order."""
-        return tuple(kept[gid] for gid in self.group_ids)
 
     def evaluate(self, kept: dict[int, int]) -> tuple[float, bool]:
         """``reward_fn(kept)``, cached by counts; returns ``(reward, was_cached)``."""
-        key = self.cache_key(kept)
+        key = self.plan_key(kept)
         if key in self.cache:
             return self.cache[key], True
-        reward = float(self.reward_fn(kept))
+        self.record(kept, self.reward_fn(kept))
+        return self.cache[key], False
+
+    def plan_key(self, kept: dict[int, int]) -> tuple[int, ...]:
+        """The cache key of a plan: its kept counts in action order."""
+        return tuple(kept[gid] for gid in self.group_ids)
+
+    def record(self, kept: dict[int, int], reward: float) -> None:
+        """Cache ``reward`` for ``kept``, evaluated elsewhere (it must be finite)."""
+        reward = float(reward)
         if not math.isfinite(reward):
             raise OnnxPruneError(f"reward function returned {reward} for plan {kept}")
-        self.cache[key] = reward
-        return reward, False
+        self.cache[self.plan_key(kept)] = reward
 
 
 @dataclass

@@ -22,6 +22,7 @@ from onnxprune.rl.agents import (
     Agent,
     AgentSetup,
     EpisodeOutcome,
+    Proposal,
     agent_class,
     register_agent,
 )
@@ -151,9 +152,9 @@ class GreedyConstant(Agent):
     def build(cls, setup: AgentSetup) -> Agent:
         return cls(0.3)
 
-    def run_episode(self, env: Any, episode: int) -> EpisodeOutcome:
+    def propose(self, env: Any, episode: int) -> Proposal:
         env.reset()
-        return EpisodeOutcome(env.step(np.full(env.n_actions, self.ratio)), "constant")
+        return Proposal(episode, "constant", env.step(np.full(env.n_actions, self.ratio), False))
 
 
 @pytest.fixture
@@ -178,3 +179,32 @@ def test_adding_an_agent_is_one_class_and_one_registry_line(
     assert outcomes[0].result.macs_fraction <= 0.5
     assert outcomes[0].result.reward == _fake_reward(outcomes[0].result.kept)
     assert "greedy-constant" not in BUILTIN_AGENTS
+
+
+@pytest.mark.parametrize("name", ["gnn-rl", "amc"])
+def test_a_round_proposes_from_one_actor_then_learns_in_proposal_order(
+    analysis: Any, name: str
+) -> None:
+    agent, env = _agent(name, analysis, warmup=0)
+    before = agent.ddpg.actor.state_dict()
+    proposals = [agent.propose(env, episode) for episode in range(4)]
+    # proposing leaves the policy alone; only the noise moves on (once per exploitation)
+    assert agent.ddpg.n_updates == 0 and len(agent.ddpg.buffer) == 0
+    after = agent.ddpg.actor.state_dict()
+    assert all(bool((before[k] == after[k]).all()) for k in before)
+    assert agent.noise.sigma == pytest.approx(0.4 * 0.9**4)
+    assert all(np.isnan(p.result.reward) and p.result.done for p in proposals)
+    assert [p.episode for p in proposals] == [0, 1, 2, 3]
+    assert len({tuple(p.result.kept.values()) for p in proposals}) > 1  # independent draws
+    rewards = [_fake_reward(p.result.kept) for p in proposals]
+    agent.learn(proposals, rewards)
+    assert agent.ddpg.n_updates == 4 * 3  # updates_per_episode for each of the 4
+    baseline = rewards[0]
+    for reward in rewards[1:]:
+        baseline = BASELINE_MOMENTUM * baseline + (1 - BASELINE_MOMENTUM) * reward
+    assert agent.baseline == pytest.approx(baseline)
+    assert len(agent.ddpg.buffer) == sum(len(p.transitions) for p in proposals)
+
+
+def test_round_sizes_per_kind() -> None:
+    assert [agent_class(n).round_size(4) for n in BUILTIN_AGENTS] == [4, 4, 4, 1, 4]

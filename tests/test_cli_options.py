@@ -57,6 +57,8 @@ BAD_CALLS: dict[str, list[str]] = {
         "{dynamic} --flops 0.5 --data {wrong} -o {out}",
         "{static} --flops 0.001 --data {data} -o {out} --strategy uniform",
         "{static} --flops 2 --data {data} -o {out}",
+        "{static} --flops 0.5 --data {data} -o {out} --workers -1",
+        "{static} --flops 0.5 --data {data} -o {out} --ray-gpus-per-worker 1",
     ],
     "recover": [
         "{static} --reference {static} --data {data} --holdout 2 -o {out}.onnx",

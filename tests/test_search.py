@@ -300,16 +300,16 @@ def test_uniform_baseline_is_a_candidate_and_wins_when_the_agent_misses_it(
 ) -> None:
     """A reward that is highest at the uniform plan and an agent that never proposes it: the
     baseline candidate is the result (episode -1) and the report says so."""
-    from onnxprune.rl.agents import AGENT_REGISTRY, EpisodeOutcome, RandomAgent
+    from onnxprune.rl.agents import AGENT_REGISTRY, Proposal, RandomAgent
     from onnxprune.search import loop
     from onnxprune.search.reward import PlanEvaluator
 
     class FirstGroupAgent(RandomAgent):  # every episode prunes the first group hardest
-        def run_episode(self, env, episode):
+        def propose(self, env, episode):
             env.reset()
             action = np.zeros(env.n_actions)
             action[0] = 1.0
-            return EpisodeOutcome(env.step(action), "random")
+            return Proposal(episode, "random", env.step(action, evaluate=False))
 
     monkeypatch.setitem(AGENT_REGISTRY, "first-group", FirstGroupAgent)
     target: dict[int, int] = {}

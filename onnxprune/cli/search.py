@@ -90,7 +90,38 @@ def register(main: click.Group) -> None:
     show_default=True,
     help="Timed runs for latency p50 at batch 1 (batch 32: half as many); 0 skips timing.",
 )
-@click.option("--threads", type=int, help="onnxruntime intra-op threads (default: all cores).")
+@click.option(
+    "--threads",
+    type=int,
+    help="Threads per candidate evaluation (onnxruntime intra-op and torch; default 1, so "
+    "--workers N uses N cores) and onnxruntime threads of the final evaluation (default: "
+    "all cores).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Evaluate each round's candidates on N local worker processes (0: in-process); "
+    "the result is the same, e.g. --workers 2. With --ray: the number of Ray actors.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Evaluate candidates on Ray actors (pip install 'onnxprune[ray]'): --ray starts a "
+    "local cluster, --ray ray://head:10001 (or auto) connects to a running one.",
+)
+@click.option(
+    "--ray-gpus-per-worker",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="GPUs each Ray actor asks for (num_gpus; with --device cuda or auto).",
+)
 @preprocess_options
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
@@ -118,6 +149,9 @@ def search_command(
     resume: bool,
     latency_runs: int,
     threads: int | None,
+    workers: int,
+    ray_address: str | None,
+    ray_gpus_per_worker: float,
     scale: float | None,
     mean: str | None,
     std: str | None,
@@ -133,6 +167,13 @@ def search_command(
     Example:
       onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/
       onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/ --resume
+      onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/ --workers 2
+      onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/ --ray
+      onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/ --ray auto
+
+    Each round the agent proposes the strategy's `parallel` candidates (presets: 4); they are
+    evaluated together (--workers N local processes, --ray on a Ray cluster), so the same
+    seed gives the same plan whatever evaluates them.
 
     --data is split by a seeded shuffle into disjoint parts: the reward split, the images
     each candidate's least-squares refit is fitted on, a selection split on which the best
@@ -181,6 +222,9 @@ def search_command(
         latency_runs=latency_runs,
         threads=threads,
         input_shapes=shapes,
+        workers=workers,
+        ray=False if ray_address is None else (True if ray_address == "local" else ray_address),
+        ray_gpus_per_worker=ray_gpus_per_worker,
     )
     if as_json:
         echo_json(result.to_dict())

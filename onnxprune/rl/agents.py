@@ -1,17 +1,26 @@
 """Search agents behind one episode protocol, and the registry that names them.
 
-The search loop reads ``for episode: outcome = agent.run_episode(env, episode)`` and never
-asks which agent it drives (after Stable-Baselines3's ``collect_rollouts`` + ``train``,
-fused into one call because our reward arrives once, at the end of an episode).
+The search loop reads ``for round: propose K candidates, evaluate them, learn`` and never
+asks which agent it drives (after Stable-Baselines3's ``collect_rollouts`` + ``train``:
+our reward arrives once, at the end of an episode, so a rollout is one proposal).
 
 Contract of :class:`Agent`
 --------------------------
+A search runs in *rounds*: the agent proposes up to ``K`` candidates (the strategy's
+``parallel``), all are evaluated (anywhere: in-process, a process pool, a Ray cluster),
+then the agent learns from all of them in proposal order.
+
+``propose(env, episode) -> Proposal``
+    Calls ``env.reset()``, then ``env.step(action, evaluate=False)`` until a step says
+    ``done``, and returns that last :class:`~onnxprune.env.StepResult` (reward not known
+    yet) with a phase label and what the agent needs to learn from it. Proposing never
+    changes what the agent has learned: the proposals of one round come from the same
+    policy; only the exploration noise (drawn in proposal order from the seeded generator)
+    moves on. ``episode`` is the 0-based index of the candidate in the search.
+``learn(proposals, rewards)``
+    Learns from a finished round (replay buffer, gradient steps), in proposal order.
 ``run_episode(env, episode) -> EpisodeOutcome``
-    Calls ``env.reset()``, then ``env.step(action)`` until a step says ``done``, and
-    returns that last :class:`~onnxprune.env.StepResult` with a phase label for the log.
-    Whatever the agent learns from the episode (replay buffer, gradient steps, noise decay)
-    it does before returning. ``episode`` is the 0-based index of the episode in the
-    search; a resumed search passes the same indices an uninterrupted one would.
+    A round of one: ``propose``, ``env.evaluate``, ``learn``.
 ``state_dict() -> dict`` / ``load_state_dict(state)``
     Everything that decides future proposals (networks, optimisers, replay buffer, noise
     sigma and generator, reward baseline) as a deep copy: an agent restored from
@@ -19,7 +28,8 @@ Contract of :class:`Agent`
 Class hooks (so that neither the loop, the checkpoint nor the report branch on the kind)
     ``build(setup)`` makes the agent from an :class:`AgentSetup`; ``schedule(episodes,
     warmup)`` fixes the episode schedule the kind needs; ``env_steps(steps)`` the pruning
-    steps per episode it can use; ``warmup_phase`` says whether the first ``warmup``
+    steps per episode it can use; ``round_size(parallel)`` the candidates per round it can
+    propose; ``warmup_phase`` says whether the first ``warmup``
     episodes are random actions before a policy acts (the report shades them);
     ``resume_free_keys`` names strategy keys that ``schedule`` derives from the free
     episode count, so ``--resume`` may see them change.
@@ -33,7 +43,11 @@ action with truncated-normal noise whose sigma decays once per exploitation epis
 002, section 5). Every step of an episode is stored with the episode's final reward minus a
 moving-average baseline (AMC, momentum :data:`BASELINE_MOMENTUM`) as a terminal transition,
 so the critic regresses the Monte-Carlo return, and ``ddpg.updates_per_episode`` gradient
-steps follow each exploitation episode.
+steps follow each exploitation episode. In a round of ``K`` the ``K`` rollouts come from the
+same actor with independent noise draws; sigma still decays once per exploitation episode
+(between the proposals), so the noise schedule is a function of the episode number; the
+transitions are stored and the ``K * updates_per_episode`` gradient steps run after the
+round, as Ape-X/distributed DDPG collect with a fixed policy between learner updates.
 """
 
 from __future__ import annotations
@@ -41,7 +55,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -101,8 +115,26 @@ class EpisodeOutcome:
         return {"phase": self.phase, "result": self.result.to_dict()}
 
 
+@dataclass
+class Proposal:
+    """One candidate of a round: the done step (``result``, its reward not yet evaluated),
+    how its actions were chosen (``phase``) and the ``(state_record, action)`` pairs the
+    agent remembers once the reward is known."""
+
+    episode: int
+    phase: str
+    result: Any
+    transitions: list[tuple[Any, np.ndarray]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"candidate {self.episode} ({self.phase}): kept {self.result.kept}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"episode": self.episode, "phase": self.phase, "kept": dict(self.result.kept)}
+
+
 class Agent(ABC):
-    """The episode protocol every search agent follows (see the module docstring)."""
+    """The round protocol every search agent follows (see the module docstring)."""
 
     name: ClassVar[str] = ""
     warmup_phase: ClassVar[bool] = False
@@ -123,9 +155,27 @@ class Agent(ABC):
         """Pruning steps per episode the environment should offer this kind."""
         return 1
 
+    @classmethod
+    def round_size(cls, parallel: int) -> int:
+        """Candidates per round this kind proposes when a strategy asks for ``parallel``."""
+        return parallel
+
     @abstractmethod
+    def propose(self, env: Any, episode: int) -> Proposal:
+        """Roll out one candidate without evaluating it (see the module docstring)."""
+
+    def learn(self, proposals: Sequence[Proposal], rewards: Sequence[float]) -> None:
+        """Learn from a finished round; an agent that never learns ignores it."""
+        del proposals, rewards
+
     def run_episode(self, env: Any, episode: int) -> EpisodeOutcome:
-        """Play and learn from one episode; returns its last step."""
+        """Propose, evaluate (cached) and learn from one episode; returns its last step."""
+        proposal = self.propose(env, episode)
+        reward, cached = env.evaluate(proposal.result.kept)
+        self.learn([proposal], [reward])
+        return EpisodeOutcome(
+            replace(proposal.result, reward=reward, cached=cached), proposal.phase
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -189,21 +239,25 @@ class DDPGAgent(Agent):
     @abstractmethod
     def _rollout(self, env: Any, warm: bool) -> tuple[list[tuple[Any, np.ndarray]], Any]: ...
 
-    def run_episode(self, env: Any, episode: int) -> EpisodeOutcome:
+    def propose(self, env: Any, episode: int) -> Proposal:
         warm = episode < self.warmup
         transitions, result = self._rollout(env, warm)
-        reward = result.reward
-        self.baseline = (
-            reward
-            if self.baseline is None
-            else (BASELINE_MOMENTUM * self.baseline + (1 - BASELINE_MOMENTUM) * reward)
-        )
-        for record, action in transitions:
-            self.ddpg.remember(record, action, reward - self.baseline, None, True)
         if not warm:
-            self.ddpg.train()
-            self.noise.step()
-        return EpisodeOutcome(result, "warm-up" if warm else "explore")
+            self.noise.step()  # once per exploitation episode, also inside a round
+        return Proposal(episode, "warm-up" if warm else "explore", result, transitions)
+
+    def learn(self, proposals: Sequence[Proposal], rewards: Sequence[float]) -> None:
+        for proposal, reward in zip(proposals, rewards, strict=True):
+            self.baseline = (
+                reward
+                if self.baseline is None
+                else (BASELINE_MOMENTUM * self.baseline + (1 - BASELINE_MOMENTUM) * reward)
+            )
+            for record, action in proposal.transitions:
+                self.ddpg.remember(record, action, reward - self.baseline, None, True)
+        for proposal in proposals:
+            if proposal.phase != "warm-up":
+                self.ddpg.train()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -247,7 +301,7 @@ class GraphDDPGAgent(DDPGAgent):
             else:
                 action = self.noise.sample(self.ddpg.act(record))
             transitions.append((record, action))
-            result = env.step(action)
+            result = env.step(action, evaluate=False)
             record = result.record
             if result.done:
                 return transitions, result
@@ -337,7 +391,7 @@ class AMCAgent(DDPGAgent):
 
         env.reset()
         states, actions = propose(self.ddpg, self.layer_state, self.noise, warm)
-        result = env.step(actions)
+        result = env.step(actions, evaluate=False)
         return list(zip(states, [np.array([a]) for a in actions], strict=True)), result
 
 
@@ -354,9 +408,13 @@ class UniformAgent(Agent):
     def schedule(cls, episodes: int, warmup: int) -> tuple[int, int]:
         return 1, 0  # more episodes would repeat the same plan
 
-    def run_episode(self, env: Any, episode: int) -> EpisodeOutcome:
+    @classmethod
+    def round_size(cls, parallel: int) -> int:
+        return 1  # one deterministic plan
+
+    def propose(self, env: Any, episode: int) -> Proposal:
         env.reset()
-        return EpisodeOutcome(env.step(np.zeros(env.n_actions)), "uniform")
+        return Proposal(episode, "uniform", env.step(np.zeros(env.n_actions), evaluate=False))
 
 
 @register_agent("random")
@@ -376,9 +434,10 @@ class RandomAgent(Agent):
     def schedule(cls, episodes: int, warmup: int) -> tuple[int, int]:
         return episodes, episodes
 
-    def run_episode(self, env: Any, episode: int) -> EpisodeOutcome:
+    def propose(self, env: Any, episode: int) -> Proposal:
         env.reset()
-        return EpisodeOutcome(env.step(self.noise.uniform(env.n_actions)), "random")
+        action = self.noise.uniform(env.n_actions)
+        return Proposal(episode, "random", env.step(action, evaluate=False))
 
     def state_dict(self) -> dict[str, Any]:
         return {"noise": copy.deepcopy(self.noise.state_dict())}

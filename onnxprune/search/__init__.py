@@ -9,9 +9,12 @@ does, in order:
    held-out splits, seeded and disjoint); builds the reward
    (:mod:`~onnxprune.search.reward`), the :class:`onnxprune.env.PruningEnv` and the
    strategy's agent (:mod:`onnxprune.rl.agents`).
-2. :mod:`~onnxprune.search.loop`: ``agent.run_episode(env, episode)`` for ``episodes``
-   episodes, a checkpoint after each (:mod:`~onnxprune.search.checkpoint`, ``--resume``),
-   then the final pick (the best few plans re-scored on the selection split).
+2. :mod:`~onnxprune.search.loop`: ``episodes`` episodes in rounds of ``parallel``
+   candidates (:mod:`~onnxprune.search.rounds`: the agent proposes them, an evaluator of
+   :mod:`~onnxprune.search.evaluators` scores them in-process, on worker processes or on
+   Ray actors, the agent learns from them), a checkpoint after each round
+   (:mod:`~onnxprune.search.checkpoint`, ``--resume``), then the final pick (the best few
+   plans re-scored on the selection split).
 3. :mod:`~onnxprune.search.finalize`: materialises the plan, recovers, evaluates original
    and pruned on the held-out split, times both and writes ``pruned.onnx``, ``plan.json``
    and the report (:mod:`~onnxprune.search.report`).

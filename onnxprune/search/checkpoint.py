@@ -1,6 +1,7 @@
 """Search checkpoints: what ``--resume`` needs to continue exactly where a run stopped.
 
-``OUTDIR/checkpoint.pt`` is written atomically after every episode. It holds the
+``OUTDIR/checkpoint.pt`` is written atomically after every round of candidates (a round
+boundary of the uninterrupted run, whatever evaluated them). It holds the
 fingerprint of the run (model hash, strategy, seed, budget, reward split size), the agent's
 ``state_dict()``, the env's plan cache, the episode log and the best plan. A resumed run
 loads it and ends with the same result as an uninterrupted one.
@@ -65,6 +66,8 @@ def fingerprint(
     settings = strategy.to_dict()
     for free in (*_FREE_KEYS, *free_keys):
         settings.pop(free)
+    if settings.get("parallel") == 1:  # rounds of one: a checkpoint from before rounds
+        settings.pop("parallel")
     return {
         "model_sha": model_sha,
         "strategy": settings,

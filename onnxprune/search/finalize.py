@@ -173,6 +173,7 @@ def _write(
         reward_indices=indices.reward.tolist(),
         heldout_indices=None if indices.heldout is None else indices.heldout.tolist(),
         selection=outcome.selection,
+        evaluator=outcome.evaluator,
     )
     result.files.update(write_report(result, out))
     return result

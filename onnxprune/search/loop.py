@@ -1,12 +1,14 @@
-"""The search loop: ``for episode: agent.run_episode(env, episode)``, checkpointed.
+"""The search loop: rounds of ``parallel`` candidates, checkpointed.
 
 ``run_search(model, data, flops, strategy, outdir, seed)`` prepares the search
 (:mod:`onnxprune.search.prepare`), runs the strategy's agent (:mod:`onnxprune.rl.agents`)
-for ``episodes`` episodes, writing ``OUTDIR/checkpoint.pt`` after each
-(:mod:`onnxprune.search.checkpoint`; ``resume=True`` continues from it and ends with the
-same result as an uninterrupted run), picks the final plan (:func:`select_final`) and
-hands it to :func:`onnxprune.search.finalize.finalize`. Ctrl-C (``KeyboardInterrupt``)
-stops the loop and keeps the best plan so far.
+for ``episodes`` episodes in rounds (:mod:`onnxprune.search.rounds`: K proposals, evaluated
+together by an evaluator of :mod:`onnxprune.search.evaluators`, then learnt from), writing
+``OUTDIR/checkpoint.pt`` after each round (:mod:`onnxprune.search.checkpoint`;
+``resume=True`` continues from it and ends with the same result as an uninterrupted run),
+picks the final plan (:func:`select_final`) and hands it to
+:func:`onnxprune.search.finalize.finalize`. Ctrl-C (``KeyboardInterrupt``) stops the loop,
+cancels the candidates in flight and keeps the best plan so far.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from onnxprune.search.checkpoint import (
     data_sha256,
     fingerprint,
 )
+from onnxprune.search.evaluators import Evaluator, Execution
 from onnxprune.search.finalize import finalize
 from onnxprune.search.outdir import OutputLock, check_output_folder
 from onnxprune.search.prepare import SearchSetup, prepare
@@ -58,6 +61,9 @@ def run_search(
     threads: int | None = None,
     on_episode: OnEpisode | None = None,
     input_shapes: Any = None,
+    workers: int = 0,
+    ray: bool | str = False,
+    ray_gpus_per_worker: float = 0.0,
 ) -> SearchResult:
     """Search per-group prune ratios that keep ``flops`` of the MACs (see module docstring).
 
@@ -69,6 +75,12 @@ def run_search(
     after each episode (it may raise ``KeyboardInterrupt`` to stop, as Ctrl-C does).
     ``input_shapes`` (``{input: dims}``, :func:`onnxprune.model.fix_input_shapes`) is the
     input size the MACs are priced at; default: one sample of ``data``.
+    ``workers`` (> 0): evaluate the candidates of a round on that many local processes;
+    ``ray``: on Ray actors instead (``True``: a local cluster of ``workers`` CPUs, default
+    all; a string: the address of a running cluster), each asking for
+    ``ray_gpus_per_worker`` GPUs. Every evaluator gives the same result
+    (:mod:`onnxprune.search.evaluators`); ``threads`` (default 1) is the onnxruntime and
+    torch thread count each candidate is evaluated with.
     Returns :class:`SearchResult`; raises :class:`OnnxPruneError` for bad input and
     impossible budgets.
     """
@@ -78,6 +90,9 @@ def run_search(
     strat = overrides.apply(preset)
     if not 0 < flops <= 1:
         raise OnnxPruneError(f"--flops must be a fraction of the MACs in (0, 1], got {flops}")
+    address = ray if isinstance(ray, str) and ray else None
+    execution = Execution(workers, bool(ray), address, ray_gpus_per_worker)
+    execution.check(device)
     out = Path(outdir)
     model_bytes = Path(model_path).stat().st_size if Path(model_path).is_file() else 0
     check_output_folder(out, resume, model_bytes)  # before any work: nothing else is touched
@@ -88,14 +103,19 @@ def run_search(
     with OutputLock(out):
         state, resumed_from, checkpoint = _start(setup, resume)
         search_start = time.perf_counter()
-        interrupted = _run_episodes(setup, state, checkpoint, show_progress, on_episode)
+        with execution.build(setup.evaluator, threads or 1) as evaluator:
+            interrupted = _run_episodes(
+                setup, state, checkpoint, evaluator, show_progress, on_episode
+            )
         if state.best is None:
             raise InternalError("the search ended without a single finished episode")
         if not interrupted:
             _uniform_baseline(setup, state)
         best, selection = _final_pick(setup, state.best, state.log, interrupted)
         seconds = time.perf_counter() - search_start
-        outcome = SearchOutcome(best, state.log, interrupted, resumed_from, seconds, selection)
+        outcome = SearchOutcome(
+            best, state.log, interrupted, resumed_from, seconds, selection, evaluator.to_dict()
+        )
         return finalize(setup, outcome, latency_runs)
 
 
@@ -154,47 +174,31 @@ def _run_episodes(
     setup: SearchSetup,
     state: SearchState,
     checkpoint: Checkpoint,
+    evaluator: Evaluator,
     show_progress: bool,
     on_episode: OnEpisode | None,
 ) -> bool:
-    """Run the remaining episodes into ``state``; returns whether Ctrl-C stopped them."""
+    """Run the remaining rounds into ``state``; returns whether Ctrl-C stopped them."""
     from onnxprune.progress import progress
     from onnxprune.recover.batching import one_torch_thread  # imports torch: only when run
+    from onnxprune.search.rounds import RoundRunner
 
-    strat, env, agent = setup.strategy, setup.env, setup.agent
+    strat = setup.strategy
     start = len(state.log)
     bar_context = progress(f"search {strat.name}", strat.episodes, enabled=show_progress)
+
+    def after_round(last_episode: int) -> None:
+        if last_episode == strat.warmup - 1:
+            _stop_if_reward_is_constant(setup, state.log, checkpoint)
+
     # The agent's networks are tiny: one torch thread is fastest, and a second one only
     # busy-waits for cycles the onnxruntime reward sessions need.
     with one_torch_thread(), bar_context as bar:
         if start:
             bar.advance(start, status="resumed")
+        runner = RoundRunner(setup, state, checkpoint, evaluator, bar, on_episode, after_round)
         try:
-            for episode in range(start, strat.episodes):
-                if _budget_spent(setup, episode):
-                    break
-                t0 = time.perf_counter()
-                outcome = agent.run_episode(env, episode)
-                step = outcome.result
-                if state.best is None or step.reward > state.best.reward:
-                    state.best = BestPlan(step.reward, episode, dict(step.kept))
-                seconds = time.perf_counter() - t0
-                entry = EpisodeRecord(
-                    episode, outcome.phase, step.reward, step.macs_fraction, dict(step.kept),
-                    step.cached, seconds,
-                )  # fmt: skip
-                state.log.append(entry)
-                state.agent, state.cache = agent.state_dict(), env.cache
-                checkpoint.save(state)
-                best = state.best
-                status = (
-                    f"best {best.reward:+.4f} (ep {best.episode}), MACs {step.macs_fraction:.3f}"
-                )
-                bar.advance(1, status=status)
-                if on_episode is not None:
-                    on_episode(entry)
-                if episode == strat.warmup - 1:
-                    _stop_if_reward_is_constant(setup, state.log, checkpoint)
+            runner.run(lambda episode: _budget_spent(setup, episode))
         except KeyboardInterrupt:
             setup.notes.append(
                 f"interrupted after {len(state.log)} episode(s); kept the best plan so far"
@@ -255,7 +259,7 @@ def _uniform_baseline(setup: SearchSetup, state: SearchState) -> None:
     if setup.strategy.baseline != "uniform":
         return
     kept = env.uniform_kept()
-    if budget and env.n_evaluations >= budget and env.cache_key(kept) not in env.cache:
+    if budget and env.n_evaluations >= budget and env.plan_key(kept) not in env.cache:
         return  # an evaluation budget is a hard cap: the baseline only runs within it
     reward, _ = env.evaluate(kept)
     assert state.best is not None

@@ -119,6 +119,7 @@ def markdown(result: Any) -> str:
         f"{label}: {METRIC_TEXT.get(metric, metric)}; [low, high] is the 95 % interval{small}",
         f"- recovery: {result.recover}",
         f"- time: {result.seconds:.1f} s total, {result.search_seconds:.1f} s search",
+        f"- candidates evaluated by: {_evaluator_text(result.evaluator)}; {strat.parallel} per round",
         "- latency: p50 of interleaved runs (the gate's method); the ratio's [low, high] is a "
         "95 % paired bootstrap interval",
         "",
@@ -145,6 +146,23 @@ def markdown(result: Any) -> str:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in result.notes]
     lines += ["", "![reward per episode](reward.png)", "", "![keep ratio per group](ratios.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _evaluator_text(evaluator: dict[str, Any]) -> str:
+    """``process-pool, 2 workers x 1 thread, CPUExecutionProvider`` (plus restarts)."""
+    if not evaluator:
+        return "in-process"
+    text = (
+        f"{evaluator['kind']}, {evaluator['workers']} worker(s) x "
+        f"{evaluator['threads_per_worker']} thread(s), "
+        f"{', '.join(evaluator['providers']) or 'no candidate evaluated'}"
+    )
+    if evaluator.get("worker_restarts"):
+        text += (
+            f" ({evaluator['worker_restarts']} worker(s) replaced, "
+            f"{evaluator['retried_candidates']} candidate(s) retried)"
+        )
+    return text
 
 
 def _selection_lines(selection: list[dict[str, Any]]) -> list[str]:

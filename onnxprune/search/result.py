@@ -86,6 +86,8 @@ class SearchResult:
     selection: list[dict[str, Any]] = field(default_factory=list)
     #: The input size the MACs are for (``{input: dims}``, batch 1).
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    #: What evaluated the candidates (:meth:`onnxprune.search.evaluators.Evaluator.to_dict`).
+    evaluator: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         from onnxprune.fidelity import MIN_RELIABLE_SAMPLES, format_figure
@@ -150,6 +152,7 @@ class SearchResult:
             "reward_indices": self.reward_indices,
             "heldout_indices": self.heldout_indices,
             "selection": self.selection,
+            "evaluator": self.evaluator,
             "episodes": [e.to_dict() for e in self.episodes],
         }
 
@@ -164,6 +167,7 @@ class SearchOutcome:
     resumed_from: int | None
     search_seconds: float
     selection: list[dict[str, Any]] = field(default_factory=list)
+    evaluator: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         stop = ", interrupted" if self.interrupted else ""
@@ -177,4 +181,5 @@ class SearchOutcome:
             "resumed_from": self.resumed_from,
             "search_seconds": self.search_seconds,
             "selection": self.selection,
+            "evaluator": self.evaluator,
         }

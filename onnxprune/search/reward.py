@@ -134,6 +134,7 @@ class PlanEvaluator:
         self.recover_images = recover_images
         self.seconds = 0.0
         self.calls = 0
+        self.provider = ""  # the execution provider that ran the last candidate
 
     def __str__(self) -> str:
         return (
@@ -149,6 +150,22 @@ class PlanEvaluator:
             "calls": self.calls,
             "seconds": self.seconds,
         }
+
+    def pinned(self, threads: int) -> PlanEvaluator:
+        """The same evaluator with ``threads`` onnxruntime intra-op threads per candidate
+        (every search evaluator uses the same count, so rewards are bit-identical)."""
+        return PlanEvaluator(
+            self.analysis,
+            self.scores,
+            self.split,
+            self.metric,
+            self.reference,
+            self.device,
+            self.batch_size,
+            threads,
+            recover_images=self.recover_images,
+            fit_split=self.fit_split,
+        )
 
     def on_split(self, split: Any, original_session: Any) -> PlanEvaluator:
         """The same evaluator (same plans, same least-squares fit) scoring on ``split``; the
@@ -198,6 +215,7 @@ class PlanEvaluator:
             make_session,
             predict,
             predict_outputs,
+            session_provider,
         )
 
         start = time.perf_counter()
@@ -207,6 +225,7 @@ class PlanEvaluator:
             threads=self.threads,
             spin=False,
         )
+        self.provider = session_provider(session)
         if self.metric == "top1":  # the classifier path, as before: first output only
             logits = predict(session, self.split, self.batch_size)
             result = accuracy_from_logits(logits, self.split.y)

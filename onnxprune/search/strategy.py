@@ -60,6 +60,10 @@ class Strategy:
     select_samples: int = 1000
     evaluations: int = 0
     baseline: str = "uniform"
+    #: candidates per round (K): proposed by one policy, evaluated together (in parallel
+    #: with ``--workers``/``--ray``), then learnt from; the result depends on K, not on
+    #: what evaluates them
+    parallel: int = 1
     noise: NoiseSettings = field(default_factory=NoiseSettings)
     ddpg: DDPGConfig = field(default_factory=DDPGConfig)
 
@@ -87,6 +91,7 @@ _INT_KEYS = {
     "select_top": 1,
     "select_samples": 1,
     "evaluations": 0,
+    "parallel": 1,
 }
 _CHOICE_KEYS = {
     "criterion": CRITERIA,
