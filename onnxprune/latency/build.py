@@ -1,0 +1,219 @@
+"""Building the latency table: every group timed in context, at the widths it may take.
+
+Method (NetAdapt, Yang et al. 2018, sec. 3.2, measured "in context" as HALP, Shen et al.
+2022, sec. 3.2, does for its latency LUT): for every timed group ``g`` and every width ``w``
+the rounding allows below its full size, the model is pruned to ``g`` at ``w`` with every
+other group full (:func:`onnxprune.surgery.apply_plan`) and timed *interleaved* with the
+unpruned model (:func:`onnxprune.evaluate.interleaved_timings`, the gate's method: rounds of
+one run each, order alternating), so machine noise hits both alike. The saving is the median
+of the per-round differences ``T(full)_i - T(g at w)_i``.
+
+Cost control, since a table must build in well under two minutes for a ResNet-56 at batch 32:
+
+* **Shared rows.** Groups whose layers have the same shapes, attributes and input sizes (the
+  nine blocks of a ResNet stage) have one *signature* (:func:`group_signature`, built from
+  op types, attributes and tensor shapes only, never names); one of them is timed and the
+  others share its row (marked ``*`` in the printed table).
+* **Few widths.** Only the widths the channel rounding allows (``--round-to 8``: onnxruntime's
+  CPU convolutions work in blocks of 8 channels, so widths between two multiples of 8 cost
+  the same as the larger one; docs/LATENCY.md has the measurement).
+* **Short loops.** Each variant gets ``rounds`` rounds sized to about ``SECONDS_PER_VARIANT``
+  of timing (at least ``MIN_ROUNDS``, at most ``MAX_ROUNDS``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+
+from onnxprune.budget import ChannelRounding
+from onnxprune.errors import OnnxPruneError
+from onnxprune.latency.table import GroupTiming, LatencyTable, monotone_savings
+
+SECONDS_PER_VARIANT = 0.4
+MIN_ROUNDS = 5
+MAX_ROUNDS = 40
+WARMUP_RUNS = 2
+
+
+class VariantTimer(Protocol):
+    """Times model variants against the unpruned model (a fake one in tests)."""
+
+    rounds: int
+
+    def base_ms(self) -> float:
+        """Median time (ms) of the unpruned model."""
+        ...
+
+    def saved_ms(self, variant: onnx.ModelProto) -> float:
+        """Time (ms) ``variant`` saves against the unpruned model."""
+        ...
+
+
+class SessionTimer:
+    """The real timer: onnxruntime sessions with the deployment's provider, threads, batch
+    and input; paired interleaved rounds against the unpruned model."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        batch: int = 1,
+        device: str = "cpu",
+        threads: int | None = 1,
+        input_shapes: Mapping[str, Sequence[int]] | None = None,
+        rounds: int | None = None,
+    ) -> None:
+        from onnxprune.evaluate import make_feed, make_session, time_run
+
+        self.batch, self.device, self.threads = batch, device, threads
+        self.input_shapes = dict(input_shapes) if input_shapes else None
+        self.base = make_session(model, device=device, threads=threads)
+        self.base_feed = make_feed(self.base, batch, self.input_shapes, seed=0)
+        for _ in range(WARMUP_RUNS):
+            self.base.run(None, self.base_feed)
+        first = float(np.median([time_run(self.base, self.base_feed) for _ in range(3)]))
+        wanted = int(SECONDS_PER_VARIANT * 1000 / max(2 * first, 1e-6))
+        self.rounds = rounds or min(max(wanted, MIN_ROUNDS), MAX_ROUNDS)
+        self._base_times: list[float] = []
+
+    def base_ms(self) -> float:
+        from onnxprune.evaluate import time_run
+
+        if not self._base_times:
+            self._base_times = [time_run(self.base, self.base_feed) for _ in range(self.rounds)]
+        return float(np.median(self._base_times))
+
+    def saved_ms(self, variant: onnx.ModelProto) -> float:
+        from onnxprune.evaluate import interleaved_timings, make_feed, make_session
+
+        session = make_session(variant, device=self.device, threads=self.threads)
+        feed = make_feed(session, self.batch, self.input_shapes, seed=0)
+        for _ in range(WARMUP_RUNS):
+            session.run(None, feed)
+        base_ms, variant_ms = interleaved_timings(
+            self.base, session, self.base_feed, feed, self.rounds
+        )
+        self._base_times += base_ms
+        return float(np.median(np.asarray(base_ms) - np.asarray(variant_ms)))
+
+
+def legal_widths(rounding: ChannelRounding, index: int) -> list[int]:
+    """Every kept count the rounding allows group ``index`` (ascending, the full size last)."""
+    low, unit, size = rounding.lows[index], rounding.units[index], rounding.sizes[index]
+    widths = [int(w) for w in np.arange(low, size, unit)] + [int(size)]
+    return sorted(set(widths))
+
+
+def group_signature(analysis: Any, group: Any, shapes: Mapping[str, Any]) -> str:
+    """What decides a group's latency row, from structure only: the op type, attributes and
+    input/output shapes of its producers and consumers, and the shapes of its tensors."""
+    nodes = {node.name: node for node in analysis.model.graph.node}
+    parts: list[Any] = [int(group.size), int(group.block_count or 1)]
+    for role, names in (("p", group.producers), ("c", group.consumers)):
+        described = []
+        for name in names:
+            node = nodes.get(name)
+            if node is None:
+                continue
+            attrs = sorted(
+                (a.name, str(onnx.helper.get_attribute_value(a))) for a in node.attribute
+            )
+            ins = [shapes.get(t) for t in node.input]
+            outs = [shapes.get(t) for t in node.output]
+            described.append(repr((node.op_type, attrs, ins, outs)))
+        parts.append((role, sorted(described)))
+    members = sorted(repr((shapes.get(m.tensor), m.axis)) for m in group.members)
+    parts.append(members)
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def _variant(analysis: Any, group: Any, width: int) -> onnx.ModelProto:
+    """The model with ``group`` at ``width`` channels and every other group full (which
+    channels does not matter for time; the first of each block are kept)."""
+    from onnxprune.importance import plan_from_counts
+    from onnxprune.surgery import apply_plan
+
+    scores = {group.id: -np.arange(group.size, dtype=np.float64)}
+    plan = plan_from_counts(analysis, {group.id: width}, scores)
+    return apply_plan(analysis, plan)
+
+
+def build_table(
+    analysis: Any,
+    rounding: ChannelRounding,
+    timer: VariantTimer,
+    key: dict[str, Any],
+    progress: Any = None,
+) -> LatencyTable:
+    """Time every group of ``rounding`` at its legal widths (see module docstring).
+
+    ``progress`` (optional) gets ``advance()`` per timed variant; its total is
+    :func:`count_variants`. Raises :class:`OnnxPruneError` for a group the analysis lacks.
+    """
+    from onnxprune.model import infer_model_shapes, tensor_shapes
+
+    started = time.perf_counter()
+    shapes = tensor_shapes(infer_model_shapes(analysis.model))
+    by_signature: dict[str, GroupTiming] = {}
+    rows: list[GroupTiming] = []
+    timed = 0
+    for index, group_id in enumerate(rounding.group_ids):
+        group = analysis.group(group_id)
+        if group is None:
+            raise OnnxPruneError(f"group {group_id} is not in the model's channel analysis")
+        signature = group_signature(analysis, group, shapes)
+        widths = legal_widths(rounding, index)
+        shared = by_signature.get(signature)
+        if shared is not None and shared.widths == widths:
+            rows.append(GroupTiming(group_id, group.size, widths, list(shared.saved_ms),
+                                    signature, timed=False))  # fmt: skip
+            continue
+        saved = []
+        for width in widths[:-1]:
+            saved.append(timer.saved_ms(_variant(analysis, group, width)))
+            timed += 1
+            if progress is not None:
+                progress.advance(status=f"group {group_id} at {width}/{group.size}")
+        row = GroupTiming(group_id, group.size, widths, monotone_savings([*saved, 0.0]), signature)
+        by_signature[signature] = row
+        rows.append(row)
+    return LatencyTable(
+        key=key,
+        base_ms=timer.base_ms(),
+        groups=rows,
+        build_seconds=time.perf_counter() - started,
+        variants_timed=timed,
+        rounds=timer.rounds,
+    )
+
+
+def count_variants(analysis: Any, rounding: ChannelRounding) -> int:
+    """How many variants :func:`build_table` will time (for a progress bar's total)."""
+    from onnxprune.model import infer_model_shapes, tensor_shapes
+
+    shapes = tensor_shapes(infer_model_shapes(analysis.model))
+    seen: set[tuple[str, tuple[int, ...]]] = set()
+    total = 0
+    for index, group_id in enumerate(rounding.group_ids):
+        widths = tuple(legal_widths(rounding, index))
+        signature = group_signature(analysis, analysis.group(group_id), shapes)
+        if (signature, widths) not in seen:
+            seen.add((signature, widths))
+            total += len(widths) - 1
+    return total
+
+
+__all__ = [
+    "SessionTimer",
+    "VariantTimer",
+    "build_table",
+    "count_variants",
+    "group_signature",
+    "legal_widths",
+]

@@ -1,0 +1,235 @@
+"""The latency lookup table (NetAdapt / HALP style) and its predictions.
+
+A :class:`LatencyTable` holds, for every timed channel group, the time the whole model
+*saves* when that group alone keeps ``w`` channels (the rest full), at every width ``w`` the
+channel rounding allows: ``saved_ms[g][w] = T(full) - T(g at w)``, measured in context (the
+same session options, batch and input as the deployment; see :mod:`onnxprune.latency.build`).
+The prediction of a plan (NetAdapt, Yang et al. 2018, sec. 3.2: "layer-wise look-up tables ...
+the latency of the network is estimated by the sum of the layers' latencies") is::
+
+    T(plan) = T(full) - sum_g saved_g(kept_g)
+
+with ``saved_g`` linearly interpolated between timed widths. The *fixed part* is what no
+plan can remove: ``T(full) - sum_g saved_g(floor_g)``; its ratio to ``T(full)`` is the
+smallest reachable latency ratio.
+
+Monotone by construction: the timed savings are clipped at 0 and made non-increasing in the
+width (a running maximum from the full width down), so the predicted latency never grows
+when a group loses channels. The latency wall's bisection
+(:meth:`onnxprune.budget.Budget.fit`) needs exactly this to guarantee every episode ends
+inside the predicted budget.
+
+Additivity is the model's assumption: two groups that meet in one layer (a convolution whose
+input channels are one searched group and output channels another) save less together than
+the sum of their savings alone (``1 - a b`` of the layer instead of ``(1 - a) + (1 - b)``).
+The presets skip residual groups, so in a residual network each searched group meets only
+unsearched ones; docs/LATENCY.md has the measured prediction error for both cases.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnxprune.errors import OnnxPruneError, PlanError
+
+TABLE_VERSION = 1
+# Two neighbouring widths whose savings differ by less than this share of the full model's
+# time are one latency "step" (onnxruntime's CPU convolutions work in channel blocks).
+STEP_TOLERANCE = 0.002
+
+
+@dataclass
+class GroupTiming:
+    """One group's row of the table: ``widths [k]`` ascending (the last is the full size) and
+    ``saved_ms [k]`` (the model's time saved at each width, 0 at the full size)."""
+
+    group_id: int
+    size: int
+    widths: list[int]
+    saved_ms: list[float]
+    signature: str = ""
+    timed: bool = True  # False: copied from a group with the same signature
+
+    def saved(self, count: float) -> float:
+        """Time saved (ms) with ``count`` channels kept (interpolated between widths)."""
+        return float(np.interp(count, self.widths, self.saved_ms))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group_id,
+            "size": self.size,
+            "widths": list(self.widths),
+            "saved_ms": [round(s, 5) for s in self.saved_ms],
+            "signature": self.signature,
+            "timed": self.timed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GroupTiming:
+        return cls(
+            int(data["group"]),
+            int(data["size"]),
+            [int(w) for w in data["widths"]],
+            [float(s) for s in data["saved_ms"]],
+            str(data.get("signature", "")),
+            bool(data.get("timed", True)),
+        )
+
+
+def monotone_savings(saved_ms: Sequence[float]) -> list[float]:
+    """``saved_ms`` by ascending width -> clipped at 0 and non-increasing in the width."""
+    clipped = np.maximum(np.asarray(saved_ms, dtype=np.float64), 0.0)
+    clipped[-1] = 0.0  # the full width saves nothing by definition
+    return [float(v) for v in np.maximum.accumulate(clipped[::-1])[::-1]]
+
+
+@dataclass
+class LatencyTable:
+    """Per-group savings by width plus the full model's time (see module docstring).
+
+    ``key`` is what the table is valid for (model hash, provider, threads, batch, runtime
+    version, device name, input shapes, rounding); ``build_seconds``, ``variants_timed`` and
+    ``rounds`` say what building it cost; ``cached`` is set when it came from disk.
+    """
+
+    key: dict[str, Any]
+    base_ms: float
+    groups: list[GroupTiming]
+    build_seconds: float = 0.0
+    variants_timed: int = 0
+    rounds: int = 0
+    cached: bool = False
+    path: str = ""
+    _by_id: dict[int, GroupTiming] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_id = {g.group_id: g for g in self.groups}
+
+    def group(self, group_id: int) -> GroupTiming:
+        if group_id not in self._by_id:
+            raise OnnxPruneError(
+                f"the latency table has no row for group {group_id}; rebuild it for the "
+                "groups being pruned (delete the cached table or change --round-to)"
+            )
+        return self._by_id[group_id]
+
+    @property
+    def group_ids(self) -> list[int]:
+        return [g.group_id for g in self.groups]
+
+    def predict_ms(self, kept: Mapping[int, int]) -> float:
+        """Predicted latency (ms) of the model keeping ``kept[g]`` channels (others full)."""
+        saved = sum(self.group(g).saved(c) for g, c in kept.items() if g in self._by_id)
+        return self.base_ms - saved
+
+    def predict_ratio(self, kept: Mapping[int, int]) -> float:
+        return self.predict_ms(kept) / self.base_ms
+
+    def step_widths(self, group_id: int) -> list[int]:
+        """The widths where latency changes: the widest of every run of widths whose savings
+        differ by less than ``STEP_TOLERANCE`` of the model's time (a narrower width with the
+        same latency only loses channels)."""
+        row = self.group(group_id)
+        tolerance = STEP_TOLERANCE * self.base_ms
+        steps = [row.widths[-1]]
+        level = row.saved_ms[-1]
+        for width, saved in zip(row.widths[-2::-1], row.saved_ms[-2::-1], strict=True):
+            if saved > level + tolerance:
+                steps.append(width)
+                level = saved
+        return sorted(steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "table_version": TABLE_VERSION,
+            "key": self.key,
+            "base_ms": round(self.base_ms, 5),
+            "build_seconds": round(self.build_seconds, 3),
+            "variants_timed": self.variants_timed,
+            "rounds": self.rounds,
+            "cached": self.cached,
+            "path": self.path,
+            "groups": [g.to_dict() for g in self.groups],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyTable:
+        if data.get("table_version") != TABLE_VERSION:
+            raise OnnxPruneError(
+                f"latency table version {data.get('table_version')} is not {TABLE_VERSION}"
+            )
+        return cls(
+            key=dict(data["key"]),
+            base_ms=float(data["base_ms"]),
+            groups=[GroupTiming.from_dict(g) for g in data["groups"]],
+            build_seconds=float(data.get("build_seconds", 0.0)),
+            variants_timed=int(data.get("variants_timed", 0)),
+            rounds=int(data.get("rounds", 0)),
+        )
+
+    def __str__(self) -> str:
+        key = self.key
+        source = f"cached ({self.path})" if self.cached else f"built in {self.build_seconds:.1f} s"
+        lines = [
+            f"latency table: full model {self.base_ms:.3f} ms at batch {key.get('batch')}, "
+            f"{key.get('provider')}, threads {key.get('threads') or 'default'}; {source}, "
+            f"{self.variants_timed} variants timed",
+            "group  size  time saved (ms) by kept width  [* shared: same layer shapes as a "
+            "timed group]",
+        ]
+        for row in self.groups:
+            cells = ", ".join(
+                f"{w}:{s:.3f}" for w, s in zip(row.widths, row.saved_ms, strict=True)
+            )
+            lines.append(f"{row.group_id:>5}{'' if row.timed else '*'} {row.size:>5}  {cells}")
+        return "\n".join(lines)
+
+
+class LatencyPredictor:
+    """The table's prediction for kept-count vectors of ``group_ids`` (in that order), as the
+    budget wall needs it: ``fraction(counts [n]) -> predicted latency / full latency``."""
+
+    def __init__(self, table: LatencyTable, group_ids: Sequence[int]) -> None:
+        self.table = table
+        self.group_ids = [int(g) for g in group_ids]
+        self.rows = [table.group(g) for g in self.group_ids]
+
+    def ms(self, counts: Sequence[float] | np.ndarray) -> float:
+        saved = sum(row.saved(float(c)) for row, c in zip(self.rows, counts, strict=True))
+        return self.table.base_ms - saved
+
+    def fraction(self, counts: Sequence[float] | np.ndarray) -> float:
+        return self.ms(counts) / self.table.base_ms
+
+    def kept_fraction(self, kept: Mapping[int, int]) -> float:
+        pairs = zip(self.group_ids, self.rows, strict=True)
+        return self.fraction([kept.get(g, row.size) for g, row in pairs])
+
+    def require(self, latency: float, lows: Sequence[float] | np.ndarray) -> None:
+        """Raise :class:`PlanError` when even every group at its floor ``lows [n]`` keeps
+        more than ``latency`` of the predicted time; the message gives the smallest ratio."""
+        smallest = self.fraction(lows)
+        if smallest <= latency:
+            return
+        fixed_ms = self.ms(lows)
+        raise PlanError(
+            f"--latency {latency:g} is out of reach: with every prunable group at its minimum "
+            f"width the latency table predicts {fixed_ms:.3f} ms of {self.table.base_ms:.3f} ms "
+            f"(the fixed part: layers no channel group shrinks): the smallest reachable ratio "
+            f"is {smallest:.4f}; ask for --latency >= {math.ceil(smallest * 1000) / 1000:.3f}, "
+            "or let more groups be pruned (a preset without skip rules, smaller --min-channels)"
+        )
+
+
+__all__ = [
+    "STEP_TOLERANCE",
+    "GroupTiming",
+    "LatencyPredictor",
+    "LatencyTable",
+    "monotone_savings",
+]
