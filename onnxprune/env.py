@@ -150,13 +150,13 @@ class PruningEnv:
         self.min_fraction = self.budget.smallest_fraction
         self.budget.require(self.flops_target)
         self.latency = latency
-        self.latency_target = None if latency is None else float(latency_target or 1.0)
+        self.latency_target: float | None = None
         if latency is not None:
-            if not 0 < self.latency_target <= 1:
-                raise OnnxPruneError(
-                    f"--latency must be a fraction in (0, 1], got {self.latency_target}"
-                )
-            latency.require(self.latency_target, self.rounding.lows)
+            lat = float(latency_target if latency_target is not None else 1.0)
+            if not 0 < lat <= 1:
+                raise OnnxPruneError(f"--latency must be a fraction in (0, 1], got {lat}")
+            latency.require(lat, self.rounding.lows)
+            self.latency_target = lat
         self.cache: dict[tuple[int, ...], float] = {}
         self._sizes = self.rounding.sizes
         self.removable_macs = self._marginal_macs()  # [n] MACs fraction each group can remove alone
@@ -323,8 +323,8 @@ class PruningEnv:
         """True when ``counts [n]`` meet the MACs budget and the predicted latency budget."""
         if self.macs_fraction(counts) > self.flops_target:
             return False
-        latency = self.latency_fraction(counts)
-        return latency is None or latency <= self.latency_target + 1e-12
+        latency, target = self.latency_fraction(counts), self.latency_target
+        return latency is None or target is None or latency <= target + 1e-12
 
     def evaluate(self, kept: dict[int, int]) -> tuple[float, bool]:
         """``reward_fn(kept)``, cached by counts; returns ``(reward, was_cached)``."""
@@ -388,8 +388,8 @@ def check_env(env: PruningEnv, n_random: int = 8, seed: int = 0) -> EnvCheck:
                     f"check_env: episode not done after {env.steps_per_episode} steps"
                 )
             counts = np.array([result.kept[g] for g in env.group_ids])
-            latency = env.latency_fraction(counts)
-            if latency is not None and latency > env.latency_target + 1e-12:
+            latency, lat_target = env.latency_fraction(counts), env.latency_target
+            if latency is not None and lat_target is not None and latency > lat_target + 1e-12:
                 raise OnnxPruneError(
                     f"check_env: episode ended at a predicted latency ratio {latency:.4f}, above "
                     f"the budget {env.latency_target}"

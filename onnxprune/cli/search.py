@@ -30,8 +30,22 @@ def register(main: click.Group) -> None:
 @click.option(
     "--flops",
     type=float,
-    required=True,
-    help="Fraction of the original MACs to keep, e.g. 0.5.",
+    help="Fraction of the original MACs to keep, e.g. 0.5 (a --flops or --latency budget is "
+    "required; both may be given).",
+)
+@click.option(
+    "--latency",
+    type=float,
+    help="Fraction of the original's measured latency to keep, e.g. 0.5, at --batch on "
+    "--device with --threads: predicted by a latency table (timed in context, cached in "
+    "$ONNXPRUNE_CACHE or ~/.cache/onnxprune), verified by timing the result.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Batch size the --latency budget is for.",
 )
 @click.option(
     "--data",
@@ -89,7 +103,12 @@ def register(main: click.Group) -> None:
     show_default=True,
     help="Timed runs for latency p50 at batch 1 (batch 32: half as many); 0 skips timing.",
 )
-@click.option("--threads", type=int, help="onnxruntime intra-op threads (default: all cores).")
+@click.option(
+    "--threads",
+    type=int,
+    help="onnxruntime intra-op threads (default: all cores; the --latency table and its "
+    "verification use 1 unless given).",
+)
 @preprocess_options
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
@@ -103,7 +122,9 @@ def register(main: click.Group) -> None:
 )
 def search_command(
     model: Path,
-    flops: float,
+    flops: float | None,
+    latency: float | None,
+    batch: int,
     data: Path,
     strategy: str,
     reward: str | None,
@@ -126,12 +147,19 @@ def search_command(
     as_json: bool,
     outdir: Path,
 ) -> int:
-    """Search per-group prune ratios keeping FLOPS of the MACs; write the pruned model.
+    """Search per-group prune ratios inside a MACs and/or latency budget; write the
+    pruned model.
 
     \b
     Example:
       onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/
+      onnxprune search model.onnx --latency 0.5 --batch 32 --data calib.npz -o out/
       onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/ --resume
+
+    --latency F: every episode ends inside F of the latency the table predicts (a latency
+    wall like the MACs wall); the final model is timed interleaved with the original (the
+    gate's method) and, if it misses F, re-picked under a tighter prediction. report.md
+    shows predicted vs measured latency and a plot of the table (docs/LATENCY.md).
 
     --data is split by a seeded shuffle into disjoint parts: the reward split, the images
     each candidate's least-squares refit is fitted on, a selection split on which the best
@@ -150,6 +178,11 @@ def search_command(
     from onnxprune.search import load_strategy, run_search
     from onnxprune.search.outdir import RESULT_FILES
 
+    if flops is None and latency is None:
+        raise click.UsageError(
+            "give a budget: --flops F (fraction of the MACs), --latency F (fraction of the "
+            "measured latency), or both"
+        )
     model = resolve_model_path(model)
     guard_outputs(
         {"MODEL": model, "--data": data, "--eval-data": eval_data},
@@ -180,6 +213,8 @@ def search_command(
         latency_runs=latency_runs,
         threads=threads,
         input_shapes=shapes,
+        latency=latency,
+        batch=batch,
     )
     if as_json:
         echo_json(result.to_dict())

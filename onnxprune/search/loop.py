@@ -39,7 +39,7 @@ CONSTANT_REWARD_PLANS = 3  # distinct warm-up plans with one reward that stop th
 def run_search(
     model_path: str | os.PathLike[str],
     data: Any,
-    flops: float,
+    flops: float | None,
     strategy: str | os.PathLike[str] | Strategy = "gnn-rl",
     outdir: str | os.PathLike[str] = "onnxprune-out",
     seed: int = 0,
@@ -57,6 +57,9 @@ def run_search(
     threads: int | None = None,
     on_episode: OnEpisode | None = None,
     input_shapes: Any = None,
+    latency: float | None = None,
+    batch: int = 1,
+    latency_timing: Any = None,
 ) -> SearchResult:
     """Search per-group prune ratios that keep ``flops`` of the MACs (see module docstring).
 
@@ -67,7 +70,11 @@ def run_search(
     free), so agents can be compared at an equal evaluation budget. ``on_episode`` is called
     after each episode (it may raise ``KeyboardInterrupt`` to stop, as Ctrl-C does).
     ``input_shapes`` (``{input: dims}``, :func:`onnxprune.model.fix_input_shapes`) is the
-    input size the MACs are priced at; default: one sample of ``data``.
+    input size the MACs are priced at; default: one sample of ``data``. ``latency`` keeps at
+    most that fraction of the original's latency at ``batch`` (predicted by the latency
+    table during the search, measured after it; ``flops`` may then be None);
+    ``latency_timing`` (a :class:`~onnxprune.search.prepare.LatencyRequest` without target)
+    replaces the timing in tests.
     Returns :class:`SearchResult`; raises :class:`OnnxPruneError` for bad input and
     impossible budgets.
     """
@@ -75,6 +82,13 @@ def run_search(
     preset = strategy if isinstance(strategy, Strategy) else load_strategy(strategy)
     overrides = StrategyOverrides(episodes, evaluations, reward_samples, eval_samples, recover)
     strat = overrides.apply(preset)
+    request = _latency_request(latency, batch, show_progress, latency_timing)
+    if flops is None and request is None:
+        raise OnnxPruneError(
+            "give a budget: --flops F (fraction of the MACs), --latency F (fraction of the "
+            "measured latency), or both"
+        )
+    flops = 1.0 if flops is None else flops
     if not 0 < flops <= 1:
         raise OnnxPruneError(f"--flops must be a fraction of the MACs in (0, 1], got {flops}")
     out = Path(outdir)
@@ -82,8 +96,12 @@ def run_search(
     check_output_folder(out, resume, model_bytes)  # before any work: nothing else is touched
     setup = prepare(
         Path(model_path), data, eval_data, flops, strat, out, seed, device, threads, started,
-        input_shapes=input_shapes,
+        input_shapes=input_shapes, latency=request,
     )  # fmt: skip
+    if setup.latency_budget is not None:
+        from onnxprune.search.latency import gate_measure
+
+        setup.latency_budget.measure = (request.measure if request else None) or gate_measure(setup)
     with OutputLock(out):
         state, resumed_from, checkpoint = _start(setup, resume)
         search_start = time.perf_counter()
@@ -91,9 +109,32 @@ def run_search(
         if state.best is None:
             raise InternalError("the search ended without a single finished episode")
         best, selection = _final_pick(setup, state.best, state.log, interrupted)
+        if setup.latency_budget is not None:
+            from onnxprune.search.latency import verify_latency
+
+            best = verify_latency(setup, best, state.log)
         seconds = time.perf_counter() - search_start
         outcome = SearchOutcome(best, state.log, interrupted, resumed_from, seconds, selection)
         return finalize(setup, outcome, latency_runs)
+
+
+def _latency_request(
+    latency: float | None, batch: int, show_progress: bool, timing: Any
+) -> Any:
+    """The :class:`LatencyRequest` of ``--latency`` (None without one), checked."""
+    from onnxprune.search.prepare import LatencyRequest
+
+    if latency is None:
+        return None
+    if not 0 < latency <= 1:
+        raise OnnxPruneError(
+            f"--latency must be a fraction of the original's latency in (0, 1], got {latency}"
+        )
+    if batch < 1:
+        raise OnnxPruneError(f"--batch must be >= 1, got {batch}")
+    lut_timer = getattr(timing, "lut_timer", None)
+    measure = getattr(timing, "measure", None)
+    return LatencyRequest(latency, batch, show_progress, lut_timer, measure)
 
 
 def _start(setup: SearchSetup, resume: bool) -> tuple[SearchState, int | None, Checkpoint]:

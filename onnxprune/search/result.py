@@ -81,6 +81,8 @@ class SearchResult:
     selection: list[dict[str, Any]] = field(default_factory=list)
     #: The input size the MACs are for (``{input: dims}``, batch 1).
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    #: The latency budget and its verification (``search --latency``), else None.
+    latency: dict[str, Any] | None = None
 
     def __str__(self) -> str:
         from onnxprune.fidelity import MIN_RELIABLE_SAMPLES, format_figure
@@ -145,6 +147,7 @@ class SearchResult:
             "reward_indices": self.reward_indices,
             "heldout_indices": self.heldout_indices,
             "selection": self.selection,
+            "latency": self.latency,
             "episodes": [e.to_dict() for e in self.episodes],
         }
 

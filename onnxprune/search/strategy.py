@@ -59,6 +59,7 @@ class Strategy:
     select_top: int = 1
     select_samples: int = 1000
     evaluations: int = 0
+    latency_steps: bool = True
     noise: NoiseSettings = field(default_factory=NoiseSettings)
     ddpg: DDPGConfig = field(default_factory=DDPGConfig)
 
@@ -161,6 +162,10 @@ def _value(source: str, key: str, value: Any) -> Any:
             raise OnnxPruneError(
                 f"{source}: key '{key}' = {value!r} is not one of {', '.join(_CHOICE_KEYS[key])}"
             )
+        return value
+    if key == "latency_steps":
+        if not isinstance(value, bool):
+            raise OnnxPruneError(f"{source}: key 'latency_steps' must be true or false, got {value!r}")
         return value
     if key == "skip":
         if not isinstance(value, list) or any(v not in SKIP_RULES for v in value):
