@@ -144,4 +144,33 @@ def latency_table(
     return table
 
 
-__all__ = ["cache_dir", "device_name", "key_path", "latency_table", "load_cached", "table_key"]
+def model_latency_table(
+    model: Any,
+    *,
+    batch: int = 1,
+    device: str = "cpu",
+    threads: int | None = 1,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    round_to: int = 8,
+    min_channels: int = 1,
+    show_progress: bool = True,
+    timer: VariantTimer | None = None,
+) -> LatencyTable:
+    """The latency table of every prunable group of ``model`` (a path or ``ModelProto``),
+    analysed as ``prune`` analyses it (same key: ``prune --latency`` and ``--plan-scope
+    auto`` reuse the table ``bench --latency-table`` built)."""
+    from onnxprune.cost import PlanCost
+    from onnxprune.deps import analyze
+    from onnxprune.model import fix_input_shapes, load_model
+
+    loaded = load_model(model) if not hasattr(model, "graph") else model
+    analysis = analyze(fix_input_shapes(loaded, input_shapes))
+    plan_cost = PlanCost(analysis.model, analysis.channel_exprs(), analysis.group_sizes())
+    rounding = ChannelRounding(analysis.prunable_groups(), round_to, min_channels)
+    return latency_table(
+        analysis, rounding, batch=batch, device=device, threads=threads,
+        input_shapes=dict(plan_cost.input_shapes), timer=timer, show_progress=show_progress,
+    )  # fmt: skip
+
+
+__all__ = ["cache_dir", "model_latency_table", "device_name", "key_path", "latency_table", "load_cached", "table_key"]

@@ -8,8 +8,8 @@ from onnxprune.latency.table import LatencyTable
 
 
 def plot_table(table: LatencyTable, path: Path) -> Path:
-    """Heat map ``[group, kept share]``: the share of the full model's time each timed group
-    saves at each width (groups sharing a row with a timed group are listed once)."""
+    """One line per timed group: the share of the full model's time it saves at each kept
+    width (groups with the same layer shapes share a row and are counted in the legend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,22 +18,26 @@ def plot_table(table: LatencyTable, path: Path) -> Path:
 
     from onnxprune.atomic import atomic_path
 
-    rows = table.groups
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.28 * len(rows) + 2), 3.8), dpi=110)
+    rows = [row for row in table.groups if row.timed]  # shared rows repeat a timed one
+    shared = {row.group_id: [r.group_id for r in table.groups
+                             if not r.timed and r.signature == row.signature]
+              for row in rows}  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7.0, 4.0), dpi=110)
     for row in rows:
         shares = [w / row.size for w in row.widths]
         saved = 100.0 * np.asarray(row.saved_ms) / max(table.base_ms, 1e-9)
-        style = "-" if row.timed else ":"
-        ax.plot(shares, saved, style, marker="o", markersize=3, linewidth=1,
-                label=f"group {row.group_id} ({row.size} ch)" if row.timed else None)  # fmt: skip
+        extra = f" +{len(shared[row.group_id])} alike" if shared[row.group_id] else ""
+        ax.plot(shares, saved, marker="o", markersize=3, linewidth=1,
+                label=f"group {row.group_id} ({row.size} ch){extra}")  # fmt: skip
     ax.set_xlabel("kept channels / group size")
     ax.set_ylabel("model time saved (%)")
     ax.set_title(
         f"latency table: {table.base_ms:.2f} ms at batch {table.key.get('batch')}, "
-        f"{table.variants_timed} variants timed (dotted: shared rows)"
+        f"{table.variants_timed} variants timed",
+        fontsize=9,
     )
     ax.grid(alpha=0.3)
-    if sum(r.timed for r in rows) <= 16:
+    if len(rows) <= 20:
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     with atomic_path(path) as tmp:

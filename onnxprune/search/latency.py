@@ -197,7 +197,16 @@ def verify_latency(setup: Any, best: BestPlan, log: list[Any]) -> BestPlan:
             )
             break
         target = min(target, predicted) * budget.target / measured.ratio * TIGHTEN_MARGIN
+        previous = best
         best, how = _repick(setup, best, log, target)
+        if best.kept == previous.kept:
+            setup.notes.append(
+                f"WARNING: the measured latency ratio {measured.ratio:.3f} misses --latency "
+                f"{budget.target} and no plan is predicted faster (every group at its floor: "
+                f"predicted {predicted:.3f}); ask for a larger --latency or a smaller "
+                "--min-channels"
+            )
+            break
         setup.notes.append(
             f"latency: measured {measured.ratio:.3f} > --latency {budget.target} (predicted "
             f"{predicted:.3f}); tightened the predicted budget to {target:.3f} and re-picked "
