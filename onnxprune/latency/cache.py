@@ -64,9 +64,7 @@ def table_key(
     from onnxprune.plan import model_sha256
 
     use_cuda = device == "cuda" or (device == "auto" and cuda_available())
-    widths = {
-        str(g): legal_widths(rounding, i) for i, g in enumerate(rounding.group_ids)
-    }
+    widths = {str(g): legal_widths(rounding, i) for i, g in enumerate(rounding.group_ids)}
     return {
         "table_version": TABLE_VERSION,
         "model_sha256": model_sha256(analysis.model),
@@ -173,4 +171,12 @@ def model_latency_table(
     )  # fmt: skip
 
 
-__all__ = ["cache_dir", "model_latency_table", "device_name", "key_path", "latency_table", "load_cached", "table_key"]
+__all__ = [
+    "cache_dir",
+    "model_latency_table",
+    "device_name",
+    "key_path",
+    "latency_table",
+    "load_cached",
+    "table_key",
+]

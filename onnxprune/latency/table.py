@@ -64,7 +64,7 @@ class GroupTiming:
             "group": self.group_id,
             "size": self.size,
             "widths": list(self.widths),
-            "saved_ms": [round(s, 5) for s in self.saved_ms],
+            "saved_ms": [round(s, 7) for s in self.saved_ms],
             "signature": self.signature,
             "timed": self.timed,
         }
@@ -148,7 +148,7 @@ class LatencyTable:
         return {
             "table_version": TABLE_VERSION,
             "key": self.key,
-            "base_ms": round(self.base_ms, 5),
+            "base_ms": round(self.base_ms, 7),
             "build_seconds": round(self.build_seconds, 3),
             "variants_timed": self.variants_timed,
             "rounds": self.rounds,
@@ -183,9 +183,7 @@ class LatencyTable:
             "timed group]",
         ]
         for row in self.groups:
-            cells = ", ".join(
-                f"{w}:{s:.3f}" for w, s in zip(row.widths, row.saved_ms, strict=True)
-            )
+            cells = ", ".join(f"{w}:{s:.3f}" for w, s in zip(row.widths, row.saved_ms, strict=True))
             lines.append(f"{row.group_id:>5}{'' if row.timed else '*'} {row.size:>5}  {cells}")
         return "\n".join(lines)
 

@@ -118,9 +118,7 @@ def run_search(
         return finalize(setup, outcome, latency_runs)
 
 
-def _latency_request(
-    latency: float | None, batch: int, show_progress: bool, timing: Any
-) -> Any:
+def _latency_request(latency: float | None, batch: int, show_progress: bool, timing: Any) -> Any:
     """The :class:`LatencyRequest` of ``--latency`` (None without one), checked."""
     from onnxprune.search.prepare import LatencyRequest
 

@@ -165,7 +165,9 @@ def _value(source: str, key: str, value: Any) -> Any:
         return value
     if key == "latency_steps":
         if not isinstance(value, bool):
-            raise OnnxPruneError(f"{source}: key 'latency_steps' must be true or false, got {value!r}")
+            raise OnnxPruneError(
+                f"{source}: key 'latency_steps' must be true or false, got {value!r}"
+            )
         return value
     if key == "skip":
         if not isinstance(value, list) or any(v not in SKIP_RULES for v in value):
