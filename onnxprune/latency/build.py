@@ -13,10 +13,12 @@ machine's load changes during the build (both sides of a round slow down alike).
 
 Cost control, since a table must build in well under two minutes for a ResNet-56 at batch 32:
 
-* **Shared rows.** Groups whose layers have the same shapes, attributes and input sizes (the
-  nine blocks of a ResNet stage) have one *signature* (:func:`group_signature`, built from
-  op types, attributes and tensor shapes only, never names); one of them is timed and the
-  others share its row (marked ``*`` in the printed table).
+* **Shared rows, timed together.** Groups whose layers have the same shapes, attributes and
+  input sizes (the nine blocks of a ResNet stage) have one *signature*
+  (:func:`group_signature`, built from op types, attributes and tensor shapes only, never
+  names) and form a class; the class is timed once per width with *all* its groups at that
+  width, and each group is credited an equal share of the saving (marked ``*`` in the
+  printed table for all but the first).
 * **Few widths.** Only the widths the channel rounding allows (``--round-to 8``: onnxruntime's
   CPU convolutions work in blocks of 8 channels, so widths between two multiples of 8 cost
   the same as the larger one; docs/LATENCY.md has the measurement).
@@ -39,9 +41,9 @@ from onnxprune.budget import ChannelRounding
 from onnxprune.errors import OnnxPruneError
 from onnxprune.latency.table import GroupTiming, LatencyTable, monotone_savings
 
-SECONDS_PER_VARIANT = 0.4
-MIN_ROUNDS = 5
-MAX_ROUNDS = 100
+SECONDS_PER_VARIANT = 1.0
+MIN_ROUNDS = 7
+MAX_ROUNDS = 200
 QUANTILE = 0  # the minimum: on a shared machine even the 20th percentile is disturbed
 WARMUP_RUNS = 2
 
@@ -135,15 +137,33 @@ def group_signature(analysis: Any, group: Any, shapes: Mapping[str, Any]) -> str
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
-def _variant(analysis: Any, group: Any, width: int) -> onnx.ModelProto:
-    """The model with ``group`` at ``width`` channels and every other group full (which
-    channels does not matter for time; the first of each block are kept)."""
+def _variant(analysis: Any, groups: list[Any], width: int) -> onnx.ModelProto:
+    """The model with every group of ``groups`` at ``width`` channels and all other groups
+    full (which channels does not matter for time; the first of each block are kept)."""
     from onnxprune.importance import plan_from_counts
     from onnxprune.surgery import apply_plan
 
-    scores = {group.id: -np.arange(group.size, dtype=np.float64)}
-    plan = plan_from_counts(analysis, {group.id: width}, scores)
+    scores = {g.id: -np.arange(g.size, dtype=np.float64) for g in groups}
+    plan = plan_from_counts(analysis, {g.id: width for g in groups}, scores)
     return apply_plan(analysis, plan)
+
+
+def signature_classes(
+    analysis: Any, rounding: ChannelRounding
+) -> list[tuple[list[int], list[int], str]]:
+    """Groups of ``rounding`` with one signature and the same legal widths, in first-seen
+    order: ``[(rounding indices, widths, signature)]``."""
+    from onnxprune.model import infer_model_shapes, tensor_shapes
+
+    shapes = tensor_shapes(infer_model_shapes(analysis.model))
+    classes: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+    for index, group_id in enumerate(rounding.group_ids):
+        group = analysis.group(group_id)
+        if group is None:
+            raise OnnxPruneError(f"group {group_id} is not in the model's channel analysis")
+        widths = tuple(legal_widths(rounding, index))
+        classes.setdefault((group_signature(analysis, group, shapes), widths), []).append(index)
+    return [(members, list(widths), sig) for (sig, widths), members in classes.items()]
 
 
 def build_table(
@@ -153,42 +173,34 @@ def build_table(
     key: dict[str, Any],
     progress: Any = None,
 ) -> LatencyTable:
-    """Time every group of ``rounding`` at its legal widths (see module docstring).
+    """Time every class of equal groups of ``rounding`` at its legal widths (module
+    docstring): all ``n`` groups of a class at width ``w`` together, each credited ``1/n``
+    of the saving - ``n`` times the signal of one group against the same timing noise (on
+    a loaded 2-core machine one ResNet block's saving is smaller than the noise of its
+    timing), and the additivity inside the class is measured rather than assumed.
 
     ``progress`` (optional) gets ``advance()`` per timed variant; its total is
     :func:`count_variants`. Raises :class:`OnnxPruneError` for a group the analysis lacks.
     """
-    from onnxprune.model import infer_model_shapes, tensor_shapes
-
     started = time.perf_counter()
-    shapes = tensor_shapes(infer_model_shapes(analysis.model))
-    by_signature: dict[str, GroupTiming] = {}
-    rows: list[GroupTiming] = []
+    rows: dict[int, GroupTiming] = {}
     timed = 0
-    for index, group_id in enumerate(rounding.group_ids):
-        group = analysis.group(group_id)
-        if group is None:
-            raise OnnxPruneError(f"group {group_id} is not in the model's channel analysis")
-        signature = group_signature(analysis, group, shapes)
-        widths = legal_widths(rounding, index)
-        shared = by_signature.get(signature)
-        if shared is not None and shared.widths == widths:
-            rows.append(GroupTiming(group_id, group.size, widths, list(shared.saved_ms),
-                                    signature, timed=False))  # fmt: skip
-            continue
+    for members, widths, signature in signature_classes(analysis, rounding):
+        groups = [analysis.group(rounding.group_ids[i]) for i in members]
         saved = []
         for width in widths[:-1]:
-            saved.append(timer.saved_ms(_variant(analysis, group, width)))
+            saved.append(timer.saved_ms(_variant(analysis, groups, width)) / len(groups))
             timed += 1
             if progress is not None:
-                progress.advance(status=f"group {group_id} at {width}/{group.size}")
-        row = GroupTiming(group_id, group.size, widths, monotone_savings([*saved, 0.0]), signature)
-        by_signature[signature] = row
-        rows.append(row)
+                progress.advance(status=f"{len(groups)} group(s) at {width}/{groups[0].size}")
+        fitted = monotone_savings([*saved, 0.0])
+        for position, group in enumerate(groups):
+            rows[group.id] = GroupTiming(group.id, group.size, widths, list(fitted), signature,
+                                         timed=position == 0)  # fmt: skip
     return LatencyTable(
         key=key,
         base_ms=timer.base_ms(),
-        groups=rows,
+        groups=[rows[g] for g in rounding.group_ids],
         build_seconds=time.perf_counter() - started,
         variants_timed=timed,
         rounds=timer.rounds,
@@ -197,22 +209,12 @@ def build_table(
 
 def count_variants(analysis: Any, rounding: ChannelRounding) -> int:
     """How many variants :func:`build_table` will time (for a progress bar's total)."""
-    from onnxprune.model import infer_model_shapes, tensor_shapes
-
-    shapes = tensor_shapes(infer_model_shapes(analysis.model))
-    seen: set[tuple[str, tuple[int, ...]]] = set()
-    total = 0
-    for index, group_id in enumerate(rounding.group_ids):
-        widths = tuple(legal_widths(rounding, index))
-        signature = group_signature(analysis, analysis.group(group_id), shapes)
-        if (signature, widths) not in seen:
-            seen.add((signature, widths))
-            total += len(widths) - 1
-    return total
+    return sum(len(widths) - 1 for _, widths, _ in signature_classes(analysis, rounding))
 
 
 __all__ = [
     "SessionTimer",
+    "signature_classes",
     "VariantTimer",
     "build_table",
     "count_variants",

@@ -13,8 +13,9 @@ with ``saved_g`` linearly interpolated between timed widths. The *fixed part* is
 plan can remove: ``T(full) - sum_g saved_g(floor_g)``; its ratio to ``T(full)`` is the
 smallest reachable latency ratio.
 
-Monotone by construction: the timed savings are clipped at 0 and made non-increasing in the
-width (a running maximum from the full width down), so the predicted latency never grows
+Monotone by construction: the timed savings are fitted non-increasing in the width
+(:func:`monotone_savings`, isotonic least squares) and clipped at 0, so the predicted latency
+never grows
 when a group loses channels. The latency wall's bisection
 (:meth:`onnxprune.budget.Budget.fit`) needs exactly this to guarantee every episode ends
 inside the predicted budget.
@@ -82,10 +83,24 @@ class GroupTiming:
 
 
 def monotone_savings(saved_ms: Sequence[float]) -> list[float]:
-    """``saved_ms`` by ascending width -> clipped at 0 and non-increasing in the width."""
-    clipped = np.maximum(np.asarray(saved_ms, dtype=np.float64), 0.0)
-    clipped[-1] = 0.0  # the full width saves nothing by definition
-    return [float(v) for v in np.maximum.accumulate(clipped[::-1])[::-1]]
+    """``saved_ms`` by ascending width -> non-increasing in the width, 0 at the full width,
+    never negative: the least-squares monotone fit (pool-adjacent-violators, Barlow et al.
+    1972), so timing noise is averaged out rather than taken at its maximum (a running
+    maximum would turn every noisy width into a systematic over-estimate)."""
+    # from the full width down: savings must not decrease; the full width is pinned to 0
+    values = [0.0] + [float(v) for v in list(saved_ms)[-2::-1]]
+    weights = [1e12] + [1.0] * (len(values) - 1)
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for value, weight in zip(values, weights, strict=True):
+        blocks.append([value, weight, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            mean2, weight2, count2 = blocks.pop()
+            mean1, weight1, count1 = blocks.pop()
+            total = weight1 + weight2
+            blocks.append([(mean1 * weight1 + mean2 * weight2) / total, total, count1 + count2])
+    fitted = [max(mean, 0.0) for mean, _, count in blocks for _ in range(int(count))]
+    fitted[0] = 0.0
+    return fitted[::-1]
 
 
 @dataclass
