@@ -469,3 +469,9 @@ def test_search_impossible_latency_fails_before_writing(tiny, tmp_path: Path) ->
     with pytest.raises(PlanError, match="smallest reachable ratio is"):
         _search(tiny, tmp_path, timing, latency=0.01)
     assert not (tmp_path / "out").exists()
+
+
+def test_noisy_measurement_is_judged_by_the_fastest_runs() -> None:
+    quiet = Measurement(0.62, 0.60, 0.64, 3.0, 1.86, [], 0.61)
+    noisy = Measurement(0.91, 0.35, 1.90, 7.0, 6.4, ["load average 3.1 per core > 1.5"], 0.58)
+    assert quiet.judged == 0.62 and noisy.judged == 0.58
