@@ -148,6 +148,7 @@ def _start(setup: SearchSetup, resume: bool) -> tuple[SearchState, int | None, C
         len(setup.splits.reward),
         type(setup.agent).resume_free_keys,
         _searched_data_sha(setup),
+        _latency_fingerprint(setup),
     )
     checkpoint = Checkpoint(setup.outdir / CHECKPOINT, run_fingerprint)
     # Created only now, after every input check: a refused run leaves nothing behind.
@@ -158,6 +159,14 @@ def _start(setup: SearchSetup, resume: bool) -> tuple[SearchState, int | None, C
     setup.agent.load_state_dict(state.agent)
     setup.env.cache.update(state.cache)
     return state, len(state.log), checkpoint
+
+
+def _latency_fingerprint(setup: SearchSetup) -> dict[str, Any] | None:
+    """What of the latency budget must match for ``--resume`` (None without one)."""
+    budget = setup.latency_budget
+    if budget is None:
+        return None
+    return {"target": budget.target, "batch": budget.batch, "table": budget.table.key}
 
 
 def _searched_data_sha(setup: SearchSetup) -> str:
