@@ -270,6 +270,10 @@ def test_prune_latency_alone_and_with_flops_meet_both_budgets() -> None:
         both.pruned_cost.macs / both.original_cost.macs, abs=1e-6
     )
     assert any("plan: pruned" in note for note in both.notes)
+    # a chain has no residual-tied group: one candidate, and the note says why
+    assert alone.plan.meta["plan_choice"]["reason"] == (
+        "pruned all groups (no group is tied across a residual Add: interiors are all groups)"
+    )
 
 
 def test_prune_impossible_latency_is_one_clear_error() -> None:
@@ -475,3 +479,14 @@ def test_noisy_measurement_is_judged_by_the_fastest_runs() -> None:
     quiet = Measurement(0.62, 0.60, 0.64, 3.0, 1.86, [], 0.61)
     noisy = Measurement(0.91, 0.35, 1.90, 7.0, 6.4, ["load average 3.1 per core > 1.5"], 0.58)
     assert quiet.judged == 0.62 and noisy.judged == 0.58
+
+
+def test_the_table_is_timed_at_the_requested_batch() -> None:
+    from onnxprune.latency.build import SessionTimer, batched_shapes
+
+    # the MACs are priced at batch 1; the timing feed takes the budget's batch
+    assert batched_shapes({"input": [1, 3, 32, 32]}, 32) == {"input": [32, 3, 32, 32]}
+    assert batched_shapes(None, 32) is None
+    fixed = _chain_model((8,))  # input declared [1, 3, 8, 8]: a fixed batch of 1
+    with pytest.raises(OnnxPruneError, match="fixed batch 1 input: .* --batch 32; use --batch 1"):
+        SessionTimer(fixed, batch=32, input_shapes={"input": [1, 3, 8, 8]})

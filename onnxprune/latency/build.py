@@ -62,6 +62,16 @@ class VariantTimer(Protocol):
         ...
 
 
+def batched_shapes(
+    input_shapes: Mapping[str, Sequence[int]] | None, batch: int
+) -> dict[str, list[int]] | None:
+    """``input_shapes`` (the batch-1 sizes the MACs are priced at) with the first dim set
+    to ``batch``: the size the table is timed at."""
+    if not input_shapes:
+        return None
+    return {name: [int(batch), *(int(d) for d in dims[1:])] for name, dims in input_shapes.items()}
+
+
 class SessionTimer:
     """The real timer: onnxruntime sessions with the deployment's provider, threads, batch
     and input; paired interleaved rounds against the unpruned model."""
@@ -75,11 +85,17 @@ class SessionTimer:
         input_shapes: Mapping[str, Sequence[int]] | None = None,
         rounds: int | None = None,
     ) -> None:
-        from onnxprune.evaluate import make_feed, make_session, time_run
+        from onnxprune.evaluate import batch_unsupported, make_feed, make_session, time_run
 
         self.batch, self.device, self.threads = batch, device, threads
-        self.input_shapes = dict(input_shapes) if input_shapes else None
+        self.input_shapes = batched_shapes(input_shapes, batch)
         self.base = make_session(model, device=device, threads=threads)
+        reason = batch_unsupported(self.base, batch)
+        if reason is not None:
+            raise OnnxPruneError(
+                f"the model has a {reason} input: its latency cannot be timed at --batch "
+                f"{batch}; use --batch {reason.split()[-1]}"
+            )
         self.base_feed = make_feed(self.base, batch, self.input_shapes, seed=0)
         for _ in range(WARMUP_RUNS):
             self.base.run(None, self.base_feed)
@@ -216,6 +232,7 @@ __all__ = [
     "SessionTimer",
     "signature_classes",
     "VariantTimer",
+    "batched_shapes",
     "build_table",
     "count_variants",
     "group_signature",

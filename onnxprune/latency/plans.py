@@ -159,11 +159,13 @@ def choose_plan(
     candidates: list[PlanCandidate] = []
     errors: list[OnnxPruneError] = []
     seen: set[tuple[int, ...]] = set()
+    why_one = ""
     for name in names:
         groups = scope_groups(analysis, name)
         ids = tuple(g.id for g in groups)
         if (not groups and name != "all") or ids in seen:
-            continue  # no such groups, or the same groups as the other scope
+            why_one = "no group is tied across a residual Add: interiors are all groups"
+            continue
         seen.add(ids)
         try:
             candidates.append(budget_plan(
@@ -172,25 +174,26 @@ def choose_plan(
             ))  # fmt: skip
         except OnnxPruneError as exc:  # e.g. interiors alone cannot reach the budget
             errors.append(exc)
+            why_one = f"{name} alone cannot reach the budget"  # the error says by how much
     if not candidates:
         if errors:
             raise errors[0]
         raise OnnxPruneError("the model has no prunable channel group (`onnxprune groups`)")
-    return _pick(candidates, scope, latency, table)
+    return _pick(candidates, scope, latency, table, why_one)
 
 
 def _pick(
-    candidates: list[PlanCandidate], scope: str, latency: float | None, table: Any
+    candidates: list[PlanCandidate],
+    scope: str,
+    latency: float | None,
+    table: Any,
+    why_one: str = "",
 ) -> PlanChoice:
     if len(candidates) == 1:
         only = candidates[0]
-        why = (
-            f"plan scope '{only.scope}' as asked"
-            if scope != "auto"
-            else f"pruned {only.scope} groups (the only candidate under the budget)"
-        )
-        if scope == "auto" and table is None:
-            why = "pruned all groups (no latency table to compare plans with)"
+        why = f"plan scope '{only.scope}' as asked"
+        if scope == "auto":
+            why = f"pruned {only.scope} groups ({why_one or 'the only candidate'})"
         return PlanChoice(only, why, candidates)
     if table is None:
         chosen = next(c for c in candidates if c.scope == "all")
