@@ -384,11 +384,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Dataset]:
     return path, Dataset(x, y, "tiny-data")
 
 
-def _strategy(tmp_path: Path) -> Path:
+def _strategy(tmp_path: Path, steps: bool = False) -> Path:
     path = tmp_path / "random-test.toml"
     path.write_text(
         'agent = "random"\nepisodes = 5\nwarmup = 5\nround_to = 4\nmin_channels = 4\n'
-        "skip = []\nreward_samples = 50\nbatch_size = 64\nlatency_steps = false\n"
+        f"skip = []\nreward_samples = 50\nbatch_size = 64\nlatency_steps = {str(steps).lower()}\n"
     )
     return path
 
@@ -425,7 +425,8 @@ def _timing(model_path: Path, misses: list[float]) -> FakeTiming:
 
 def _search(tiny, tmp_path: Path, timing: FakeTiming, **kwargs):
     path, data = tiny
-    return run_search(path, data, kwargs.pop("flops", None), _strategy(tmp_path),
+    strategy = _strategy(tmp_path, kwargs.pop("steps", False))
+    return run_search(path, data, kwargs.pop("flops", None), strategy,
                       tmp_path / "out", show_progress=False, latency_runs=0,
                       latency_timing=timing, **kwargs)  # fmt: skip
 
@@ -459,13 +460,17 @@ def test_search_verification_fails_over_to_a_tighter_budget(tiny, tmp_path: Path
 
 def test_search_latency_with_flops_keeps_both(tiny, tmp_path: Path) -> None:
     timing = _timing(tiny[0], [])
-    result = _search(tiny, tmp_path, timing, latency=0.8, flops=0.45)
+    result = _search(tiny, tmp_path, timing, latency=0.8, flops=0.45, steps=True)
     assert result.pruned["macs"] <= 0.45 * result.original["macs"]
     assert result.latency["passed"] and len(result.latency["attempts"]) == 1
     assert result.latency["attempts"][0]["predicted"] <= 0.8 + 1e-9
+    assert result.latency["latency_steps"] is True
     for episode in result.episodes:
         assert episode.macs_fraction <= 0.45 + 1e-12
         assert timing.table.predict_ratio(episode.kept) <= 0.8 + 1e-9
+        # the action space offered only the widths where the table's latency changes
+        for group_id, count in episode.kept.items():
+            assert count in timing.table.step_widths(group_id)
 
 
 def test_search_impossible_latency_fails_before_writing(tiny, tmp_path: Path) -> None:
@@ -490,3 +495,23 @@ def test_the_table_is_timed_at_the_requested_batch() -> None:
     fixed = _chain_model((8,))  # input declared [1, 3, 8, 8]: a fixed batch of 1
     with pytest.raises(OnnxPruneError, match="fixed batch 1 input: .* --batch 32; use --batch 1"):
         SessionTimer(fixed, batch=32, input_shapes={"input": [1, 3, 8, 8]})
+
+
+def test_bench_latency_table_prints_the_cached_table(tmp_path: Path) -> None:
+    path = tmp_path / "chain.onnx"
+    onnx.save_model(_chain_model((16, 8, 16)), str(path))
+    timer = MacsTimer(analyze(_chain_model((16, 8, 16))).model)
+    built = model_latency_table(path, round_to=8, min_channels=1, timer=timer,
+                                show_progress=False)  # fmt: skip
+    code, out, _ = _invoke("bench", path, "--latency-table", "--json")
+    assert code == 0
+    shown = json.loads(out)
+    # widths 8 of the two 16-channel groups; the 8-channel group has only its full size
+    assert shown["cached"] is True and shown["path"] == built.path and timer.calls == 2
+    assert [g["saved_ms"] for g in shown["groups"]] == [
+        g.to_dict()["saved_ms"] for g in built.groups
+    ]
+    code, out, _ = _invoke("bench", path, "--latency-table", "--plot", tmp_path / "t.png")
+    assert code == 0 and (tmp_path / "t.png").is_file()
+    first_row = f"    0 {16:>5}  8:{built.groups[0].saved_ms[0]:.3f}, 16:0.000"
+    assert "latency table: full model" in out and "cached" in out and first_row in out
