@@ -243,6 +243,7 @@ def part_real(args: argparse.Namespace) -> dict | None:
             str(model), "--latency", str(args.real_latency), "--strategy", "fast", "--data",
             str(pages), "--input-shape", "x:1x3x320x320", *IMAGENET, "--resize", "320x320",
             "-o", str(Path(tmp) / "out"), "--latency-runs", "5", "--threads", str(args.threads),
+            "--reward-samples", str(min(args.reward_samples, 100)),
         ]  # fmt: skip
         if args.episodes is not None:
             cmd += ["--episodes", str(args.episodes)]

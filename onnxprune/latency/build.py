@@ -42,7 +42,7 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.latency.table import GroupTiming, LatencyTable, monotone_savings
 
 SECONDS_PER_VARIANT = 1.0
-MIN_ROUNDS = 7
+MIN_ROUNDS = 10
 MAX_ROUNDS = 200
 QUANTILE = 0  # the minimum: on a shared machine even the 20th percentile is disturbed
 WARMUP_RUNS = 2
@@ -156,12 +156,57 @@ def group_signature(analysis: Any, group: Any, shapes: Mapping[str, Any]) -> str
 def _variant(analysis: Any, groups: list[Any], width: int) -> onnx.ModelProto:
     """The model with every group of ``groups`` at ``width`` channels and all other groups
     full (which channels does not matter for time; the first of each block are kept)."""
+    return _cut(analysis, groups, {g.id: width for g in groups})
+
+
+def _cut(analysis: Any, groups: list[Any], kept: dict[int, int]) -> onnx.ModelProto:
     from onnxprune.importance import plan_from_counts
     from onnxprune.surgery import apply_plan
 
     scores = {g.id: -np.arange(g.size, dtype=np.float64) for g in groups}
-    plan = plan_from_counts(analysis, {g.id: width for g in groups}, scores)
-    return apply_plan(analysis, plan)
+    return apply_plan(analysis, plan_from_counts(analysis, kept, scores))
+
+
+def calibration_plans(rounding: ChannelRounding) -> list[dict[int, int]]:
+    """Plans pruning every group at once: all at the floor, and all at the legal width
+    nearest half the size (distinct, and not the unpruned model)."""
+    floors, halves = {}, {}
+    for index, group_id in enumerate(rounding.group_ids):
+        widths = legal_widths(rounding, index)
+        floors[group_id] = widths[0]
+        size = widths[-1]
+        halves[group_id] = min(widths, key=lambda w: (abs(w - size / 2), w))
+    plans = []
+    for plan in (floors, halves):
+        full = all(plan[g] == rounding.sizes[i] for i, g in enumerate(rounding.group_ids))
+        if not full and plan not in plans:
+            plans.append(plan)
+    return plans
+
+
+def calibrate(
+    analysis: Any, rounding: ChannelRounding, rows: Sequence[GroupTiming], timer: VariantTimer,
+    progress: Any = None,
+) -> tuple[float, list[dict[str, float]]]:  # fmt: skip
+    """``(scale, points)``: the least-squares factor ``sum(m p) / sum(p^2)`` between the
+    measured savings ``m`` of :func:`calibration_plans` and the rows' summed savings ``p``
+    for them, clamped to ``[0.5, 2]`` (1 without a usable point). It corrects what the sum
+    over classes misses: the savings of groups meeting in one layer do not add up, and
+    onnxruntime's kernels change speed with the whole network's widths."""
+    by_id = {row.group_id: row for row in rows}
+    groups = [analysis.group(g) for g in rounding.group_ids]
+    points = []
+    for kept in calibration_plans(rounding):
+        summed = sum(by_id[g].saved(c) for g, c in kept.items())
+        measured = timer.saved_ms(_cut(analysis, groups, kept))
+        points.append({"summed_ms": summed, "measured_ms": measured})
+        if progress is not None:
+            progress.advance(status="calibration: every group pruned at once")
+    denominator = sum(p["summed_ms"] ** 2 for p in points)
+    if denominator <= 0:
+        return 1.0, points
+    scale = sum(p["summed_ms"] * p["measured_ms"] for p in points) / denominator
+    return float(min(max(scale, 0.5), 2.0)), points
 
 
 def signature_classes(
@@ -213,19 +258,33 @@ def build_table(
         for position, group in enumerate(groups):
             rows[group.id] = GroupTiming(group.id, group.size, widths, list(fitted), signature,
                                          timed=position == 0)  # fmt: skip
+    ordered = [rows[g] for g in rounding.group_ids]
+    scale, points = 1.0, list[dict[str, float]]()
+    if _classes_with_variants(ordered) >= 2:  # one class: its joint timing is the truth
+        scale, points = calibrate(analysis, rounding, ordered, timer, progress)
     return LatencyTable(
         key=key,
         base_ms=timer.base_ms(),
-        groups=[rows[g] for g in rounding.group_ids],
+        groups=ordered,
+        scale=scale,
+        calibration=points,
         build_seconds=time.perf_counter() - started,
-        variants_timed=timed,
+        variants_timed=timed + len(points),
         rounds=timer.rounds,
     )
 
 
+def _classes_with_variants(rows: Sequence[GroupTiming]) -> int:
+    return sum(1 for row in rows if row.timed and len(row.widths) > 1)
+
+
 def count_variants(analysis: Any, rounding: ChannelRounding) -> int:
     """How many variants :func:`build_table` will time (for a progress bar's total)."""
-    return sum(len(widths) - 1 for _, widths, _ in signature_classes(analysis, rounding))
+    classes = signature_classes(analysis, rounding)
+    total = sum(len(widths) - 1 for _, widths, _ in classes)
+    if sum(1 for _, widths, _ in classes if len(widths) > 1) >= 2:
+        total += len(calibration_plans(rounding))
+    return total
 
 
 __all__ = [
@@ -234,6 +293,8 @@ __all__ = [
     "VariantTimer",
     "batched_shapes",
     "build_table",
+    "calibrate",
+    "calibration_plans",
     "count_variants",
     "group_signature",
     "legal_widths",

@@ -7,9 +7,12 @@ same session options, batch and input as the deployment; see :mod:`onnxprune.lat
 The prediction of a plan (NetAdapt, Yang et al. 2018, sec. 3.2: "layer-wise look-up tables ...
 the latency of the network is estimated by the sum of the layers' latencies") is::
 
-    T(plan) = T(full) - sum_g saved_g(kept_g)
+    T(plan) = T(full) - scale * sum_g saved_g(kept_g)
 
-with ``saved_g`` linearly interpolated between timed widths. The *fixed part* is what no
+with ``saved_g`` linearly interpolated between timed widths and ``scale`` a calibration of
+the sum across classes of groups (:func:`onnxprune.latency.build.calibrate`: plans that prune
+every group at once are timed too, and ``scale`` is the least-squares ratio of their measured
+to their summed savings; 1 when nothing was calibrated). The *fixed part* is what no
 plan can remove: ``T(full) - sum_g saved_g(floor_g)``; its ratio to ``T(full)`` is the
 smallest reachable latency ratio.
 
@@ -38,7 +41,7 @@ import numpy as np
 
 from onnxprune.errors import OnnxPruneError, PlanError
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: calibration scale
 # Two neighbouring widths whose savings differ by less than this share of the full model's
 # time are one latency "step" (onnxruntime's CPU convolutions work in channel blocks).
 STEP_TOLERANCE = 0.002
@@ -110,11 +113,15 @@ class LatencyTable:
     ``key`` is what the table is valid for (model hash, provider, threads, batch, runtime
     version, device name, input shapes, rounding); ``build_seconds``, ``variants_timed`` and
     ``rounds`` say what building it cost; ``cached`` is set when it came from disk.
+    ``scale`` multiplies every saving (the calibration, module docstring); ``calibration``
+    lists its points (``summed_ms``: the rows' sum, ``measured_ms``: the timed saving).
     """
 
     key: dict[str, Any]
     base_ms: float
     groups: list[GroupTiming]
+    scale: float = 1.0
+    calibration: list[dict[str, float]] = field(default_factory=list)
     build_seconds: float = 0.0
     variants_timed: int = 0
     rounds: int = 0
@@ -140,7 +147,7 @@ class LatencyTable:
     def predict_ms(self, kept: Mapping[int, int]) -> float:
         """Predicted latency (ms) of the model keeping ``kept[g]`` channels (others full)."""
         saved = sum(self.group(g).saved(c) for g, c in kept.items() if g in self._by_id)
-        return self.base_ms - saved
+        return self.base_ms - self.scale * saved
 
     def predict_ratio(self, kept: Mapping[int, int]) -> float:
         return self.predict_ms(kept) / self.base_ms
@@ -164,6 +171,8 @@ class LatencyTable:
             "table_version": TABLE_VERSION,
             "key": self.key,
             "base_ms": round(self.base_ms, 7),
+            "scale": round(self.scale, 6),
+            "calibration": self.calibration,
             "build_seconds": round(self.build_seconds, 3),
             "variants_timed": self.variants_timed,
             "rounds": self.rounds,
@@ -182,6 +191,8 @@ class LatencyTable:
             key=dict(data["key"]),
             base_ms=float(data["base_ms"]),
             groups=[GroupTiming.from_dict(g) for g in data["groups"]],
+            scale=float(data.get("scale", 1.0)),
+            calibration=list(data.get("calibration", [])),
             build_seconds=float(data.get("build_seconds", 0.0)),
             variants_timed=int(data.get("variants_timed", 0)),
             rounds=int(data.get("rounds", 0)),
@@ -193,7 +204,13 @@ class LatencyTable:
         lines = [
             f"latency table: full model {self.base_ms:.3f} ms at batch {key.get('batch')}, "
             f"{key.get('provider')}, threads {key.get('threads') or 'default'}; {source}, "
-            f"{self.variants_timed} variants timed",
+            f"{self.variants_timed} variants timed"
+            + (
+                f"; savings x {self.scale:.3f} (calibrated on {len(self.calibration)} "
+                "all-group plans)"
+                if self.calibration
+                else ""
+            ),
             "group  size  time saved (ms) by kept width  [* shared: same layer shapes as a "
             "timed group]",
         ]
@@ -214,7 +231,7 @@ class LatencyPredictor:
 
     def ms(self, counts: Sequence[float] | np.ndarray) -> float:
         saved = sum(row.saved(float(c)) for row, c in zip(self.rows, counts, strict=True))
-        return self.table.base_ms - saved
+        return self.table.base_ms - self.table.scale * saved
 
     def fraction(self, counts: Sequence[float] | np.ndarray) -> float:
         return self.ms(counts) / self.table.base_ms

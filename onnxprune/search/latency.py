@@ -178,7 +178,11 @@ def _repick(setup: Any, best: BestPlan, log: list[Any], target: float) -> tuple[
     )  # fmt: skip
     kept = env.kept_dict(shrunk)
     reward, _ = env.evaluate(kept)
-    return BestPlan(reward, best.episode, kept), "the chosen plan shrunk along the wall"
+    how = "the chosen plan shrunk along the wall"
+    reached = predictor.fraction(shrunk)
+    if reached > target + 1e-12:
+        how += f" to its floors (predicted {reached:.3f}: the tighter budget is out of reach)"
+    return BestPlan(reward, best.episode, kept), how
 
 
 def verify_latency(setup: Any, best: BestPlan, log: list[Any]) -> BestPlan:
