@@ -187,11 +187,11 @@ def calibration_plans(rounding: ChannelRounding) -> list[dict[int, int]]:
 def calibrate(
     analysis: Any, rounding: ChannelRounding, rows: Sequence[GroupTiming], timer: VariantTimer,
     progress: Any = None,
-) -> tuple[float, list[dict[str, float]]]:  # fmt: skip
-    """``(scale, points)``: the least-squares factor ``sum(m p) / sum(p^2)`` between the
-    measured savings ``m`` of :func:`calibration_plans` and the rows' summed savings ``p``
-    for them, clamped to ``[0.5, 2]`` (1 without a usable point). It corrects what the sum
-    over classes misses: the savings of groups meeting in one layer do not add up, and
+) -> list[dict[str, float]]:  # fmt: skip
+    """The calibration points: for each of :func:`calibration_plans`, the rows' summed
+    saving and the measured one (the curve through them is
+    :meth:`~onnxprune.latency.LatencyTable.calibrated`). It corrects what the sum over
+    classes misses: the savings of groups meeting in one layer do not add up, and
     onnxruntime's kernels change speed with the whole network's widths."""
     by_id = {row.group_id: row for row in rows}
     groups = [analysis.group(g) for g in rounding.group_ids]
@@ -202,11 +202,7 @@ def calibrate(
         points.append({"summed_ms": summed, "measured_ms": measured})
         if progress is not None:
             progress.advance(status="calibration: every group pruned at once")
-    denominator = sum(p["summed_ms"] ** 2 for p in points)
-    if denominator <= 0:
-        return 1.0, points
-    scale = sum(p["summed_ms"] * p["measured_ms"] for p in points) / denominator
-    return float(min(max(scale, 0.5), 2.0)), points
+    return points
 
 
 def signature_classes(
@@ -259,14 +255,13 @@ def build_table(
             rows[group.id] = GroupTiming(group.id, group.size, widths, list(fitted), signature,
                                          timed=position == 0)  # fmt: skip
     ordered = [rows[g] for g in rounding.group_ids]
-    scale, points = 1.0, list[dict[str, float]]()
+    points: list[dict[str, float]] = []
     if _classes_with_variants(ordered) >= 2:  # one class: its joint timing is the truth
-        scale, points = calibrate(analysis, rounding, ordered, timer, progress)
+        points = calibrate(analysis, rounding, ordered, timer, progress)
     return LatencyTable(
         key=key,
         base_ms=timer.base_ms(),
         groups=ordered,
-        scale=scale,
         calibration=points,
         build_seconds=time.perf_counter() - started,
         variants_timed=timed + len(points),

@@ -7,12 +7,14 @@ same session options, batch and input as the deployment; see :mod:`onnxprune.lat
 The prediction of a plan (NetAdapt, Yang et al. 2018, sec. 3.2: "layer-wise look-up tables ...
 the latency of the network is estimated by the sum of the layers' latencies") is::
 
-    T(plan) = T(full) - scale * sum_g saved_g(kept_g)
+    T(plan) = T(full) - f(sum_g saved_g(kept_g))
 
-with ``saved_g`` linearly interpolated between timed widths and ``scale`` a calibration of
+with ``saved_g`` linearly interpolated between timed widths and ``f`` the calibration curve of
 the sum across classes of groups (:func:`onnxprune.latency.build.calibrate`: plans that prune
-every group at once are timed too, and ``scale`` is the least-squares ratio of their measured
-to their summed savings; 1 when nothing was calibrated). The *fixed part* is what no
+every group at once are timed too; ``f`` is the piecewise-linear, non-decreasing curve through
+``(0, 0)`` and their ``(summed, measured)`` savings, the identity when nothing was
+calibrated). Groups meeting in one layer save less together than apart, so the sum
+overshoots more the more is pruned: a curve, not one factor, follows that. The *fixed part* is what no
 plan can remove: ``T(full) - sum_g saved_g(floor_g)``; its ratio to ``T(full)`` is the
 smallest reachable latency ratio.
 
@@ -41,7 +43,7 @@ import numpy as np
 
 from onnxprune.errors import OnnxPruneError, PlanError
 
-TABLE_VERSION = 2  # 2: calibration scale
+TABLE_VERSION = 3  # 3: calibration curve
 # Two neighbouring widths whose savings differ by less than this share of the full model's
 # time are one latency "step" (onnxruntime's CPU convolutions work in channel blocks).
 STEP_TOLERANCE = 0.002
@@ -113,14 +115,13 @@ class LatencyTable:
     ``key`` is what the table is valid for (model hash, provider, threads, batch, runtime
     version, device name, input shapes, rounding); ``build_seconds``, ``variants_timed`` and
     ``rounds`` say what building it cost; ``cached`` is set when it came from disk.
-    ``scale`` multiplies every saving (the calibration, module docstring); ``calibration``
-    lists its points (``summed_ms``: the rows' sum, ``measured_ms``: the timed saving).
+    ``calibration`` lists the points of the calibration curve (module docstring;
+    ``summed_ms``: the rows' sum for an all-group plan, ``measured_ms``: its timed saving).
     """
 
     key: dict[str, Any]
     base_ms: float
     groups: list[GroupTiming]
-    scale: float = 1.0
     calibration: list[dict[str, float]] = field(default_factory=list)
     build_seconds: float = 0.0
     variants_timed: int = 0
@@ -131,6 +132,28 @@ class LatencyTable:
 
     def __post_init__(self) -> None:
         self._by_id = {g.group_id: g for g in self.groups}
+
+    def calibrated(self, summed_ms: float) -> float:
+        """The calibration curve ``f``: the rows' summed saving -> the predicted saving."""
+        points: dict[float, float] = {}
+        for point in self.calibration:
+            x, y = float(point["summed_ms"]), max(float(point["measured_ms"]), 0.0)
+            if x > 0:
+                points[x] = max(points.get(x, 0.0), y)
+        if not points:
+            return summed_ms
+        xs = [0.0, *sorted(points)]
+        ys = [0.0, *np.maximum.accumulate([points[x] for x in xs[1:]]).tolist()]
+        if summed_ms <= xs[-1]:
+            return float(np.interp(summed_ms, xs, ys))
+        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        return ys[-1] + slope * (summed_ms - xs[-1])
+
+    @property
+    def scale(self) -> float:
+        """Measured / summed saving at the largest calibration point (1: uncalibrated)."""
+        largest = max((float(p["summed_ms"]) for p in self.calibration), default=0.0)
+        return self.calibrated(largest) / largest if largest > 0 else 1.0
 
     def group(self, group_id: int) -> GroupTiming:
         if group_id not in self._by_id:
@@ -147,7 +170,7 @@ class LatencyTable:
     def predict_ms(self, kept: Mapping[int, int]) -> float:
         """Predicted latency (ms) of the model keeping ``kept[g]`` channels (others full)."""
         saved = sum(self.group(g).saved(c) for g, c in kept.items() if g in self._by_id)
-        return self.base_ms - self.scale * saved
+        return self.base_ms - self.calibrated(saved)
 
     def predict_ratio(self, kept: Mapping[int, int]) -> float:
         return self.predict_ms(kept) / self.base_ms
@@ -171,7 +194,6 @@ class LatencyTable:
             "table_version": TABLE_VERSION,
             "key": self.key,
             "base_ms": round(self.base_ms, 7),
-            "scale": round(self.scale, 6),
             "calibration": self.calibration,
             "build_seconds": round(self.build_seconds, 3),
             "variants_timed": self.variants_timed,
@@ -191,7 +213,6 @@ class LatencyTable:
             key=dict(data["key"]),
             base_ms=float(data["base_ms"]),
             groups=[GroupTiming.from_dict(g) for g in data["groups"]],
-            scale=float(data.get("scale", 1.0)),
             calibration=list(data.get("calibration", [])),
             build_seconds=float(data.get("build_seconds", 0.0)),
             variants_timed=int(data.get("variants_timed", 0)),
@@ -206,8 +227,8 @@ class LatencyTable:
             f"{key.get('provider')}, threads {key.get('threads') or 'default'}; {source}, "
             f"{self.variants_timed} variants timed"
             + (
-                f"; savings x {self.scale:.3f} (calibrated on {len(self.calibration)} "
-                "all-group plans)"
+                f"; calibrated on {len(self.calibration)} all-group plans (saving x "
+                f"{self.scale:.3f} with every group at its floor)"
                 if self.calibration
                 else ""
             ),
@@ -231,7 +252,7 @@ class LatencyPredictor:
 
     def ms(self, counts: Sequence[float] | np.ndarray) -> float:
         saved = sum(row.saved(float(c)) for row, c in zip(self.rows, counts, strict=True))
-        return self.table.base_ms - self.table.scale * saved
+        return self.table.base_ms - self.table.calibrated(saved)
 
     def fraction(self, counts: Sequence[float] | np.ndarray) -> float:
         return self.ms(counts) / self.table.base_ms
