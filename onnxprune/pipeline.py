@@ -169,6 +169,7 @@ def _budget_plan(
     choice = choose_plan(
         analysis, plan_cost, flops=target, latency=speed.latency, table=table,
         round_to=round_to, min_channels=min_channels, scope=speed.scope,
+        macs_budget=flops is not None,
     )  # fmt: skip
     chosen = choice.chosen
     meta = {

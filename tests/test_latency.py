@@ -362,6 +362,13 @@ def test_auto_plan_scope_picks_the_plan_the_table_predicts_faster() -> None:
     all_row, interior_row = choice["candidates"]
     assert interior_row["predicted_latency_ratio"] < all_row["predicted_latency_ratio"]
     assert any(note.startswith("plan: pruned interiors groups") for note in result.notes)
+    # --flops with --latency: the MACs budget binds both, so the faster plan wins again
+    both = prune_model(
+        model, flops=0.7, speed=SpeedOptions(latency=0.99, timer=speed.timer, show_progress=False),
+        round_to=4, min_channels=4,
+    )  # fmt: skip
+    assert both.plan.meta["plan_choice"]["scope"] == "interiors"
+    assert "predicted faster at the same MACs budget" in both.plan.meta["plan_choice"]["reason"]
     forced = prune_model(model, flops=0.7, speed=SpeedOptions(scope="all", timer=speed.timer,
                          show_progress=False), round_to=4, min_channels=4)  # fmt: skip
     assert forced.plan.meta["plan_choice"]["scope"] == "all"

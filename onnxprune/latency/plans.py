@@ -7,7 +7,7 @@ choice with a large effect on speed: on ResNet-56 at 0.50 of the MACs, pruning e
 runs at 0.75 of the original latency, pruning only block interiors (groups not tied across a
 residual Add) at 0.70, and with better accuracy. :func:`choose_plan` builds both candidates
 under the same budgets and, by default (``scope="auto"``), keeps the one the latency table
-predicts faster (with ``--latency``: the one keeping more MACs inside the latency budget,
+predicts faster (with ``--latency`` alone: the one keeping more MACs inside the latency budget,
 i.e. more capacity at the same speed); without a table it prunes every group. The choice
 and its reason are returned for a one-line note and a JSON field.
 """
@@ -150,9 +150,11 @@ def choose_plan(
     round_to: int,
     min_channels: int,
     scope: str = "auto",
+    macs_budget: bool = True,
 ) -> PlanChoice:
     """The plan of ``scope``, or with ``auto`` the faster of ``all`` and ``interiors`` by the
-    latency table (see module docstring)."""
+    latency table (see module docstring). ``macs_budget``: the user gave ``--flops`` (then
+    the faster plan wins even with ``--latency``; with ``--latency`` alone, the larger)."""
     if scope not in SCOPES:
         raise OnnxPruneError(f"unknown --plan-scope '{scope}'; use one of {', '.join(SCOPES)}")
     names = ["all", "interiors"] if scope == "auto" else [scope]
@@ -179,7 +181,7 @@ def choose_plan(
         if errors:
             raise errors[0]
         raise OnnxPruneError("the model has no prunable channel group (`onnxprune groups`)")
-    return _pick(candidates, scope, latency, table, why_one)
+    return _pick(candidates, scope, latency if not macs_budget else None, table, why_one)
 
 
 def _pick(
@@ -212,7 +214,10 @@ def _pick(
         chosen = min(candidates, key=lambda c: (c.latency_ratio, -c.macs_fraction))
         why = "predicted faster at the same MACs budget"
     else:
-        chosen = max(candidates, key=lambda c: (c.macs_fraction, -(c.latency_ratio or 1.0)))
+        # MACs within 0.01 count as equal: then the faster plan wins
+        chosen = max(
+            candidates, key=lambda c: (round(c.macs_fraction, 2), -(c.latency_ratio or 1.0))
+        )
         why = "keeps more MACs (capacity) inside the same latency budget"
     others = "; ".join(described(c) for c in candidates if c is not chosen)
     reason = f"pruned {chosen.scope} groups: {why} ({described(chosen)}; {others})"
