@@ -21,7 +21,9 @@ Parts (``--parts``, all by default):
   (default 0.7): the PP-OCRv4 text detector of rapidocr with the rendered pages of
   benchmarks/real_models.py (skipped when ``--real-root`` lacks them).
 
-Full run (about an hour on 2 idle cores; do not share the machine while it runs)::
+Full run (six searches - ``--latency`` and two ``--flops`` points at two batches - with the
+gnn-rl preset's 180 episodes each: hours on 2 idle cores; do not share the machine while it
+runs; ``--strategy fast`` or ``--episodes 60`` for a shorter one)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/latency_search.py
 
