@@ -185,11 +185,17 @@ class Budget:
         )
 
     def fit(
-        self, keep: np.ndarray, action: np.ndarray, flops_fraction: float
+        self,
+        keep: np.ndarray,
+        action: np.ndarray,
+        flops_fraction: float,
+        also: Callable[[np.ndarray], bool] | None = None,
     ) -> tuple[np.ndarray, float]:
         """Smallest ``u in [0, 2]`` on the wall path from ``keep [n]`` with prune ratios
         ``action [n]`` whose counts keep at most ``flops_fraction`` of the MACs.
 
+        ``also(counts) -> bool`` is a second budget the counts must meet (the latency wall,
+        :mod:`onnxprune.latency`); it must be monotone (true stays true for fewer channels).
         Returns ``(counts [n] int64, u)``. At ``u = 2`` every group is at its floor; the caller
         checks reachability with :meth:`require`.
         """
@@ -201,7 +207,8 @@ class Budget:
             return self.rounding.counts(keep * (1 - prune))
 
         def fits(u: float) -> bool:
-            return self.fraction(counts_at(u)) <= flops_fraction
+            counts = counts_at(u)
+            return self.fraction(counts) <= flops_fraction and (also is None or also(counts))
 
         if fits(0.0):
             return counts_at(0.0), 0.0

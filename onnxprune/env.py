@@ -25,6 +25,12 @@ One episode is one compression of the model, in up to ``steps_per_episode`` prun
   construction checked that the all-minimum plan fits the final budget
   (:meth:`~onnxprune.budget.Budget.require`, the same check as ``prune --flops``), every
   episode ends inside it.
+* **Latency wall (optional).** With ``latency`` (a predictor whose ``fraction(counts)`` is
+  the predicted latency ratio, :class:`onnxprune.latency.LatencyPredictor`) and
+  ``latency_target``, the same bisection also requires the predicted latency of the step's
+  counts to be at most ``1 - (1 - latency_target) * t / T``; the prediction is monotone in
+  the counts, so the smallest fitting ``u`` exists, and the construction checked that the
+  all-minimum plan fits (``latency.require``): every episode ends inside *both* budgets.
 * **Episode end.** After ``T`` steps (earlier if rounding already met the final budget).
 * **Reward.** Zero for intermediate steps; at the end ``reward_fn(kept)`` (eq. 8: minus the
   top-1 error on the reward split, or a fidelity score without labels - the caller decides).
@@ -104,6 +110,10 @@ class PruningEnv:
     observe: ``(record) -> encoder input``; default :meth:`feature_matrix`.
     steps_per_episode: pruning steps before the wall forces the budget (>= 1).
     round_to, min_channels: channel rounding (see :class:`ChannelRounding`).
+    latency, latency_target: the optional latency wall (module docstring); ``latency`` has
+    ``fraction(counts [n]) -> float`` and ``require(target, lows [n])``.
+    rounding: a prepared rounding of ``groups`` (e.g. latency steps) instead of
+    ``round_to``/``min_channels``.
     """
 
     def __init__(
@@ -117,6 +127,9 @@ class PruningEnv:
         steps_per_episode: int = 1,
         round_to: int = 8,
         min_channels: int = 1,
+        latency: Any = None,
+        latency_target: float | None = None,
+        rounding: ChannelRounding | None = None,
     ) -> None:
         if not groups:
             raise OnnxPruneError(
@@ -133,12 +146,20 @@ class PruningEnv:
         self.reward_fn = reward_fn
         self.flops_target = float(flops_target)
         self.steps_per_episode = steps_per_episode
-        self.rounding = ChannelRounding(self.groups, round_to, min_channels)
+        self.rounding = rounding or ChannelRounding(self.groups, round_to, min_channels)
         self.budget = Budget(plan_cost, self.rounding)
         self.observe = observe or self.feature_matrix
         self.target_macs = self.flops_target * plan_cost.full_macs
         self.min_fraction = self.budget.smallest_fraction
         self.budget.require(self.flops_target)
+        self.latency = latency
+        self.latency_target: float | None = None
+        if latency is not None:
+            lat = float(latency_target if latency_target is not None else 1.0)
+            if not 0 < lat <= 1:
+                raise OnnxPruneError(f"--latency must be a fraction in (0, 1], got {lat}")
+            latency.require(lat, self.rounding.lows)
+            self.latency_target = lat
         self.cache: dict[tuple[int, ...], float] = {}
         self._sizes = self.rounding.sizes
         self.removable_macs = self._marginal_macs()  # [n] MACs fraction each group can remove alone
@@ -160,6 +181,7 @@ class PruningEnv:
             "round_to": self.rounding.round_to,
             "min_channels": self.rounding.min_channels,
             "min_fraction": self.min_fraction,
+            "latency_target": self.latency_target,
             "cached_plans": len(self.cache),
             "evaluations": self.n_evaluations,
         }
@@ -235,22 +257,47 @@ class PruningEnv:
             self.steps_per_episode
         )
 
+    def latency_fraction(self, counts: np.ndarray) -> float | None:
+        """Predicted latency ratio of ``counts [n]`` (None without a latency wall)."""
+        return None if self.latency is None else float(self.latency.fraction(counts))
+
+    def step_latency(self, step: int) -> float | None:
+        """Predicted latency ratio step ``step`` must reach (None without a latency wall)."""
+        if self.latency_target is None:
+            return None
+        share = min(step, self.steps_per_episode) / self.steps_per_episode
+        return 1.0 - (1.0 - self.latency_target) * share
+
     def wall(
-        self, keep: np.ndarray, action: np.ndarray, target_macs: float | None = None
+        self,
+        keep: np.ndarray,
+        action: np.ndarray,
+        target_macs: float | None = None,
+        target_latency: float | None = None,
     ) -> tuple[np.ndarray, float]:
         """Smallest ``u in [0, 2]`` on the wall path whose kept counts fit ``target_macs``
         (default: the episode's budget); see :meth:`onnxprune.budget.Budget.fit`.
 
-        ``keep [n]``: keep-ratios before this step; ``action [n]``: prune ratios.
+        ``keep [n]``: keep-ratios before this step; ``action [n]``: prune ratios;
+        ``target_latency``: predicted latency ratio (default: the episode's, if any).
         Returns ``(counts [n], u)``.
         """
         target = self.target_macs if target_macs is None else target_macs
         full = self.plan_cost.full_macs
-        return self.budget.fit(keep, action, target / full if full else 1.0)
+        lat_target = self.latency_target if target_latency is None else target_latency
+        also = None
+        if self.latency is not None and lat_target is not None:
+            limit, predictor = lat_target, self.latency
+
+            def also(counts: np.ndarray) -> bool:
+                return predictor.fraction(counts) <= limit + 1e-12
+
+        return self.budget.fit(keep, action, target / full if full else 1.0, also)
 
     def uniform_kept(self) -> dict[int, int]:
-        """The uniform plan: one prune ratio for every group, the largest the FLOPs wall
-        allows (what the ``uniform`` agent's zero action gives in one step)."""
+        """The uniform plan: one prune ratio for every group, the largest the FLOPs (and,
+        with ``--latency``, the latency) wall allows (the ``uniform`` agent's zero action
+        in one step)."""
         n = len(self.groups)
         counts, _ = self.wall(np.ones(n), np.zeros(n), self.target_macs)
         return self.kept_dict(counts)
@@ -274,10 +321,11 @@ class PruningEnv:
         target = (
             self.target_macs if last else self.step_target(self._step) * self.plan_cost.full_macs
         )
-        counts, wall_u = self.wall(self._keep, action, target)
+        lat_target = self.latency_target if last else self.step_latency(self._step)
+        counts, wall_u = self.wall(self._keep, action, target, lat_target)
         self._keep = counts / self._sizes
         # a rounding overshoot may already meet the final budget before the last step
-        done = last or self.macs_fraction(counts) <= self.flops_target
+        done = last or self.within_budget(counts)
         kept = self.kept_dict(counts)
         fraction = self.macs_fraction(counts)
         reward, cached = 0.0, False
@@ -286,6 +334,13 @@ class PruningEnv:
         elif done:
             reward = math.nan
         return StepResult(self._record(), reward, done, kept, fraction, wall_u, cached)
+
+    def within_budget(self, counts: np.ndarray) -> bool:
+        """True when ``counts [n]`` meet the MACs budget and the predicted latency budget."""
+        if self.macs_fraction(counts) > self.flops_target:
+            return False
+        latency, target = self.latency_fraction(counts), self.latency_target
+        return latency is None or target is None or latency <= target + 1e-12
 
     def evaluate(self, kept: dict[int, int]) -> tuple[float, bool]:
         """``reward_fn(kept)``, cached by counts; returns ``(reward, was_cached)``."""
@@ -355,6 +410,13 @@ def check_env(env: PruningEnv, n_random: int = 8, seed: int = 0) -> EnvCheck:
             if not result.done:
                 raise OnnxPruneError(
                     f"check_env: episode not done after {env.steps_per_episode} steps"
+                )
+            counts = np.array([result.kept[g] for g in env.group_ids])
+            latency, lat_target = env.latency_fraction(counts), env.latency_target
+            if latency is not None and lat_target is not None and latency > lat_target + 1e-12:
+                raise OnnxPruneError(
+                    f"check_env: episode ended at a predicted latency ratio {latency:.4f}, above "
+                    f"the budget {env.latency_target}"
                 )
             if result.macs_fraction > env.flops_target + 1e-12:
                 raise OnnxPruneError(

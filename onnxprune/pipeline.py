@@ -116,14 +116,97 @@ class PruneResult:
 
 
 def _prune_checks(
-    ratio: float | None, flops: float | None, plan: Any, criterion: str, data: Any
+    ratio: float | None,
+    flops: float | None,
+    plan: Any,
+    criterion: str,
+    data: Any,
+    latency: float | None = None,
 ) -> None:
-    if sum(v is not None for v in (ratio, flops, plan)) != 1:
-        raise OnnxPruneError("give exactly one of --ratio, --flops or --plan")
+    budget = flops if latency is None else (flops or 1.0)
+    if sum(v is not None for v in (ratio, budget, plan)) != 1:
+        raise OnnxPruneError(
+            "give exactly one of --ratio, --flops or --plan (--latency may replace or join --flops)"
+        )
+    if flops is not None and not 0.0 < flops <= 1.0:
+        raise OnnxPruneError(f"--flops {flops} must be a fraction in (0, 1] of the MACs kept")
+    if latency is not None and not 0.0 < latency <= 1.0:
+        raise OnnxPruneError(
+            f"--latency {latency} must be a fraction in (0, 1] of the original latency"
+        )
     if criterion == "activation" and data is None and plan is None:
         raise OnnxPruneError("--criterion activation needs calibration data: add --data PATH")
     if ratio is not None and not 0.0 <= ratio < 1.0:
         raise OnnxPruneError(f"--ratio {ratio} must be in [0, 1): the fraction of channels removed")
+
+
+def _budget_plan(
+    analysis: Any, scores: Any, flops: float | None, criterion: str, round_to: int,
+    min_channels: int, speed: Any,
+) -> Any:  # fmt: skip
+    """The plan under the MACs and/or latency budget, of the scope the latency table
+    predicts faster (:func:`onnxprune.latency.plans.choose_plan`)."""
+    from onnxprune.budget import ChannelRounding
+    from onnxprune.cost import PlanCost
+    from onnxprune.importance import plan_from_counts
+    from onnxprune.latency.cache import latency_table, load_cached, table_key
+    from onnxprune.latency.plans import choose_plan
+
+    plan_cost = PlanCost(analysis.model, analysis.channel_exprs(), analysis.group_sizes())
+    rounding = ChannelRounding(analysis.prunable_groups(), round_to, min_channels)
+    batch, device, threads = speed.batch, speed.device, speed.threads
+    shapes = dict(plan_cost.input_shapes)
+    table = None
+    if speed.latency is not None or speed.scope == "auto":
+        if speed.latency is not None:
+            table = latency_table(
+                analysis, rounding, batch=batch, device=device, threads=threads,
+                input_shapes=shapes, timer=speed.timer, show_progress=speed.show_progress,
+            )  # fmt: skip
+        else:
+            table = load_cached(table_key(analysis, rounding, batch, device, threads, shapes))
+    target = 1.0 if flops is None else flops
+    choice = choose_plan(
+        analysis, plan_cost, flops=target, latency=speed.latency, table=table,
+        round_to=round_to, min_channels=min_channels, scope=speed.scope,
+        macs_budget=flops is not None,
+    )  # fmt: skip
+    chosen = choice.chosen
+    meta = {
+        "criterion": criterion,
+        "flops_target": flops,
+        "latency_target": speed.latency,
+        "prune_ratio": round(chosen.prune_ratio, 6),
+        "round_to": round_to,
+        "min_channels": min_channels,
+        "macs_fraction": round(chosen.macs_fraction, 6),
+        "predicted_latency_ratio": chosen.latency_ratio,
+        "filled": True,
+        "plan_choice": choice.to_dict(),
+        "latency_table": None if table is None else {
+            "batch": batch, "path": table.path, "cached": table.cached,
+            "build_seconds": round(table.build_seconds, 3), "base_ms": table.base_ms,
+        },
+    }  # fmt: skip
+    table_scores = getattr(scores, "scores", scores)  # a ChannelScores record or a mapping
+    meta["criterion"] = getattr(scores, "criterion", criterion)
+    return plan_from_counts(analysis, chosen.kept, table_scores, meta=meta)
+
+
+@dataclass
+class SpeedOptions:
+    """How ``prune --flops`` / ``--latency`` consult the latency model: the latency target
+    (None: MACs only), the runtime it is timed on (batch, device, threads), the plan scope
+    (``auto`` | ``all`` | ``interiors``, :mod:`onnxprune.latency.plans`) and a timer for
+    tests."""
+
+    latency: float | None = None
+    batch: int = 1
+    device: str = "cpu"
+    threads: int | None = 1
+    scope: str = "auto"
+    timer: Any = None
+    show_progress: bool = True
 
 
 def _make_plan(
@@ -135,6 +218,7 @@ def _make_plan(
     round_to: int,
     min_channels: int,
     data: Any,
+    speed: SpeedOptions | None = None,
 ) -> tuple[Any, Any]:
     """``(plan, ChannelScores or None)`` for the one mode given."""
     from onnxprune import importance
@@ -148,6 +232,8 @@ def _make_plan(
         made = importance.plan_from_ratios(
             analysis, ratio, criterion, round_to, min_channels, scores=scores
         )
+    elif speed is not None and (speed.latency is not None or flops is not None):
+        made = _budget_plan(analysis, scores, flops, criterion, round_to, min_channels, speed)
     elif flops is not None:
         made = importance.plan_for_flops(
             analysis, flops, criterion, round_to, min_channels, scores=scores
@@ -170,6 +256,7 @@ def prune_model(
     calib_samples: int = 256,
     input_shapes: Any = None,
     shapes_source: str = "--input-shape",
+    speed: SpeedOptions | None = None,
 ) -> PruneResult:
     """Prune ``model`` (a ``ModelProto`` or a path) by exactly one of:
 
@@ -183,7 +270,10 @@ def prune_model(
     ``onnx.checker``. ``input_shapes`` (``{input: dims}``, see
     :func:`~onnxprune.model.fix_input_shapes`) fixes dynamic input dims first: the costs
     are then for that size, and shape computations are folded for it (the pruned model
-    runs at that size; ``shapes_source`` names them in errors). Without it, ``ratio`` and ``plan`` work on any model and the costs
+    runs at that size; ``shapes_source`` names them in errors). ``speed``
+    (:class:`SpeedOptions`) adds a latency budget (``--latency``, combinable with ``flops``)
+    and the choice between pruning all groups and block interiors only; without it
+    ``flops`` prunes all groups (:func:`onnxprune.importance.plan_for_flops`). Without it, ``ratio`` and ``plan`` work on any model and the costs
     are ``None`` when the size is dynamic; ``flops`` needs a known size. Raises
     :class:`OnnxPruneError` for an impossible request.
     """
@@ -192,7 +282,7 @@ def prune_model(
     from onnxprune.model import check_model, fix_input_shapes, fixed_input_note, load_model
     from onnxprune.surgery import apply_plan
 
-    _prune_checks(ratio, flops, plan, criterion, data)
+    _prune_checks(ratio, flops, plan, criterion, data, speed.latency if speed else None)
     name = None if isinstance(model, onnx.ModelProto) else str(model)
     loaded = model if isinstance(model, onnx.ModelProto) else load_model(model)
     fixed = fix_input_shapes(loaded, input_shapes, source=shapes_source)
@@ -207,7 +297,7 @@ def prune_model(
     if criterion == "activation" and plan is None:
         calib = as_dataset(data, "calibration data").sample(calib_samples)
     chosen, scores = _make_plan(
-        analysis, ratio, flops, plan, criterion, round_to, min_channels, calib
+        analysis, ratio, flops, plan, criterion, round_to, min_channels, calib, speed
     )
     pruned = apply_plan(analysis, chosen)
     check_model(pruned)
@@ -217,7 +307,17 @@ def prune_model(
         how = f"plan file {plan}" if not hasattr(plan, "keep") else "given plan"
     else:
         how = f"uniform ratio {chosen.meta.get('prune_ratio')}"
-        if flops is not None:
+        choice = chosen.meta.get("plan_choice")
+        if choice is not None:
+            notes.append(f"plan: {choice['reason']}")
+        if speed is not None and speed.latency is not None:
+            how = (
+                f"latency target {speed.latency} (predicted "
+                f"{chosen.meta['predicted_latency_ratio']:.3f})"
+                + (f", MACs target {flops}" if flops is not None else "")
+                + f": {how} + budget fill"
+            )
+        elif flops is not None:
             how = f"MACs target {flops}: {how}" + (
                 " + budget fill" if chosen.meta.get("filled") else ""
             )

@@ -21,6 +21,12 @@ EXAMPLES = REPO_ROOT / "examples" / "cifar_resnet"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own onnxprune cache folder (latency tables), never ~/.cache."""
+    monkeypatch.setenv("ONNXPRUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 def _init(name: str, array: np.ndarray) -> TensorProto:
     return numpy_helper.from_array(np.asarray(array), name)
 

@@ -21,7 +21,7 @@ LEVELS = {
     "cost": 5, "plan": 5,
     "budget": 6, "fidelity": 6,
     "importance": 7, "surgery": 7, "evaluate": 7, "hgraph": 7,
-    "recover": 8, "env": 8, "gate": 8,
+    "recover": 8, "env": 8, "gate": 8, "latency": 8,
     "rl": 9,
     "pipeline": 10,
     "search": 11,

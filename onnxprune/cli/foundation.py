@@ -257,12 +257,39 @@ def eval_cmd(
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
 @_input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def bench_cmd(model, batch, runs, warmup, threads, device, input_shapes, as_json) -> int:
-    """Latency of one inference (p50/p90/p99 ms) on random input of the model's shape."""
+@click.option(
+    "--latency-table",
+    "latency_table",
+    is_flag=True,
+    help="Print the latency table instead: the model time each prunable group saves at each "
+    "kept width (timed in context at --batch, --threads (default 1), cached; what "
+    "`prune --latency` and `search --latency` predict with).",
+)
+@click.option(
+    "--round-to", type=click.IntRange(min=1), default=8, show_default=True,
+    help="With --latency-table: the widths timed are multiples of N (as prune --round-to).",
+)  # fmt: skip
+@click.option(
+    "--min-channels", type=click.IntRange(min=1), default=1, show_default=True,
+    help="With --latency-table: the smallest width timed (as prune --min-channels).",
+)  # fmt: skip
+@click.option(
+    "--plot", type=click.Path(path_type=Path), help="With --latency-table: also save a PNG plot."
+)
+def bench_cmd(
+    model, batch, runs, warmup, threads, device, input_shapes, as_json, latency_table,
+    round_to, min_channels, plot,
+) -> int:  # fmt: skip
+    """Latency of one inference (p50/p90/p99 ms) on random input of the model's shape;
+    with --latency-table, where the time goes per prunable group and width."""
     from onnxprune.evaluate import batch_unsupported, make_session, measure_latency
     from onnxprune.model import fix_input_shapes, load_model, named_input_shapes
 
     shapes = _shapes(input_shapes)
+    if latency_table:
+        return _bench_table(
+            model, batch, threads, device, shapes, as_json, round_to, min_channels, plot
+        )
     # checked against the model's own dims first: a size it cannot run is one clear error
     onnx_model = fix_input_shapes(load_model(model, infer_shapes=False), shapes)
     shapes = named_input_shapes(onnx_model, shapes, "--input-shape") if shapes else None
@@ -282,6 +309,28 @@ def bench_cmd(model, batch, runs, warmup, threads, device, input_shapes, as_json
         echo_json({**result.to_dict(), "model": str(model)})
     else:
         click.echo(f"{model}: {result}")
+    return EXIT_OK
+
+
+def _bench_table(
+    model: Path, batch: int, threads: int | None, device: str, shapes: Any, as_json: bool,
+    round_to: int, min_channels: int, plot: Path | None,
+) -> int:  # fmt: skip
+    """``bench --latency-table``: build (or reuse) and print the latency table."""
+    from onnxprune.latency.cache import model_latency_table
+
+    table = model_latency_table(
+        model, batch=batch, device=device, threads=threads or 1, input_shapes=shapes,
+        round_to=round_to, min_channels=min_channels, show_progress=not as_json,
+    )  # fmt: skip
+    if plot is not None:
+        from onnxprune.latency.plot import plot_table
+
+        plot_table(table, plot)
+    if as_json:
+        echo_json({**table.to_dict(), "model": str(model)})
+    else:
+        click.echo(str(table))
     return EXIT_OK
 
 

@@ -157,6 +157,37 @@ def groups_cmd(
     help="Keep at most this fraction of the MACs (uniform ratio + budget fill).",
 )
 @click.option(
+    "--latency",
+    type=float,
+    help="Keep at most this fraction of the original's measured latency (at --batch, "
+    "--threads, --device), predicted by a latency table timed in context and cached; "
+    "combinable with --flops.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Batch size the latency is for (--latency, and the plan-scope choice).",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=1, show_default=True,
+    help="onnxruntime intra-op threads the latency is timed with.",
+)  # fmt: skip
+@click.option(
+    "--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+    help="Execution provider the latency is timed on.",
+)  # fmt: skip
+@click.option(
+    "--plan-scope",
+    type=click.Choice(["auto", "all", "interiors"]),
+    default="auto",
+    show_default=True,
+    help="Groups --flops/--latency prune: all, block interiors only (groups not tied across "
+    "a residual Add), or auto: the one the latency table predicts faster (the table of "
+    "--latency, or one cached by `bench --latency-table`; without a table: all).",
+)
+@click.option(
     "--plan",
     "plan_path",
     type=click.Path(path_type=Path),
@@ -206,6 +237,11 @@ def prune_cmd(
     model: Path,
     ratio: float | None,
     flops: float | None,
+    latency: float | None,
+    batch: int,
+    threads: int,
+    device: str,
+    plan_scope: str,
     plan_path: Path | None,
     criterion: str,
     round_to: int,
@@ -225,7 +261,12 @@ def prune_cmd(
       --ratio R   uniform: every prunable group keeps (1-R)*C channels, rounded to --round-to
       --flops F   at most F of the MACs remain: uniform ratio by bisection, then the
                   budget left by rounding regrows the thinnest groups
+      --latency L at most L of the original's latency (predicted by a latency table
+                  timed on this machine, cached); with --flops both budgets hold
       --plan P    keep exactly the channels listed in a plan JSON
+
+    --flops/--latency prune all groups or only block interiors, whichever the latency
+    table predicts faster (--plan-scope); the choice and why are printed as a note.
 
     The input model is never modified; OUTPUT is written atomically. MACs are for
     --input-shape (or the --data samples); a model with a dynamic input size prunes by
@@ -235,11 +276,15 @@ def prune_cmd(
     preprocess.json next to the data.
     """
     from onnxprune.model import load_model, save_model
-    from onnxprune.pipeline import prune_model
+    from onnxprune.pipeline import SpeedOptions, prune_model
 
-    chosen = [v for v in (ratio, flops, plan_path) if v is not None]
+    budget = flops if latency is None else (flops or latency)
+    chosen = [v for v in (ratio, budget, plan_path) if v is not None]
     if len(chosen) != 1:
-        raise click.UsageError("give exactly one of --ratio, --flops or --plan")
+        raise click.UsageError(
+            "give exactly one of --ratio, --flops or --plan (--latency may replace or join --flops)"
+        )
+    speed = SpeedOptions(latency, batch, device, threads, plan_scope, show_progress=not as_json)
     model = resolve_model_path(model)
     guard_outputs(
         {"MODEL": model, "--data": data, "--plan": plan_path},
@@ -253,7 +298,7 @@ def prune_cmd(
     result = prune_model(
         model, ratio=ratio, flops=flops, plan=plan_path, criterion=criterion,
         round_to=round_to, min_channels=min_channels, data=calib, calib_samples=calib_samples,
-        input_shapes=shapes, shapes_source=source,
+        input_shapes=shapes, shapes_source=source, speed=speed,
     )  # fmt: skip
     for note in result.notes:
         click.echo(f"note: {note}", err=True)

@@ -30,8 +30,22 @@ def register(main: click.Group) -> None:
 @click.option(
     "--flops",
     type=float,
-    required=True,
-    help="Fraction of the original MACs to keep, e.g. 0.5.",
+    help="Fraction of the original MACs to keep, e.g. 0.5 (a --flops or --latency budget is "
+    "required; both may be given).",
+)
+@click.option(
+    "--latency",
+    type=float,
+    help="Fraction of the original's measured latency to keep, e.g. 0.5, at --batch on "
+    "--device with --threads: predicted by a latency table (timed in context, cached in "
+    "$ONNXPRUNE_CACHE or ~/.cache/onnxprune), verified by timing the result.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Batch size the --latency budget is for.",
 )
 @click.option(
     "--data",
@@ -95,7 +109,7 @@ def register(main: click.Group) -> None:
     type=int,
     help="Threads per candidate evaluation (onnxruntime intra-op and torch; default 1, so "
     "--workers N uses N cores) and onnxruntime threads of the final evaluation (default: "
-    "all cores).",
+    "all cores; the --latency table and its verification use 1 unless given).",
 )
 @click.option(
     "--workers",
@@ -135,7 +149,9 @@ def register(main: click.Group) -> None:
 )
 def search_command(
     model: Path,
-    flops: float,
+    flops: float | None,
+    latency: float | None,
+    batch: int,
     data: Path,
     strategy: str,
     reward: str | None,
@@ -161,11 +177,13 @@ def search_command(
     as_json: bool,
     outdir: Path,
 ) -> int:
-    """Search per-group prune ratios keeping FLOPS of the MACs; write the pruned model.
+    """Search per-group prune ratios inside a MACs and/or latency budget; write the
+    pruned model.
 
     \b
     Example:
       onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/
+      onnxprune search model.onnx --latency 0.5 --batch 32 --data calib.npz -o out/
       onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/ --resume
       onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/ --workers 2
       onnxprune search model.onnx --flops 0.5 --data calib.npz -o out/ --ray
@@ -174,6 +192,11 @@ def search_command(
     Each round the agent proposes the strategy's `parallel` candidates (presets: 4); they are
     evaluated together (--workers N local processes, --ray on a Ray cluster), so the same
     seed gives the same plan whatever evaluates them.
+
+    --latency F: every episode ends inside F of the latency the table predicts (a latency
+    wall like the MACs wall); the final model is timed interleaved with the original (the
+    gate's method) and, if it misses F, re-picked under a tighter prediction. report.md
+    shows predicted vs measured latency and a plot of the table (docs/LATENCY.md).
 
     --data is split by a seeded shuffle into disjoint parts: the reward split, the images
     each candidate's least-squares refit is fitted on, a selection split on which the best
@@ -192,6 +215,11 @@ def search_command(
     from onnxprune.search import load_strategy, run_search
     from onnxprune.search.outdir import RESULT_FILES
 
+    if flops is None and latency is None:
+        raise click.UsageError(
+            "give a budget: --flops F (fraction of the MACs), --latency F (fraction of the "
+            "measured latency), or both"
+        )
     model = resolve_model_path(model)
     guard_outputs(
         {"MODEL": model, "--data": data, "--eval-data": eval_data},
@@ -225,6 +253,8 @@ def search_command(
         workers=workers,
         ray=False if ray_address is None else (True if ray_address == "local" else ray_address),
         ray_gpus_per_worker=ray_gpus_per_worker,
+        latency=latency,
+        batch=batch,
     )
     if as_json:
         echo_json(result.to_dict())

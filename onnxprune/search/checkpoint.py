@@ -59,16 +59,19 @@ def fingerprint(
     n_reward: int,
     free_keys: tuple[str, ...] = (),
     data_sha: str = "",
+    latency: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What must match for ``--resume``; ``free_keys``: further strategy keys the agent
     derives from the episode count (``Agent.resume_free_keys``), so they may change too;
-    ``data_sha``: :func:`data_sha256` of the search's data."""
+    ``data_sha``: :func:`data_sha256` of the search's data; ``latency``: the latency budget
+    (target, batch, table key), only when there is one (older checkpoints stay valid)."""
     settings = strategy.to_dict()
     for free in (*_FREE_KEYS, *free_keys):
         settings.pop(free)
     if settings.get("parallel") == 1:  # rounds of one: a checkpoint from before rounds
         settings.pop("parallel")
-    return {
+    extra = {} if latency is None else {"latency": latency}
+    return extra | {
         "model_sha": model_sha,
         "strategy": settings,
         "seed": seed,

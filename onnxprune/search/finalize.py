@@ -174,7 +174,14 @@ def _write(
         heldout_indices=None if indices.heldout is None else indices.heldout.tolist(),
         selection=outcome.selection,
         evaluator=outcome.evaluator,
+        latency=None if setup.latency_budget is None else setup.latency_budget.to_dict(),
     )
+    if setup.latency_budget is not None:
+        from onnxprune.latency.plot import plot_table
+
+        result.files["latency_plot"] = str(
+            plot_table(setup.latency_budget.table, out / "latency_table.png")
+        )
     result.files.update(write_report(result, out))
     return result
 

@@ -43,7 +43,7 @@ CONSTANT_REWARD_PLANS = 3  # distinct warm-up plans with one reward that stop th
 def run_search(
     model_path: str | os.PathLike[str],
     data: Any,
-    flops: float,
+    flops: float | None,
     strategy: str | os.PathLike[str] | Strategy = "gnn-rl",
     outdir: str | os.PathLike[str] = "onnxprune-out",
     seed: int = 0,
@@ -64,6 +64,9 @@ def run_search(
     workers: int = 0,
     ray: bool | str = False,
     ray_gpus_per_worker: float = 0.0,
+    latency: float | None = None,
+    batch: int = 1,
+    latency_timing: Any = None,
 ) -> SearchResult:
     """Search per-group prune ratios that keep ``flops`` of the MACs (see module docstring).
 
@@ -80,7 +83,11 @@ def run_search(
     all; a string: the address of a running cluster), each asking for
     ``ray_gpus_per_worker`` GPUs. Every evaluator gives the same result
     (:mod:`onnxprune.search.evaluators`); ``threads`` (default 1) is the onnxruntime and
-    torch thread count each candidate is evaluated with.
+    torch thread count each candidate is evaluated with. ``latency`` keeps at
+    most that fraction of the original's latency at ``batch`` (predicted by the latency
+    table during the search, measured after it; ``flops`` may then be None);
+    ``latency_timing`` (a :class:`~onnxprune.search.prepare.LatencyRequest` without target)
+    replaces the timing in tests.
     Returns :class:`SearchResult`; raises :class:`OnnxPruneError` for bad input and
     impossible budgets.
     """
@@ -88,6 +95,13 @@ def run_search(
     preset = strategy if isinstance(strategy, Strategy) else load_strategy(strategy)
     overrides = StrategyOverrides(episodes, evaluations, reward_samples, eval_samples, recover)
     strat = overrides.apply(preset)
+    request = _latency_request(latency, batch, show_progress, latency_timing)
+    if flops is None and request is None:
+        raise OnnxPruneError(
+            "give a budget: --flops F (fraction of the MACs), --latency F (fraction of the "
+            "measured latency), or both"
+        )
+    flops = 1.0 if flops is None else flops
     if not 0 < flops <= 1:
         raise OnnxPruneError(f"--flops must be a fraction of the MACs in (0, 1], got {flops}")
     address = ray if isinstance(ray, str) and ray else None
@@ -98,8 +112,12 @@ def run_search(
     check_output_folder(out, resume, model_bytes)  # before any work: nothing else is touched
     setup = prepare(
         Path(model_path), data, eval_data, flops, strat, out, seed, device, threads, started,
-        input_shapes=input_shapes,
+        input_shapes=input_shapes, latency=request,
     )  # fmt: skip
+    if setup.latency_budget is not None:
+        from onnxprune.search.latency import gate_measure
+
+        setup.latency_budget.measure = (request.measure if request else None) or gate_measure(setup)
     with OutputLock(out):
         state, resumed_from, checkpoint = _start(setup, resume)
         search_start = time.perf_counter()
@@ -112,11 +130,32 @@ def run_search(
         if not interrupted:
             _uniform_baseline(setup, state)
         best, selection = _final_pick(setup, state.best, state.log, interrupted)
+        if setup.latency_budget is not None:
+            from onnxprune.search.latency import verify_latency
+
+            best = verify_latency(setup, best, state.log)
         seconds = time.perf_counter() - search_start
         outcome = SearchOutcome(
             best, state.log, interrupted, resumed_from, seconds, selection, evaluator.to_dict()
         )
         return finalize(setup, outcome, latency_runs)
+
+
+def _latency_request(latency: float | None, batch: int, show_progress: bool, timing: Any) -> Any:
+    """The :class:`LatencyRequest` of ``--latency`` (None without one), checked."""
+    from onnxprune.search.prepare import LatencyRequest
+
+    if latency is None:
+        return None
+    if not 0 < latency <= 1:
+        raise OnnxPruneError(
+            f"--latency must be a fraction of the original's latency in (0, 1], got {latency}"
+        )
+    if batch < 1:
+        raise OnnxPruneError(f"--batch must be >= 1, got {batch}")
+    lut_timer = getattr(timing, "lut_timer", None)
+    measure = getattr(timing, "measure", None)
+    return LatencyRequest(latency, batch, show_progress, lut_timer, measure)
 
 
 def _start(setup: SearchSetup, resume: bool) -> tuple[SearchState, int | None, Checkpoint]:
@@ -132,6 +171,7 @@ def _start(setup: SearchSetup, resume: bool) -> tuple[SearchState, int | None, C
         len(setup.splits.reward),
         type(setup.agent).resume_free_keys,
         _searched_data_sha(setup),
+        _latency_fingerprint(setup),
     )
     checkpoint = Checkpoint(setup.outdir / CHECKPOINT, run_fingerprint)
     # Created only now, after every input check: a refused run leaves nothing behind.
@@ -142,6 +182,14 @@ def _start(setup: SearchSetup, resume: bool) -> tuple[SearchState, int | None, C
     setup.agent.load_state_dict(state.agent)
     setup.env.cache.update(state.cache)
     return state, len(state.log), checkpoint
+
+
+def _latency_fingerprint(setup: SearchSetup) -> dict[str, Any] | None:
+    """What of the latency budget must match for ``--resume`` (None without one)."""
+    budget = setup.latency_budget
+    if budget is None:
+        return None
+    return {"target": budget.target, "batch": budget.batch, "table": budget.table.key}
 
 
 def _searched_data_sha(setup: SearchSetup) -> str:

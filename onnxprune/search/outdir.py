@@ -26,7 +26,7 @@ from onnxprune.search.checkpoint import CHECKPOINT
 
 LOCK = ".onnxprune.lock"
 RESULT_FILES = (CHECKPOINT, "plan.json", "pruned.onnx", "report.json", "report.md")
-_ALL_OUTPUTS = (*RESULT_FILES, "reward.png", "ratios.png")
+_ALL_OUTPUTS = (*RESULT_FILES, "reward.png", "ratios.png", "latency_table.png")
 
 
 def check_output_folder(outdir: Path, resume: bool, model_bytes: int = 0) -> None:

@@ -100,6 +100,7 @@ class SearchSetup:
     notes: list[str] = field(default_factory=list)
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     eval_metric: str = ""  # the held-out headline; "" = ``metric``
+    latency_budget: Any = None  # a search.latency.LatencyBudget with --latency
 
     def __str__(self) -> str:
         return (
@@ -118,6 +119,7 @@ class SearchSetup:
             "metric": self.metric,
             "splits": self.splits.to_dict(),
             "input_shapes": self.input_shapes,
+            "latency": None if self.latency_budget is None else self.latency_budget.target,
             "notes": self.notes,
         }
 
@@ -196,10 +198,12 @@ def prepare(
     threads: int | None,
     started: float,
     input_shapes: Any = None,
+    latency: Any = None,
 ) -> SearchSetup:
     """Build the search; raises :class:`OnnxPruneError` for bad input before any file is
     written. ``input_shapes`` (``{input: dims}``) is the input size the MACs are for
-    (default: one sample of ``data``)."""
+    (default: one sample of ``data``). ``latency`` (:class:`LatencyRequest`) adds the
+    latency budget (:mod:`onnxprune.search.latency`)."""
     from onnxprune.env import ActionGroup, PruningEnv
     from onnxprune.evaluate import make_session
     from onnxprune.importance import channel_scores
@@ -235,6 +239,14 @@ def prepare(
     if ls:
         notes.append(_fit_note(strat, splits))
     kind = agent_class(strat.agent)
+    budget = None
+    if latency is not None:
+        from onnxprune.search.latency import build_latency_budget
+
+        budget = build_latency_budget(
+            analysis, groups, strat, latency.target, latency.batch, device, threads,
+            dict(plan_cost.input_shapes), latency.show_progress, latency.lut_timer,
+        )  # fmt: skip
     env = PruningEnv(
         [ActionGroup(g.id, g.size, g.block_count) for g in groups],
         plan_cost,
@@ -243,6 +255,9 @@ def prepare(
         steps_per_episode=kind.env_steps(strat.steps_per_episode),
         round_to=strat.round_to,
         min_channels=strat.min_channels,
+        latency=None if budget is None else budget.predictor,
+        latency_target=None if budget is None else budget.target,
+        rounding=None if budget is None else budget.rounding,
     )
     setup = AgentSetup(
         env, analysis, groups, seed, strat.warmup, strat.noise, strat.ddpg, strat.encoder_dim
@@ -268,4 +283,17 @@ def prepare(
         notes=notes,
         input_shapes=dict(plan_cost.input_shapes),
         eval_metric=heldout_metric(strat.reward, metric),
+        latency_budget=budget,
     )
+
+
+@dataclass
+class LatencyRequest:
+    """``search --latency``: the target fraction of the original's latency at ``batch``;
+    ``lut_timer`` / ``measure`` replace the onnxruntime timing (tests)."""
+
+    target: float
+    batch: int = 1
+    show_progress: bool = True
+    lut_timer: Any = None
+    measure: Any = None

@@ -24,6 +24,7 @@ from typing import Any
 from onnxprune.atomic import atomic_path
 from onnxprune.model import format_shapes
 from onnxprune.rl.agents import agent_class
+from onnxprune.search.latency import latency_lines
 from onnxprune.search.result import episode_text
 
 # What the reward number is, per metric (the mapping of onnxprune.search.reward).
@@ -142,6 +143,7 @@ def markdown(result: Any) -> str:
             f"| {row['id']} | {tensor} | {row['size']} | {row['kept']} | {row['keep_ratio']:.3f} |"
         )
     lines += _selection_lines(result.selection)
+    lines += latency_lines(getattr(result, "latency", None))
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in result.notes]
     lines += ["", "![reward per episode](reward.png)", "", "![keep ratio per group](ratios.png)"]

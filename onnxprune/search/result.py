@@ -88,6 +88,8 @@ class SearchResult:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     #: What evaluated the candidates (:meth:`onnxprune.search.evaluators.Evaluator.to_dict`).
     evaluator: dict[str, Any] = field(default_factory=dict)
+    #: The latency budget and its verification (``search --latency``), else None.
+    latency: dict[str, Any] | None = None
 
     def __str__(self) -> str:
         from onnxprune.fidelity import MIN_RELIABLE_SAMPLES, format_figure
@@ -153,6 +155,7 @@ class SearchResult:
             "heldout_indices": self.heldout_indices,
             "selection": self.selection,
             "evaluator": self.evaluator,
+            "latency": self.latency,
             "episodes": [e.to_dict() for e in self.episodes],
         }
 

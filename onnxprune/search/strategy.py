@@ -64,6 +64,7 @@ class Strategy:
     #: with ``--workers``/``--ray``), then learnt from; the result depends on K, not on
     #: what evaluates them
     parallel: int = 1
+    latency_steps: bool = True
     noise: NoiseSettings = field(default_factory=NoiseSettings)
     ddpg: DDPGConfig = field(default_factory=DDPGConfig)
 
@@ -167,6 +168,12 @@ def _value(source: str, key: str, value: Any) -> Any:
         if value not in _CHOICE_KEYS[key]:
             raise OnnxPruneError(
                 f"{source}: key '{key}' = {value!r} is not one of {', '.join(_CHOICE_KEYS[key])}"
+            )
+        return value
+    if key == "latency_steps":
+        if not isinstance(value, bool):
+            raise OnnxPruneError(
+                f"{source}: key 'latency_steps' must be true or false, got {value!r}"
             )
         return value
     if key == "skip":
