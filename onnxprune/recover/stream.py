@@ -127,6 +127,8 @@ class ActivationStore:
     def _file(self, name: str) -> Any:
         if name not in self._files:
             if self._folder is None:
+                if self.parent is not None:
+                    Path(self.parent).mkdir(parents=True, exist_ok=True)
                 self._folder = Path(tempfile.mkdtemp(prefix="onnxprune-ls-", dir=self.parent))
             path = self._folder / f"t{len(self._files)}_{abs(hash(name)) % 10**8}.bin"
             self._files[name] = open(path, "w+b")  # noqa: SIM115 - closed by drop()/close()
