@@ -584,7 +584,7 @@ def _fit_all(
                     y = reference.run(batch, stop, keep=pending, want=[layer.ref_output])
                     equations.add(x, y[layer.ref_output], settings.positions, generator)
                     result.peak_batches_in_memory = max(
-                        result.peak_batches_in_memory, store.resident_batches() + 1
+                        result.peak_batches_in_memory, store.resident_batches(batch)
                     )
                 pruned.finish(layer.index)
                 reference.finish(stop, keep=pending - {layer.ref_output})

@@ -71,9 +71,11 @@ class ActivationStore:
     def __contains__(self, key: tuple[str, int]) -> bool:
         return key in self.resident or key in self.spilled
 
-    def resident_batches(self) -> int:
-        """How many distinct batches have frontier values held in RAM."""
-        return len({batch for _, batch in self.resident})
+    def resident_batches(self, in_flight: int | None = None) -> int:
+        """How many distinct batches have activations in RAM: those with frontier values
+        held here, plus the batch ``in_flight`` (being run) if given."""
+        batches = {batch for _, batch in self.resident}
+        return len(batches | {in_flight}) if in_flight is not None else len(batches)
 
     def put(self, name: str, batch: int, value: Any) -> None:
         size = _nbytes(value)
