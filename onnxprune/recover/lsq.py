@@ -576,7 +576,8 @@ def _fit_all(
                 ctx, names_in, _ = pruned_module._nodes[layer.index]
                 # Reference layers may come in another order (another exporter): keep the
                 # outputs of layers still to fit that the run passes on the way.
-                pending = {later.ref_output for later in layers[number:]}
+                # (This layer's own output is handed over through ``want``, not stored.)
+                pending = {later.ref_output for later in layers[number + 1 :]}
                 stop = max(reference.producer[layer.ref_output] + 1, reference.next_index)
                 equations = _NormalEquations(layer, pruned_module, ctx)
                 for batch in range(len(bounds)):
@@ -587,7 +588,7 @@ def _fit_all(
                         result.peak_batches_in_memory, store.resident_batches(batch)
                     )
                 pruned.finish(layer.index)
-                reference.finish(stop, keep=pending - {layer.ref_output})
+                reference.finish(stop, keep=pending)
                 result.peak_activation_bytes = max(
                     result.peak_activation_bytes,
                     pruned.batch_bytes + reference.batch_bytes + store.resident_bytes,
