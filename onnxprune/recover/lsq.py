@@ -76,7 +76,12 @@ from onnxprune.recover.pairing import (
     weighted_layers,
 )
 from onnxprune.recover.storage import for_recovery, store_values
-from onnxprune.recover.stream import DEFAULT_ACTIVATION_MEMORY, ActivationStore, StreamRunner
+from onnxprune.recover.stream import (
+    DEFAULT_ACTIVATION_MEMORY,
+    ActivationStore,
+    StreamRunner,
+    run_batch,
+)
 
 
 @dataclass
@@ -251,44 +256,51 @@ def _find_layers(pruned: OnnxModule, reference: OnnxModule, all_layers: bool) ->
 # -- per-layer solve --------------------------------------------------------------------------
 
 
-def _features_targets(
-    layer: _Layer,
-    ctx: Any,
-    x: Tensor,
-    y_ref: Tensor,
-    weight_shape: tuple[int, ...],
-    positions: int,
-    generator: torch.Generator,
-) -> tuple[Tensor, Tensor]:
-    """(features [rows, groups, f], targets [rows, groups, o/g]) for one batch."""
+def _sampled_targets(
+    layer: _Layer, y_ref: Tensor, positions: int, generator: torch.Generator
+) -> tuple[Tensor | None, Tensor]:
+    """One batch of the reference output, reduced to what the fit reads.
+
+    Returns ``(chosen, targets [rows, o])``: ``chosen`` are the sampled output positions of a
+    convolution (``[positions]``, the same for every image of the batch) or the sampled rows
+    of a Gemm/MatMul output (``[positions * n]``), None when every one is used; ``targets``
+    are the kept output channels there, one row per (image, position).
+    """
     out_keep = torch.as_tensor(layer.out_keep)
+    if layer.op_type == "Conv":
+        target = y_ref.index_select(1, out_keep).flatten(2)  # [n, o, L]
+        chosen = None
+        if positions < target.shape[2]:
+            chosen = torch.randperm(target.shape[2], generator=generator)[:positions]
+            target = target[:, :, chosen]
+        return chosen, target.permute(0, 2, 1).reshape(-1, target.shape[1])
+    rows_y = y_ref.index_select(y_ref.dim() - 1, out_keep).reshape(-1, len(layer.out_keep))
+    if positions * y_ref.shape[0] < rows_y.shape[0]:
+        chosen = torch.randperm(rows_y.shape[0], generator=generator)[: positions * y_ref.shape[0]]
+        return chosen, rows_y[chosen]
+    return None, rows_y
+
+
+def _features(
+    layer: _Layer, ctx: Any, x: Tensor, weight_shape: tuple[int, ...], chosen: Tensor | None
+) -> Tensor:
+    """The layer's input rows at the sampled positions: ``[rows, groups, f]`` (im2col for a
+    convolution, ``f = i/g * prod(k)``), in the row order of :func:`_sampled_targets`."""
     if layer.op_type == "Conv":
         spatial = x.dim() - 2
         if spatial == 1:
-            x, y_ref = x.unsqueeze(2), y_ref.unsqueeze(2)
+            x = x.unsqueeze(2)
             weight_shape = (*weight_shape[:2], 1, weight_shape[2])
         x_padded, padding, strides, dilations = conv_input_padded(ctx, x, weight_shape)
         if spatial == 1:
             padding, strides, dilations = [0, *padding], [1, *strides], [1, *dilations]
         cols = F.unfold(x_padded, weight_shape[2:], dilations, padding, strides)  # [n, i*k, L]
-        target = y_ref.index_select(1, out_keep).flatten(2)  # [n, o, L]
-        total = cols.shape[2]
-        if positions < total:
-            chosen = torch.randperm(total, generator=generator)[:positions]
-            cols, target = cols[:, :, chosen], target[:, :, chosen]
+        if chosen is not None:
+            cols = cols[:, :, chosen]
         rows_x = cols.permute(0, 2, 1).reshape(-1, cols.shape[1])
-        rows_y = target.permute(0, 2, 1).reshape(-1, target.shape[1])
-        groups = layer.groups
-        return (
-            rows_x.reshape(rows_x.shape[0], groups, -1),
-            rows_y.reshape(rows_y.shape[0], groups, -1),
-        )
+        return rows_x.reshape(rows_x.shape[0], layer.groups, -1)
     rows_x = x.reshape(-1, x.shape[-1])
-    rows_y = y_ref.index_select(y_ref.dim() - 1, out_keep).reshape(-1, len(layer.out_keep))
-    if positions * x.shape[0] < rows_x.shape[0]:
-        chosen = torch.randperm(rows_x.shape[0], generator=generator)[: positions * x.shape[0]]
-        rows_x, rows_y = rows_x[chosen], rows_y[chosen]
-    return rows_x[:, None, :], rows_y[:, None, :]
+    return (rows_x if chosen is None else rows_x[chosen])[:, None, :]
 
 
 def _current_matrix(layer: _Layer, module: OnnxModule, ctx: Any) -> Tensor:
@@ -350,11 +362,11 @@ class _NormalEquations:
         self.residual_energy = 0.0
         self.samples = 0
 
-    def add(self, x: Tensor, y_ref: Tensor, positions: int, generator: torch.Generator) -> None:
-        """Add one batch: the layer's input ``x`` (pruned model) and the reference output."""
-        feats, targets = _features_targets(
-            self.layer, self.ctx, x, y_ref, self.weight_shape, positions, generator
-        )  # [rows, g, f], [rows, g, o/g]
+    def add(self, x: Tensor, chosen: Tensor | None, target_rows: Tensor) -> None:
+        """Add one batch: the layer's input ``x`` (pruned model), the sampled positions and
+        the reference's targets there (:func:`_sampled_targets`)."""
+        feats = _features(self.layer, self.ctx, x, self.weight_shape, chosen)  # [rows, g, f]
+        targets = target_rows.reshape(target_rows.shape[0], self.layer.groups, -1)
         if self.layer.bias is not None:
             feats = torch.cat([feats, torch.ones_like(feats[:, :, :1])], dim=2)
         f_g = feats.transpose(0, 1)  # [g, rows, f]
@@ -549,6 +561,47 @@ def _batch_feeds(
     return feeds
 
 
+def _layer_generator(seed: int, reference_index: int) -> torch.Generator:
+    """The sampling generator of the layer whose reference node is ``reference_index``: one
+    stream per layer, so a layer's sampled positions do not depend on which other layers
+    are refit, and the reference pass can draw them batch-major."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + reference_index)
+
+
+def _reference_targets(
+    layers: list[_Layer],
+    reference_module: OnnxModule,
+    feeds: Callable[[int], dict[str, Tensor]],
+    batch_count: int,
+    settings: _Settings,
+    store: ActivationStore,
+) -> int:
+    """One pass of the reference over the batches, keeping of each layer's output only the
+    sampled targets (:func:`_sampled_targets`) in ``store`` (``target:N`` / ``chosen:N``,
+    per batch). The reference never changes, so it runs once, whatever the depth. Returns
+    the peak activation bytes of one batch."""
+    producer = {out: i for i, (_, _, outs) in enumerate(reference_module._nodes) for out in outs}
+    by_output: dict[str, list[int]] = {}
+    for number, layer in enumerate(layers):
+        by_output.setdefault(layer.ref_output, []).append(number)
+    generators = [_layer_generator(settings.seed, producer[layer.ref_output]) for layer in layers]
+    stop = max(producer[name] for name in by_output) + 1
+    peak = 0
+    for batch in range(batch_count):
+
+        def gather(name: str, value: Any, batch: int = batch) -> None:
+            for number in by_output.get(name, ()):
+                chosen, targets = _sampled_targets(
+                    layers[number], value, settings.positions, generators[number]
+                )
+                store.put(f"target:{number}", batch, targets)
+                if chosen is not None:
+                    store.put(f"chosen:{number}", batch, chosen)
+
+        peak = max(peak, run_batch(reference_module, feeds(batch), stop, gather))
+    return peak
+
+
 def _fit_all(
     layers: list[_Layer],
     modules: tuple[OnnxModule, OnnxModule],
@@ -558,48 +611,51 @@ def _fit_all(
     result: LeastSquaresResult,
     on_layer: Callable[[LayerFit], None] | None,
 ) -> None:
-    """Refit ``layers`` in pruned-graph order, streaming both graphs batch by batch
-    (:mod:`.stream`): per layer, every batch runs the segment up to it and adds to the
-    layer's normal equations; then the layer is solved and the next segment starts."""
+    """Refit ``layers`` in pruned-graph order. The reference runs once and leaves each
+    layer's sampled targets; then the pruned graph streams batch by batch (:mod:`.stream`):
+    per layer, every batch runs the segment up to it and adds to the layer's normal
+    equations, the layer is solved, and the next segment starts."""
     pruned_module, reference_module = modules
-    generator = torch.Generator().manual_seed(settings.seed)
-    store = ActivationStore(settings.activation_memory, settings.spill_dir)
+    # A quarter of the RAM budget for the (small) sampled targets, the rest for the frontier
+    # of the pruned graph, whose spill is the expensive one.
+    targets = ActivationStore(settings.activation_memory // 4, settings.spill_dir)
+    store = ActivationStore(settings.activation_memory - targets.memory_bytes, settings.spill_dir)
     pruned = StreamRunner(pruned_module, _batch_feeds(pruned_module.input_names, arrays, bounds),
                           store, "pruned:")  # fmt: skip
-    reference = StreamRunner(
-        reference_module, _batch_feeds(reference_module.input_names, arrays, bounds), store,
-        "reference:",
-    )  # fmt: skip
     try:
         with torch.no_grad():
+            reference_feeds = _batch_feeds(reference_module.input_names, arrays, bounds)
+            reference_bytes = _reference_targets(
+                layers, reference_module, reference_feeds, len(bounds), settings, targets
+            )
             for number, layer in enumerate(layers):
                 ctx, names_in, _ = pruned_module._nodes[layer.index]
-                # Reference layers may come in another order (another exporter): keep the
-                # outputs of layers still to fit that the run passes on the way.
-                # (This layer's own output is handed over through ``want``, not stored.)
-                pending = {later.ref_output for later in layers[number + 1 :]}
-                stop = max(reference.producer[layer.ref_output] + 1, reference.next_index)
                 equations = _NormalEquations(layer, pruned_module, ctx)
                 for batch in range(len(bounds)):
                     x = pruned.run(batch, layer.index, want=[names_in[0]])[names_in[0]]
-                    y = reference.run(batch, stop, keep=pending, want=[layer.ref_output])
-                    equations.add(x, y[layer.ref_output], settings.positions, generator)
+                    chosen_key = (f"chosen:{number}", batch)
+                    chosen = targets.get(*chosen_key) if chosen_key in targets else None
+                    equations.add(x, chosen, targets.get(f"target:{number}", batch))
+                    in_ram = {b for _, b in store.resident} | {b for _, b in targets.resident}
                     result.peak_batches_in_memory = max(
-                        result.peak_batches_in_memory, store.resident_batches(batch)
+                        result.peak_batches_in_memory, len(in_ram | {batch})
                     )
                 pruned.finish(layer.index)
-                reference.finish(stop, keep=pending)
+                targets.drop(f"target:{number}")
+                targets.drop(f"chosen:{number}")
                 result.peak_activation_bytes = max(
                     result.peak_activation_bytes,
-                    pruned.batch_bytes + reference.batch_bytes + store.resident_bytes,
-                )
+                    max(pruned.batch_bytes, reference_bytes) + store.resident_bytes
+                    + targets.resident_bytes,
+                )  # fmt: skip
                 fit = equations.solve(settings.ridge)
                 result.layers.append(fit)
                 if on_layer is not None:
                     on_layer(fit)
     finally:
-        result.spilled_bytes = store.spilled_bytes
+        result.spilled_bytes = store.spilled_bytes + targets.spilled_bytes
         store.close()
+        targets.close()
 
 
 def least_squares_recover(

@@ -221,3 +221,35 @@ class StreamRunner:
                 continue
             if not self._needed(key[len(self.tag) :], self.next_index, keep):
                 self.store.drop(key)
+
+
+def run_batch(
+    module: OnnxModule,
+    feeds: dict[str, Tensor],
+    stop: int,
+    on_tensor: Callable[[str, Any], None],
+) -> int:
+    """Run nodes ``[0, stop)`` of ``module`` on one batch, calling ``on_tensor(name, value)``
+    for every tensor produced; each activation is dropped after its last use. Returns the
+    largest number of activation bytes held at once."""
+    env: dict[str, Any] = dict(module._folded)
+    for name in module._slots:
+        env[name] = module.tensor(name)
+    static = set(env)
+    env.update(feeds)
+    live, peak = 0, 0
+    for index in range(stop):
+        if index in module._fold_skip:
+            continue
+        ctx, names_in, names_out = module._nodes[index]
+        values = [env[n] if n else None for n in names_in]
+        for name, value in zip(names_out, run_node_checked(module, ctx, values), strict=False):
+            if name:
+                env[name] = value
+                live += _nbytes(value)
+                on_tensor(name, value)
+        peak = max(peak, live)
+        for name in names_in:
+            if name and module._last_use.get(name) == index and name not in static:
+                live -= _nbytes(env.pop(name, None))
+    return peak
