@@ -80,6 +80,7 @@ from onnxprune.recover.stream import (
     DEFAULT_ACTIVATION_MEMORY,
     ActivationStore,
     StreamRunner,
+    release_free_memory,
     run_batch,
 )
 
@@ -628,6 +629,7 @@ def _fit_all(
             reference_bytes = _reference_targets(
                 layers, reference_module, reference_feeds, len(bounds), settings, targets
             )
+            release_free_memory()
             for number, layer in enumerate(layers):
                 ctx, names_in, _ = pruned_module._nodes[layer.index]
                 equations = _NormalEquations(layer, pruned_module, ctx)
@@ -643,6 +645,7 @@ def _fit_all(
                 pruned.finish(layer.index)
                 targets.drop(f"target:{number}")
                 targets.drop(f"chosen:{number}")
+                release_free_memory()
                 result.peak_activation_bytes = max(
                     result.peak_activation_bytes,
                     max(pruned.batch_bytes, reference_bytes) + store.resident_bytes

@@ -20,6 +20,8 @@ the number of images.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import shutil
 import tempfile
 from collections.abc import Callable, Collection
@@ -36,6 +38,30 @@ from onnxprune.recover.interpreter.core import run_node_checked
 
 # Frontier kept in RAM before spilling to disk (recover: ``reconstruct(activation_memory=)``).
 DEFAULT_ACTIVATION_MEMORY = 256 * 2**20
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)  # glibc only
+    return trim
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; nothing elsewhere).
+
+    Streaming frees and re-allocates batch-sized buffers thousands of times; glibc raises
+    its mmap threshold after the first large free, so later buffers come from the heap and
+    its fragmentation grows the resident size with the number of batches (measured on the
+    ResNet-50-like benchmark: 2.6 GB peak at 250 images against 1.4 GB at 64; 1.55 GB with
+    the heap trimmed after each layer).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @dataclass
