@@ -291,6 +291,12 @@ def _before_after(trees: dict[str, Path], work: Path, repeats: int) -> dict[str,
     return results
 
 
+def _commit(tree: Path) -> str:
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True)  # fmt: skip
+    return f"{tree} @ {done.stdout.strip() or 'unknown'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worker", choices=["candidate", "ls"])
@@ -321,7 +327,7 @@ def main() -> None:
             trees = {"before": args.before_tree.resolve(), **trees}
         print("CIFAR before/after:", flush=True)
         record["before_after"] = _before_after(trees, work, args.repeats)
-        record["trees"] = {label: str(tree) for label, tree in trees.items()}
+        record["trees"] = {label: _commit(tree) for label, tree in trees.items()}
     record["load_average_end"] = os.getloadavg()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2) + "\n")
