@@ -264,3 +264,17 @@ def test_cli_recover_spills_next_to_the_output_and_cleans_up(tmp_path: Path) -> 
     assert record["least_squares"]["spilled_bytes"] > 0
     assert record["least_squares"]["peak_batches_in_memory"] == 1
     assert sorted(p.name for p in out.iterdir()) == ["recovered.onnx"]
+
+
+@pytest.mark.parametrize("threads", [None, 2])
+def test_finetune_runs_on_the_rule_s_thread_count(threads: int | None) -> None:
+    from onnxprune.recover import distill
+
+    pruned, reference = _pruned_pair()
+    previous = torch.get_num_threads()
+    seen: list[int] = []
+    result = distill(pruned, reference, _images(16), epochs=1, batch=8, augment=False,
+                     threads=threads, on_step=lambda *_: seen.append(torch.get_num_threads()))  # fmt: skip
+    assert result.steps == 2
+    assert seen == [recovery_thread_count(threads)] * 2
+    assert torch.get_num_threads() == previous
