@@ -344,12 +344,18 @@ def _store_matrix(layer: _Layer, module: OnnxModule, ctx: Any, solution: Tensor)
         module.set_initializer(layer.bias, bias.float().reshape(module.tensor(layer.bias).shape))
 
 
+# Rows gathered before one float32 product is added to the float64 sums: small batches of
+# large images would otherwise pay one f x f conversion per batch.
+_FLUSH_ROWS = 2048
+
+
 class _NormalEquations:
     """``F^T F`` and ``F^T R`` (float64) of one layer, accumulated batch by batch.
 
     Solves for the change ``d = S - S0`` from the residual ``R = T - F S0``: exact data gives
     ``R = 0`` and ``d = 0`` bit for bit, and float32 round-off in ``F^T F`` does not leak into
     ``S0``. Shapes: ``S0 [g, f(+1), o/g]``, ``gram [g, f(+1), f(+1)]``, ``cross [g, f(+1), o/g]``.
+    Rows are multiplied in float32 in chunks of about ``_FLUSH_ROWS`` and summed in float64.
     """
 
     def __init__(self, layer: _Layer, module: OnnxModule, ctx: Any) -> None:
@@ -362,6 +368,8 @@ class _NormalEquations:
         self.cross = torch.zeros(groups, dim, outs, dtype=torch.float64)
         self.residual_energy = 0.0
         self.samples = 0
+        self._pending: list[tuple[Tensor, Tensor]] = []  # ([g, rows, f], [g, rows, o/g])
+        self._pending_rows = 0
 
     def add(self, x: Tensor, chosen: Tensor | None, target_rows: Tensor) -> None:
         """Add one batch: the layer's input ``x`` (pruned model), the sampled positions and
@@ -372,28 +380,44 @@ class _NormalEquations:
             feats = torch.cat([feats, torch.ones_like(feats[:, :, :1])], dim=2)
         f_g = feats.transpose(0, 1)  # [g, rows, f]
         residual = targets.transpose(0, 1) - torch.bmm(f_g, self.current_f32)  # [g, rows, o/g]
-        self.gram += torch.bmm(f_g.transpose(1, 2), f_g).double()
-        self.cross += torch.bmm(f_g.transpose(1, 2), residual).double()
         self.residual_energy += float((residual.double() ** 2).sum())
         self.samples += feats.shape[0]
+        self._pending.append((f_g, residual))
+        self._pending_rows += feats.shape[0]
+        if self._pending_rows >= _FLUSH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        f_g = torch.cat([f for f, _ in self._pending], dim=1)
+        residual = torch.cat([r for _, r in self._pending], dim=1)
+        self._pending, self._pending_rows = [], 0
+        self.gram += torch.bmm(f_g.transpose(1, 2), f_g).double()
+        self.cross += torch.bmm(f_g.transpose(1, 2), residual).double()
 
     def solve(self, ridge: float) -> LayerFit:
         """Solve the ridge system, store the refit weights when they help, report the fit."""
+        self._flush()
         layer, gram, cross = self.layer, self.gram, self.cross
         count = max(self.samples * len(layer.out_keep), 1)
         diag_mean = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)  # [g]
         lam = (ridge * diag_mean)[:, None, None]
-        eye = torch.eye(gram.shape[1], dtype=torch.float64)[None]
-        delta = torch.linalg.solve(gram + lam * eye, cross)
-        # ||R - F d||^2 = ||R||^2 - 2 <d, F^T R> + <d, F^T F d>
-        reduction = 2 * float((delta * cross).sum()) - float(
-            torch.einsum("gfo,gfh,gho->", delta, gram, delta)
-        )
+        system = gram + lam * torch.eye(gram.shape[1], dtype=torch.float64)[None]
+        # G + lam I is symmetric positive definite: Cholesky costs half of LU.
+        factor, info = torch.linalg.cholesky_ex(system)
+        if bool((info == 0).all()):
+            delta = torch.cholesky_solve(cross, factor)
+        else:  # not positive definite in float64 round-off
+            delta = torch.linalg.solve(system, cross)
+        # ||R - F d||^2 = ||R||^2 - 2 <d, F^T R> + <d, F^T F d>, and (G + lam I) d = F^T R
+        # gives <d, G d> = <d, F^T R> - lam ||d||^2: the reduction is <d, F^T R> + lam ||d||^2.
+        reduction = float((delta * cross).sum()) + float((lam * delta**2).sum())
         before = self.residual_energy / count
         after = max(self.residual_energy - reduction, 0.0) / count
         if reduction > 0:
             _store_matrix(layer, self.module, self.ctx, self.current + delta)
-        else:  # only round-off: keep the pruned weights
+        else:  # nothing to gain (exact data): keep the pruned weights
             after = before
         return LayerFit(
             layer.name, layer.op_type, layer.kept_inputs, layer.original_inputs,
