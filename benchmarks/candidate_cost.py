@@ -227,7 +227,12 @@ def _spawn(kind: str, model_path: Path, images: int) -> dict[str, Any]:
 
 def _cli(tree: Path, args: list[str]) -> dict[str, Any]:
     """Wall and CPU seconds and peak RSS of ``onnxprune ARGS`` run from the code in ``tree``."""
-    code = "import sys; from onnxprune.cli import entry; sys.argv[0] = 'onnxprune'; entry()"
+    code = (
+        "import atexit, resource, sys; from onnxprune.cli import entry; "
+        "atexit.register(lambda: sys.stderr.write("
+        "f'\\nMAXRSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n')); "
+        "sys.argv[0] = 'onnxprune'; entry()"
+    )
     env = dict(os.environ, PYTHONPATH=str(tree))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -239,7 +244,7 @@ def _cli(tree: Path, args: list[str]) -> dict[str, Any]:
     return {
         "wall_s": round(time.perf_counter() - start, 2),
         "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
-        "peak_rss_mib": round(after.ru_maxrss / 1024.0, 1),
+        "peak_rss_mib": round(int(done.stderr.rsplit("MAXRSS", 1)[1].split()[0]) / 1024.0, 1),
         "stdout": done.stdout,
     }
 
@@ -314,6 +319,9 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), {platform.platform()}",
         "load_average_start": os.getloadavg(),
     }
+    if args.skip_candidate and RESULTS.exists():  # keep the last run's candidate figures
+        previous = json.loads(RESULTS.read_text())
+        record.update({k: previous[k] for k in ("candidate", "ls_alone") if k in previous})
     with tempfile.TemporaryDirectory(prefix="candidate-cost-") as folder:
         work = Path(folder)
         if not args.skip_candidate:
