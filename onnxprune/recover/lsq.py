@@ -80,7 +80,6 @@ from onnxprune.recover.stream import (
     DEFAULT_ACTIVATION_MEMORY,
     ActivationStore,
     StreamRunner,
-    map_large_buffers,
     release_free_memory,
     run_batch,
 )
@@ -648,7 +647,6 @@ def _fit_all(
     store = ActivationStore(settings.activation_memory - targets.memory_bytes, settings.spill_dir)
     pruned = StreamRunner(pruned_module, _batch_feeds(pruned_module.input_names, arrays, bounds),
                           store, "pruned:")  # fmt: skip
-    map_large_buffers()
     try:
         with torch.no_grad():
             reference_feeds = _batch_feeds(reference_module.input_names, arrays, bounds)

@@ -46,19 +46,6 @@ def _libc_function(name: str) -> Any:
 
 
 _MALLOC_TRIM = _libc_function("malloc_trim")
-_MALLOPT = _libc_function("mallopt")
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-# Buffers above this are mapped and unmapped by glibc, never carved from the heap.
-BATCH_BUFFER_THRESHOLD = 4 * 2**20
-
-
-def map_large_buffers() -> None:
-    """Have glibc serve every allocation above ``BATCH_BUFFER_THRESHOLD`` with its own
-    mapping (``mallopt(M_MMAP_THRESHOLD)``; nothing elsewhere). glibc otherwise raises its
-    threshold to 32 MB after the first large free, and batch-sized activations then come
-    from the heap, whose fragmentation grows with the number of batches."""
-    if _MALLOPT is not None:
-        _MALLOPT(_M_MMAP_THRESHOLD, BATCH_BUFFER_THRESHOLD)
 
 
 def release_free_memory() -> None:
