@@ -228,9 +228,11 @@ def _spawn(kind: str, model_path: Path, images: int) -> dict[str, Any]:
 def _cli(tree: Path, args: list[str]) -> dict[str, Any]:
     """Wall and CPU seconds and peak RSS of ``onnxprune ARGS`` run from the code in ``tree``."""
     code = (
-        "import atexit, resource, sys; from onnxprune.cli import entry; "
-        "atexit.register(lambda: sys.stderr.write("
-        "f'\\nMAXRSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n')); "
+        # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork + exec.
+        "import atexit, pathlib, sys; from onnxprune.cli import entry; "
+        "hwm = lambda: [l for l in pathlib.Path('/proc/self/status').read_text().splitlines() "
+        "if l.startswith('VmHWM')][0].split()[1]; "
+        "atexit.register(lambda: sys.stderr.write(f'\\nMAXRSS {hwm()}\\n')); "
         "sys.argv[0] = 'onnxprune'; entry()"
     )
     env = dict(os.environ, PYTHONPATH=str(tree))
