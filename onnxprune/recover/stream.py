@@ -15,7 +15,9 @@ mapped into (and counted in) the process. :class:`StreamRunner` runs a segment o
 at a time: it loads from the store only the frontier tensors the segment reads, runs the
 nodes (dropping each activation after its last use), and stores the new frontier. So at
 most one batch of activations per live tensor is in RAM beyond the store's budget, whatever
-the number of images.
+the number of images. A graph that never changes (the reference) needs no frontier: it runs
+once, batch by batch, through :func:`run_batch`, which hands each produced tensor to a
+callback before dropping it.
 """
 
 from __future__ import annotations
@@ -53,9 +55,9 @@ def release_free_memory() -> None:
 
     Streaming frees and re-allocates batch-sized buffers thousands of times; glibc raises
     its mmap threshold after the first large free, so later buffers come from the heap and
-    its fragmentation grows the resident size with the number of batches (measured on the
-    ResNet-50-like benchmark: 2.6 GB peak at 250 images against 1.4 GB at 64; 1.55 GB with
-    the heap trimmed after each layer).
+    its fragmentation grows the resident size with the number of batches (ResNet-50-like
+    benchmark, least squares on 250 images: 2.6 GB peak untrimmed, 1.46 GB with the heap
+    trimmed after each layer; docs/SCALING.md).
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
