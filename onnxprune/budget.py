@@ -221,11 +221,15 @@ class Budget:
         The group whose kept share *after* growing is smallest goes first (ties: lower group
         id), which keeps the plan as uniform as the rounding allows; a group whose step does
         not fit is never tried again (the others only grow, so it never fits later). A heap
-        holds one entry per group, so each step costs one pricing and ``log n``.
+        holds one entry per group, and each step re-prices only the layers the grown group
+        touches (:class:`~onnxprune.cost.MacsTracker`), so filling is linear in depth.
         """
         counts = np.asarray(counts, dtype=np.int64).copy()
         rounding = self.rounding
         ids = rounding.group_ids
+        vector = self._full.copy()
+        vector[self._positions] = counts
+        tracker = self.plan_cost.tracker(vector)
 
         def entry(i: int) -> tuple[float, int, int]:
             return (rounding.grown(i, int(counts[i])) / rounding.sizes[i], ids[i], i)
@@ -234,13 +238,21 @@ class Budget:
         heapq.heapify(heap)
         while heap:
             _, _, i = heapq.heappop(heap)
-            previous = counts[i]
-            counts[i] = rounding.grown(i, int(previous))
-            if self.fraction(counts) > flops_fraction:
-                counts[i] = previous
-            elif counts[i] < rounding.sizes[i]:
+            grown = rounding.grown(i, int(counts[i]))
+            tracker.set(int(self._positions[i]), grown)
+            if self._over(tracker.macs, flops_fraction):
+                tracker.set(int(self._positions[i]), counts[i])
+                continue
+            counts[i] = grown
+            if counts[i] < rounding.sizes[i]:
                 heapq.heappush(heap, entry(i))
         return counts
+
+    def _over(self, macs: int, flops_fraction: float) -> bool:
+        """``fraction > flops_fraction`` for a plan of ``macs`` (the test :meth:`fraction`
+        makes, without re-pricing)."""
+        full = self.plan_cost.full_macs
+        return (macs / full if full else 1.0) > flops_fraction
 
 
 __all__ = ["WALL_ITERATIONS", "Budget", "ChannelRounding", "RoundedGroup", "keep_count"]

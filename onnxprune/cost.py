@@ -95,6 +95,7 @@ __all__ = [
     "CostReport",
     "CostTotals",
     "DynamicInputError",
+    "MacsTracker",
     "NodeCost",
     "PlanCost",
     "model_cost",
@@ -715,6 +716,56 @@ def model_cost(
     )
 
 
+class MacsTracker:
+    """The MACs of a plan kept up to date while single groups change (:meth:`set`).
+
+    A MAC term is a product of dimension values, each affine in the kept counts (a layer's
+    ``C_out * C_in / group * k * spatial``). Per group, the rows of the dimension matrix it
+    enters and the MAC terms reading those rows are found once; changing the group's count
+    updates only those dimensions and re-prices only those terms, so growing one group costs
+    the layers it touches instead of the whole plan (:meth:`onnxprune.budget.Budget.fill`).
+    :attr:`macs` equals :meth:`PlanCost.macs` of the same counts (each term is an integer
+    MAC count, summed exactly in float64).
+    """
+
+    def __init__(self, compiled: _Compiled, kept_ext: np.ndarray) -> None:
+        self._matrix = compiled.matrix
+        self._kept = np.array(kept_ext, dtype=np.float64)
+        self._values = compiled.dim_values(self._kept)
+        coefs, i1, i2, i3 = compiled.by_kind[_MACS]
+        self._coefs, self._slots = coefs, np.stack([i1, i2, i3], axis=1)  # [terms], [terms, 3]
+        self._products = self._price(np.arange(len(coefs)))
+        self._total = float(self._products.sum())
+        self._touched: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _price(self, terms: np.ndarray) -> np.ndarray:
+        v = self._values[self._slots[terms]]
+        return self._coefs[terms] * v[:, 0] * v[:, 1] * v[:, 2]
+
+    def _rows_terms(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        if position not in self._touched:
+            rows = np.flatnonzero(self._matrix[:, position])
+            reads = np.isin(self._slots, rows).any(axis=1)
+            self._touched[position] = (rows, np.flatnonzero(reads))
+        return self._touched[position]
+
+    def set(self, position: int, count: float) -> None:
+        """Group at ``position`` (in :attr:`PlanCost.group_ids` order) now keeps ``count``."""
+        delta = count - self._kept[position]
+        if delta == 0:
+            return
+        rows, terms = self._rows_terms(position)
+        self._kept[position] = count
+        self._values[rows] += delta * self._matrix[rows, position]
+        priced = self._price(terms)
+        self._total += float(priced.sum() - self._products[terms].sum())
+        self._products[terms] = priced
+
+    @property
+    def macs(self) -> int:
+        return int(round(self._total))
+
+
 class PlanCost:
     """Prices a plan (kept channels per group) without building the pruned model.
 
@@ -777,6 +828,10 @@ class PlanCost:
     def macs_fraction(self, kept) -> float:
         """``macs(kept) / macs(full)``."""
         return self.macs(kept) / self.full_macs if self.full_macs else 1.0
+
+    def tracker(self, kept) -> MacsTracker:
+        """A :class:`MacsTracker` starting at ``kept`` (for plans changed one group at a time)."""
+        return MacsTracker(self._compiled, self._extended(kept))
 
     def __str__(self) -> str:
         return (

@@ -401,6 +401,9 @@ def recover_model(
     augment: bool = True,
     minutes: float | None = None,
     seed: int = 0,
+    threads: int | None = None,
+    activation_memory: int | None = None,
+    spill_dir: Any = None,
     show_progress: bool = False,
     report: Callable[[str], None] | None = None,
 ) -> RecoverResult:
@@ -415,7 +418,10 @@ def recover_model(
     (:func:`~onnxprune.recover.finetune.distill`: ``epochs``, ``lr``, ``batch``,
     ``optimizer``, ``bn``, ``augment``, ``minutes`` of wall clock), ``ls+finetune`` both in
     that order. Weights in ``Constant`` nodes are recovered like initializers, and a model with
-    a fixed batch dimension runs in chunks of that batch. ``show_progress`` draws a progress
+    a fixed batch dimension runs in chunks of that batch. Both phases run torch on ``threads``
+    intra-op threads, 1 when None (:func:`~onnxprune.recover.batching.recovery_thread_count`).
+    Least squares keeps ``activation_memory`` bytes of activations in RAM (None: its default)
+    and spills the rest under ``spill_dir`` (:mod:`onnxprune.recover.stream`). ``show_progress`` draws a progress
     bar per phase on stderr; ``report`` gets a summary after each phase (for ``ls`` also one
     line per pruned-input layer it left as it was).
     """
@@ -429,12 +435,14 @@ def recover_model(
     result = RecoverResult(model=pruned, method=method)
     if method in ("ls", "ls+finetune"):
         from onnxprune.recover.lsq import layers_to_refit, reconstruct
+        from onnxprune.recover.stream import DEFAULT_ACTIVATION_MEMORY
 
+        memory = DEFAULT_ACTIVATION_MEMORY if activation_memory is None else activation_memory
         total = len(layers_to_refit(pruned, reference)) if show_progress else None
         with progress("least squares", total, enabled=show_progress) as task:
             result.least_squares = reconstruct(
-                result.model, reference, data, max_images=ls_images, seed=seed,
-                on_layer=lambda fit: task.advance(1, status=fit.node),
+                result.model, reference, data, max_images=ls_images, seed=seed, threads=threads,
+                activation_memory=memory, spill_dir=spill_dir, on_layer=lambda fit: task.advance(1, status=fit.node),
             )  # fmt: skip
         result.model = result.least_squares.model
         if report is not None:  # the summary, and each pruned-input layer left as it was
@@ -447,7 +455,7 @@ def recover_model(
             result.finetune = distill(
                 result.model, reference, data, epochs=epochs, lr=lr, batch=batch,
                 optimizer=optimizer, bn=bn, augment=augment, max_minutes=minutes, seed=seed,
-                on_step=lambda step, total, loss: task.advance(1, status=f"loss {loss:.3f}"),
+                threads=threads, on_step=lambda step, total, loss: task.advance(1, status=f"loss {loss:.3f}"),
             )  # fmt: skip
         result.model = result.finetune.model
         if report is not None:

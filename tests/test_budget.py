@@ -14,6 +14,7 @@ from onnxprune.deps import analyze
 from onnxprune.env import ActionGroup, PruningEnv
 from onnxprune.errors import OnnxPruneError, PlanError
 from tests.conftest import make_tiny_cnn, tiny_cnn_macs
+from tests.corpus.fixtures import corpus_model  # noqa: F401  (pytest fixture)
 from tests.test_env import _plan_cost as _chain_cost
 
 
@@ -149,3 +150,57 @@ def test_smallest_fraction_leaves_other_groups_full():
     assert only_first.smallest_fraction == pytest.approx(tiny_cnn_macs((1, 16)) / full)
     with pytest.raises(PlanError, match=r"ask for --flops >= 0\.127"):
         only_first.require(0.01)
+
+
+FILL_MODELS = ["resnet_b", "mobilenet_v2", "resnext", "densenet", "unet", "shufflenet_v2"]
+
+
+def _fill_both(analysis, target: float, round_to: int) -> tuple[np.ndarray, np.ndarray]:
+    """(incremental Budget.fill, full re-pricing oracle) from the uniform plan of --flops."""
+    plan_cost = PlanCost(analysis.model, analysis.channel_exprs(), analysis.group_sizes())
+    groups = analysis.prunable_groups()
+    budget = Budget(plan_cost, ChannelRounding(groups, round_to, 1))
+    keep = np.ones(len(groups))
+    counts, _ = budget.fit(keep, np.zeros_like(keep), target)
+    return budget.fill(counts, target), _refill(budget, counts, target)
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.75])
+@pytest.mark.parametrize("round_to", [8, 1])
+def test_incremental_fill_equals_full_repricing_on_resnet20(target, round_to):
+    from pathlib import Path
+
+    from onnxprune.model import load_model
+
+    path = Path(__file__).parents[1] / "examples" / "cifar_resnet" / "resnet20.onnx"
+    filled, oracle = _fill_both(analyze(load_model(path)), target, round_to)
+    np.testing.assert_array_equal(filled, oracle)
+
+
+@pytest.mark.parametrize("name", FILL_MODELS)
+@pytest.mark.parametrize("target", [0.35, 0.6])
+def test_incremental_fill_equals_full_repricing_on_corpus(name, target, corpus_model):  # noqa: F811
+    from onnxprune.model import load_model
+
+    analysis = analyze(load_model(corpus_model(name)))
+    for round_to in (4, 1):
+        filled, oracle = _fill_both(analysis, target, round_to)
+        np.testing.assert_array_equal(filled, oracle)
+
+
+def test_macs_tracker_follows_single_group_changes(corpus_model):  # noqa: F811
+    from onnxprune.model import load_model
+
+    analysis = analyze(load_model(corpus_model("resnext")))
+    plan_cost = PlanCost(analysis.model, analysis.channel_exprs(), analysis.group_sizes())
+    sizes = np.array([analysis.group_sizes()[g] for g in plan_cost.group_ids], dtype=np.float64)
+    kept = sizes.copy()
+    tracker = plan_cost.tracker(kept)
+    assert tracker.macs == plan_cost.full_macs
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        position = int(rng.integers(len(kept)))
+        kept[position] = int(rng.integers(1, sizes[position] + 1))
+        tracker.set(position, kept[position])
+        assert tracker.macs == plan_cost.macs(kept)
+    assert tracker.macs < plan_cost.full_macs

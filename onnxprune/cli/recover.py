@@ -98,14 +98,30 @@ def register(main: click.Group) -> None:
     "read from the weights).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch intra-op threads for least squares / fine-tuning (default 1: fastest per "
+    "CPU-second for these small convolutions, and robust on a busy machine; raise it to use "
+    "more cores for one large model).",
+)
+@click.option(
+    "--ls-memory",
+    type=click.IntRange(min=0),
+    default=256,
+    show_default=True,
+    help="MiB of activations least squares keeps in RAM between layers; the rest is spilled "
+    "to a temporary folder next to -o and removed afterwards.",
+)
 @input_shape_option
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON record instead of text.")
 def recover(
     pruned: Path, reference: Path, data_path: Path, method: str, epochs: float,
     minutes: float | None, lr: float, batch: int, optimizer: str, bn: str, no_augment: bool,
-    ls_images: int, holdout: float, plan_path: Path | None, seed: int,
-    input_shapes: tuple[str, ...], output: Path, as_json: bool,
+    ls_images: int, holdout: float, plan_path: Path | None, seed: int, threads: int | None,
+    ls_memory: int, input_shapes: tuple[str, ...], output: Path, as_json: bool,
 ) -> None:  # fmt: skip
     """Recover the accuracy of PRUNED from the unpruned --reference, on --data.
 
@@ -142,7 +158,8 @@ def recover(
     result = recover_model(
         pruned_model, reference_model, train, method, ls_images=ls_images, epochs=epochs,
         lr=lr, batch=batch, optimizer=optimizer, bn=bn, augment=not no_augment,
-        minutes=minutes, seed=seed, show_progress=not as_json,
+        minutes=minutes, seed=seed, threads=threads, show_progress=not as_json,
+        activation_memory=ls_memory * 2**20, spill_dir=output.parent,
         report=None if as_json else lambda line: click.echo(line, err=True),
     )  # fmt: skip
     after = compare(reference_model, result.model, held_out, original_logits=before.original_logits)

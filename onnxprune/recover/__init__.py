@@ -4,6 +4,10 @@
   initializers (:class:`OnnxModule`) and write trained weights back (:func:`write_back`).
 - :mod:`.lsq` — least-squares reconstruction of the layers whose inputs were pruned
   (:func:`least_squares_recover`, :func:`reconstruct`).
+- :mod:`.stream` — running a graph over the calibration set one batch at a time, the
+  activations later layers need kept in RAM up to a budget and spilled to disk beyond.
+- :mod:`.batching` — fixed-batch chunks, batch sizes, and the one torch-thread rule of
+  recovery (:func:`~.batching.recovery_thread_count`).
 - :mod:`.finetune` — distillation fine-tuning on the ONNX graph (:func:`finetune`,
   :func:`distill`).
 """

@@ -66,32 +66,52 @@ def filled_index(index: np.ndarray, fixed: int | None) -> np.ndarray:
     return np.resize(index, -(-len(index) // fixed) * fixed)
 
 
-# Chunks smaller than this run torch single-threaded (see small_chunk_threads).
-SMALL_CHUNK = 16
+# Images per least-squares batch are capped so one batch of inputs stays below this: a
+# 224x224 ImageNet image is 600 KB and its ResNet activations 5x that per tensor, so a batch
+# of 100 would hold gigabytes; CIFAR-size inputs (12 KB) keep the full batch of 100.
+BATCH_INPUT_BYTES = 4 * 2**20
+
+
+def images_per_batch(sample_bytes: int, batch_size: int) -> int:
+    """Images per calibration batch: ``batch_size``, fewer when one batch of inputs
+    (``sample_bytes`` per image, all inputs together) would exceed ``BATCH_INPUT_BYTES``."""
+    return max(1, min(batch_size, BATCH_INPUT_BYTES // max(sample_bytes, 1)))
+
+
+def recovery_thread_count(threads: int | None) -> int:
+    """The torch intra-op thread count of least squares and fine-tuning (the one rule).
+
+    ``threads`` when the caller gives it (``--threads``), else 1. Recovery runs many small
+    ops (convolutions of CIFAR-to-ImageNet size, one batch of calibration images), where a
+    second thread mostly buys synchronisation: measured on the shared 2-core machine
+    (least squares on ResNet-20, 800 images): 1 thread 4.2 s wall / 4.2 CPU-s; 2 threads
+    2.7-5.6 s wall / 5.2-8.0 CPU-s depending on the load (under load the issue measured
+    23.8 s against 5.3 s; a fixed-batch-1 ResNet-20, 50 images: 88 s on 2 threads, 5.5 s on
+    one). One thread per process is also what parallel candidate evaluation wants.
+    """
+    return 1 if threads is None else max(1, int(threads))
 
 
 @contextmanager
-def small_chunk_threads(fixed: int | None) -> Iterator[None]:
-    """Run torch on one thread while recovery works on chunks of a small fixed batch.
-
-    An op on one sample is too small for intra-op parallelism to pay, and every op pays its
-    thread synchronisation; on a loaded machine that wait dominates (measured on a fixed-
-    batch-1 ResNet-20, 50 images, 2 busy cores: least squares 88 s on 2 threads, 5.5 s on
-    one). The thread count is restored afterwards.
-    """
-    if fixed is None or fixed >= SMALL_CHUNK:
+def torch_threads(count: int) -> Iterator[None]:
+    """torch on ``count`` intra-op threads inside the block, the previous count restored."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
         yield
-        return
-    with one_torch_thread():
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextmanager
+def recovery_threads(threads: int | None) -> Iterator[None]:
+    """torch on :func:`recovery_thread_count` threads inside the block."""
+    with torch_threads(recovery_thread_count(threads)):
         yield
 
 
 @contextmanager
 def one_torch_thread() -> Iterator[None]:
     """torch on one intra-op thread inside the block, the previous count restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)

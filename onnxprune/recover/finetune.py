@@ -30,7 +30,7 @@ from onnxprune.recover.batching import (
     batch_starts,
     filled_index,
     fixed_batch,
-    small_chunk_threads,
+    recovery_threads,
 )
 from onnxprune.recover.interpreter import OnnxModule, write_back
 from onnxprune.recover.storage import for_recovery, store_values
@@ -237,6 +237,7 @@ def distill(
     augment: bool = True,
     max_minutes: float | None = None,
     seed: int = 0,
+    threads: int | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> FinetuneResult:
     """Distil ``reference_model`` into ``pruned_model`` on ``dataset`` (see module docstring).
@@ -259,6 +260,8 @@ def distill(
             ``'freeze'`` (running statistics fixed; BN scale/bias still train).
         augment: random flip (+ pad-4 crop for images up to 64 px) on 3-channel image inputs.
         max_minutes: wall-clock budget; the schedule is shortened to fit it.
+        threads: torch intra-op threads of the student's steps (default 1,
+            :func:`~onnxprune.recover.batching.recovery_thread_count`).
         on_step: ``on_step(step, total_steps, loss)`` after every step.
 
     Raises :class:`~onnxprune.errors.UnsupportedOpError` (naming the node) when the graph
@@ -298,32 +301,32 @@ def distill(
     step, epoch_loss, epoch_count = 0, 0.0, 0
     order = torch.randperm(len(x_all), generator=generator).numpy()
     position = 0
-    while step < schedule.total:
-        if position >= len(order):
-            order = torch.randperm(len(x_all), generator=generator).numpy()
-            position = 0
-            result.epoch_losses.append(epoch_loss / max(epoch_count, 1))
-            epoch_loss, epoch_count = 0.0, 0
-        index = filled_index(np.sort(order[position : position + batch]), fixed)
-        position += batch
-        inputs = augment_batch(torch.from_numpy(x_all[index]), layout, generator)
-        labels = None if labels_all is None else torch.from_numpy(labels_all[index]).long()
-        opt.zero_grad(set_to_none=True)
-        with small_chunk_threads(fixed):
+    with recovery_threads(threads):  # the one thread rule of recovery
+        while step < schedule.total:
+            if position >= len(order):
+                order = torch.randperm(len(x_all), generator=generator).numpy()
+                position = 0
+                result.epoch_losses.append(epoch_loss / max(epoch_count, 1))
+                epoch_loss, epoch_count = 0.0, 0
+            index = filled_index(np.sort(order[position : position + batch]), fixed)
+            position += batch
+            inputs = augment_batch(torch.from_numpy(x_all[index]), layout, generator)
+            labels = None if labels_all is None else torch.from_numpy(labels_all[index]).long()
+            opt.zero_grad(set_to_none=True)
             value = _accumulate_gradients(
                 student, teacher, index, inputs, labels, fixed, (temperature, kd_weight)
             )
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        opt.step()
-        lr_sched.step()
-        step += 1
-        if step == 1:
-            result.first_loss = value
-        epoch_loss, epoch_count = epoch_loss + value, epoch_count + 1
-        if on_step is not None:
-            on_step(step, schedule.total, value)
-        schedule.after_step(step)
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            opt.step()
+            lr_sched.step()
+            step += 1
+            if step == 1:
+                result.first_loss = value
+            epoch_loss, epoch_count = epoch_loss + value, epoch_count + 1
+            if on_step is not None:
+                on_step(step, schedule.total, value)
+            schedule.after_step(step)
     result.stopped_by_budget = schedule.total < schedule.planned
     if epoch_count:
         result.epoch_losses.append(epoch_loss / epoch_count)

@@ -19,9 +19,12 @@ squares"), each consumer ``y = W x + b`` of pruned channels is refit on calibrat
 k x k convolutions become linear through im2col (``torch.nn.functional.unfold``), with a
 random subset of output positions per image; grouped convolutions are solved per group
 (a depthwise convolution is a per-channel fit over its k x k taps); Gemm and MatMul with a
-constant weight are solved over their last axis. The normal equations are accumulated
-batch by batch (float64), so memory is bounded by the live activations of the graph at the
-calibration size plus one im2col batch.
+constant weight are solved over their last axis. The normal equations ``X^T X`` and
+``X^T Y`` are accumulated batch by batch (float64) while both graphs stream over the
+calibration set one batch at a time (:mod:`.stream`); the activations later layers still
+need are kept in RAM up to ``activation_memory`` bytes and spilled to a temporary folder
+beyond, so memory does not grow with the number of images. The result equals fitting on
+all activations at once.
 
 Layers whose weight (or bias) initializer is shared with another node are left as they are
 (and listed in ``LeastSquaresResult.skipped``).
@@ -48,6 +51,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,11 +64,11 @@ from onnxprune.errors import DataError, OnnxPruneError
 from onnxprune.recover.batching import (
     batch_starts,
     fixed_batch,
-    small_chunk_threads,
+    images_per_batch,
+    recovery_threads,
     whole_chunks,
 )
 from onnxprune.recover.interpreter import OnnxModule, conv_input_padded, write_back
-from onnxprune.recover.interpreter.core import run_node_checked
 from onnxprune.recover.pairing import (
     LayerPair,
     match_dense_rows,  # noqa: F401 - part of this module's API
@@ -72,6 +76,13 @@ from onnxprune.recover.pairing import (
     weighted_layers,
 )
 from onnxprune.recover.storage import for_recovery, store_values
+from onnxprune.recover.stream import (
+    DEFAULT_ACTIVATION_MEMORY,
+    ActivationStore,
+    StreamRunner,
+    release_free_memory,
+    run_batch,
+)
 
 
 @dataclass
@@ -113,6 +124,8 @@ class LeastSquaresResult:
     skipped: list[str] = field(default_factory=list)
     note: str = ""
     fixed_batch: int | None = None
+    peak_batches_in_memory: int = 0
+    spilled_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +136,8 @@ class LeastSquaresResult:
             "skipped": list(self.skipped),
             "note": self.note,
             "fixed_batch": self.fixed_batch,
+            "peak_batches_in_memory": self.peak_batches_in_memory,
+            "spilled_bytes": self.spilled_bytes,
         }
 
     def __str__(self) -> str:
@@ -133,8 +148,10 @@ class LeastSquaresResult:
             head = (
                 f"least squares: {len(self.layers)} layers refit on {self.images} images"
                 f"{chunks} in {self.seconds:.1f} s (peak activations "
-                f"{self.peak_activation_bytes / 2**20:.0f} MiB)"
-            )
+                f"{self.peak_activation_bytes / 2**20:.0f} MiB"
+                + (f", {self.spilled_bytes / 2**20:.0f} MiB spilled to disk)"
+                   if self.spilled_bytes else ")")
+            )  # fmt: skip
         if self.skipped:
             head += f"; {len(self.skipped)} with pruned inputs left as they are"
         lines = [head]
@@ -237,102 +254,54 @@ def _find_layers(pruned: OnnxModule, reference: OnnxModule, all_layers: bool) ->
     return selection
 
 
-# -- lock-step execution of the graph over the calibration set ------------------------------
-
-
-class _Runner:
-    """Runs a module node by node over a list of batches, keeping only live tensors."""
-
-    def __init__(self, module: OnnxModule, batches: list[Tensor]) -> None:
-        self.module = module
-        self.next_index = 0
-        base: dict[str, Tensor] = dict(module._folded)
-        for name in module._slots:
-            base[name] = module.tensor(name)
-        self.static = set(base)
-        self.envs = [dict(base, **{module.input_names[0]: batch}) for batch in batches]
-        self.producer = {out: i for i, (_, _, outs) in enumerate(module._nodes) for out in outs}
-
-    def live_bytes(self) -> int:
-        return sum(
-            value.element_size() * value.numel()
-            for env in self.envs
-            for name, value in env.items()
-            if name not in self.static and isinstance(value, Tensor)
-        )
-
-    def advance(self, stop: int, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-        """Run nodes [next_index, stop) on every batch."""
-        nodes = self.module._nodes
-        last_use = self.module._last_use
-        for index in range(self.next_index, stop):
-            if index in self.module._fold_skip:
-                continue
-            ctx, names_in, names_out = nodes[index]
-            for env in self.envs:
-                values = [env[n] if n else None for n in names_in]
-                for name, value in zip(
-                    names_out, run_node_checked(self.module, ctx, values), strict=False
-                ):
-                    if name:
-                        env[name] = value
-                for name in names_in:
-                    if name and last_use.get(name) == index and name not in self.static:
-                        if name not in keep:
-                            env.pop(name, None)
-        self.next_index = max(self.next_index, stop)
-
-    def tensor_batches(self, name: str) -> list[Tensor]:
-        return [env[name] for env in self.envs]
-
-    def release(self, name: str) -> None:
-        """Drop a tensor that was kept past its last use, once the run has passed it."""
-        if name not in self.static and self.module._last_use.get(name, -1) < self.next_index:
-            for env in self.envs:
-                env.pop(name, None)
-
-
 # -- per-layer solve --------------------------------------------------------------------------
 
 
-def _features_targets(
-    layer: _Layer,
-    ctx: Any,
-    x: Tensor,
-    y_ref: Tensor,
-    weight_shape: tuple[int, ...],
-    positions: int,
-    generator: torch.Generator,
-) -> tuple[Tensor, Tensor]:
-    """(features [rows, groups, f], targets [rows, groups, o/g]) for one batch."""
+def _sampled_targets(
+    layer: _Layer, y_ref: Tensor, positions: int, generator: torch.Generator
+) -> tuple[Tensor | None, Tensor]:
+    """One batch of the reference output, reduced to what the fit reads.
+
+    Returns ``(chosen, targets [rows, o])``: ``chosen`` are the sampled output positions of a
+    convolution (``[positions]``, the same for every image of the batch) or the sampled rows
+    of a Gemm/MatMul output (``[positions * n]``), None when every one is used; ``targets``
+    are the kept output channels there, one row per (image, position).
+    """
     out_keep = torch.as_tensor(layer.out_keep)
+    if layer.op_type == "Conv":
+        target = y_ref.index_select(1, out_keep).flatten(2)  # [n, o, L]
+        chosen = None
+        if positions < target.shape[2]:
+            chosen = torch.randperm(target.shape[2], generator=generator)[:positions]
+            target = target[:, :, chosen]
+        return chosen, target.permute(0, 2, 1).reshape(-1, target.shape[1])
+    rows_y = y_ref.index_select(y_ref.dim() - 1, out_keep).reshape(-1, len(layer.out_keep))
+    if positions * y_ref.shape[0] < rows_y.shape[0]:
+        chosen = torch.randperm(rows_y.shape[0], generator=generator)[: positions * y_ref.shape[0]]
+        return chosen, rows_y[chosen]
+    return None, rows_y
+
+
+def _features(
+    layer: _Layer, ctx: Any, x: Tensor, weight_shape: tuple[int, ...], chosen: Tensor | None
+) -> Tensor:
+    """The layer's input rows at the sampled positions: ``[rows, groups, f]`` (im2col for a
+    convolution, ``f = i/g * prod(k)``), in the row order of :func:`_sampled_targets`."""
     if layer.op_type == "Conv":
         spatial = x.dim() - 2
         if spatial == 1:
-            x, y_ref = x.unsqueeze(2), y_ref.unsqueeze(2)
+            x = x.unsqueeze(2)
             weight_shape = (*weight_shape[:2], 1, weight_shape[2])
         x_padded, padding, strides, dilations = conv_input_padded(ctx, x, weight_shape)
         if spatial == 1:
             padding, strides, dilations = [0, *padding], [1, *strides], [1, *dilations]
         cols = F.unfold(x_padded, weight_shape[2:], dilations, padding, strides)  # [n, i*k, L]
-        target = y_ref.index_select(1, out_keep).flatten(2)  # [n, o, L]
-        total = cols.shape[2]
-        if positions < total:
-            chosen = torch.randperm(total, generator=generator)[:positions]
-            cols, target = cols[:, :, chosen], target[:, :, chosen]
+        if chosen is not None:
+            cols = cols[:, :, chosen]
         rows_x = cols.permute(0, 2, 1).reshape(-1, cols.shape[1])
-        rows_y = target.permute(0, 2, 1).reshape(-1, target.shape[1])
-        groups = layer.groups
-        return (
-            rows_x.reshape(rows_x.shape[0], groups, -1),
-            rows_y.reshape(rows_y.shape[0], groups, -1),
-        )
+        return rows_x.reshape(rows_x.shape[0], layer.groups, -1)
     rows_x = x.reshape(-1, x.shape[-1])
-    rows_y = y_ref.index_select(y_ref.dim() - 1, out_keep).reshape(-1, len(layer.out_keep))
-    if positions * x.shape[0] < rows_x.shape[0]:
-        chosen = torch.randperm(rows_x.shape[0], generator=generator)[: positions * x.shape[0]]
-        rows_x, rows_y = rows_x[chosen], rows_y[chosen]
-    return rows_x[:, None, :], rows_y[:, None, :]
+    return (rows_x if chosen is None else rows_x[chosen])[:, None, :]
 
 
 def _current_matrix(layer: _Layer, module: OnnxModule, ctx: Any) -> Tensor:
@@ -375,65 +344,104 @@ def _store_matrix(layer: _Layer, module: OnnxModule, ctx: Any, solution: Tensor)
         module.set_initializer(layer.bias, bias.float().reshape(module.tensor(layer.bias).shape))
 
 
-def _fit_layer(
-    layer: _Layer,
-    pruned: _Runner,
-    reference: _Runner,
-    positions: int,
-    ridge: float,
-    generator: torch.Generator,
-) -> LayerFit:
-    ctx, names_in, _ = pruned.module._nodes[layer.index]
-    xs = pruned.tensor_batches(names_in[0])
-    ys = reference.tensor_batches(layer.ref_output)
-    weight_shape = tuple(pruned.module.tensor(layer.weight).shape)
-    current = _current_matrix(layer, pruned.module, ctx)  # [g, f(+1), o/g]
-    groups, dim, _ = current.shape
-    # Solve for the change d = S - S0 from the residual R = T - F S0: exact data gives
-    # R = 0 and d = 0 bit for bit, and float32 round-off in F^T F does not leak into S0.
-    gram = torch.zeros(groups, dim, dim, dtype=torch.float64)
-    cross = torch.zeros(groups, dim, current.shape[2], dtype=torch.float64)
-    residual_energy = 0.0
-    samples = 0
-    current_f32 = current.float()
-    for x, y in zip(xs, ys, strict=True):
-        feats, targets = _features_targets(
-            layer, ctx, x, y, weight_shape, positions, generator
-        )  # [rows, g, f], [rows, g, o/g]
-        if layer.bias is not None:
+# Rows gathered before one float32 product is added to the float64 sums: small batches of
+# large images would otherwise pay one f x f conversion per batch.
+_FLUSH_ROWS = 2048
+
+
+class _NormalEquations:
+    """``F^T F`` and ``F^T R`` (float64) of one layer, accumulated batch by batch.
+
+    Solves for the change ``d = S - S0`` from the residual ``R = T - F S0``: exact data gives
+    ``R = 0`` and ``d = 0`` bit for bit, and float32 round-off in ``F^T F`` does not leak into
+    ``S0``. Shapes: ``S0 [g, f(+1), o/g]``, ``gram [g, f(+1), f(+1)]``, ``cross [g, f(+1), o/g]``.
+    Rows are multiplied in float32 in chunks of about ``_FLUSH_ROWS`` and summed in float64.
+    """
+
+    def __init__(self, layer: _Layer, module: OnnxModule, ctx: Any) -> None:
+        self.layer, self.module, self.ctx = layer, module, ctx
+        self.weight_shape = tuple(module.tensor(layer.weight).shape)
+        self.current = _current_matrix(layer, module, ctx)
+        groups, dim, outs = self.current.shape
+        self.current_f32 = self.current.float()
+        self.gram = torch.zeros(groups, dim, dim, dtype=torch.float64)
+        self.cross = torch.zeros(groups, dim, outs, dtype=torch.float64)
+        self.residual_energy = 0.0
+        self.samples = 0
+        self._pending: list[tuple[Tensor, Tensor]] = []  # ([g, rows, f], [g, rows, o/g])
+        self._pending_rows = 0
+
+    def add(self, x: Tensor, chosen: Tensor | None, target_rows: Tensor) -> None:
+        """Add one batch: the layer's input ``x`` (pruned model), the sampled positions and
+        the reference's targets there (:func:`_sampled_targets`)."""
+        feats = _features(self.layer, self.ctx, x, self.weight_shape, chosen)  # [rows, g, f]
+        targets = target_rows.reshape(target_rows.shape[0], self.layer.groups, -1)
+        if self.layer.bias is not None:
             feats = torch.cat([feats, torch.ones_like(feats[:, :, :1])], dim=2)
         f_g = feats.transpose(0, 1)  # [g, rows, f]
-        residual = targets.transpose(0, 1) - torch.bmm(f_g, current_f32)  # [g, rows, o/g]
-        gram += torch.bmm(f_g.transpose(1, 2), f_g).double()
-        cross += torch.bmm(f_g.transpose(1, 2), residual).double()
-        residual_energy += float((residual.double() ** 2).sum())
-        samples += feats.shape[0]
-    count = max(samples * len(layer.out_keep), 1)
-    diag_mean = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)  # [g]
-    lam = (ridge * diag_mean)[:, None, None]
-    eye = torch.eye(dim, dtype=torch.float64)[None]
-    delta = torch.linalg.solve(gram + lam * eye, cross)
-    # ||R - F d||^2 = ||R||^2 - 2 <d, F^T R> + <d, F^T F d>
-    reduction = 2 * float((delta * cross).sum()) - float(
-        torch.einsum("gfo,gfh,gho->", delta, gram, delta)
-    )
-    before = residual_energy / count
-    after = max(residual_energy - reduction, 0.0) / count
-    if reduction > 0:
-        _store_matrix(layer, pruned.module, ctx, current + delta)
-    else:  # only round-off: keep the pruned weights
-        after = before
-    return LayerFit(
-        layer.name, layer.op_type, layer.kept_inputs, layer.original_inputs,
-        len(layer.out_keep), samples, before, after,
-    )  # fmt: skip
+        residual = targets.transpose(0, 1) - torch.bmm(f_g, self.current_f32)  # [g, rows, o/g]
+        self.residual_energy += float((residual.double() ** 2).sum())
+        self.samples += feats.shape[0]
+        self._pending.append((f_g, residual))
+        self._pending_rows += feats.shape[0]
+        if self._pending_rows >= _FLUSH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        f_g = torch.cat([f for f, _ in self._pending], dim=1)
+        residual = torch.cat([r for _, r in self._pending], dim=1)
+        self._pending, self._pending_rows = [], 0
+        self.gram += torch.bmm(f_g.transpose(1, 2), f_g).double()
+        self.cross += torch.bmm(f_g.transpose(1, 2), residual).double()
+
+    def solve(self, ridge: float) -> LayerFit:
+        """Solve the ridge system, store the refit weights when they help, report the fit."""
+        self._flush()
+        layer, gram, cross = self.layer, self.gram, self.cross
+        count = max(self.samples * len(layer.out_keep), 1)
+        diag_mean = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)  # [g]
+        lam = (ridge * diag_mean)[:, None, None]
+        system = gram + lam * torch.eye(gram.shape[1], dtype=torch.float64)[None]
+        # G + lam I is symmetric positive definite: Cholesky costs half of LU.
+        factor, info = torch.linalg.cholesky_ex(system)
+        if bool((info == 0).all()):
+            delta = torch.cholesky_solve(cross, factor)
+        else:  # not positive definite in float64 round-off
+            delta = torch.linalg.solve(system, cross)
+        # ||R - F d||^2 = ||R||^2 - 2 <d, F^T R> + <d, F^T F d>, and (G + lam I) d = F^T R
+        # gives <d, G d> = <d, F^T R> - lam ||d||^2: the reduction is <d, F^T R> + lam ||d||^2.
+        reduction = float((delta * cross).sum()) + float((lam * delta**2).sum())
+        before = self.residual_energy / count
+        after = max(self.residual_energy - reduction, 0.0) / count
+        if reduction > 0:
+            _store_matrix(layer, self.module, self.ctx, self.current + delta)
+        else:  # nothing to gain (exact data): keep the pruned weights
+            after = before
+        return LayerFit(
+            layer.name, layer.op_type, layer.kept_inputs, layer.original_inputs,
+            len(layer.out_keep), self.samples, before, after,
+        )  # fmt: skip
 
 
-def _as_array(dataset: Any) -> np.ndarray:
-    x = getattr(dataset, "x", dataset)
-    if not isinstance(x, np.ndarray):
+def _calibration_inputs(dataset: Any, names: list[str]) -> list[np.ndarray]:
+    """One array ``[N, ...]`` per model input, in the order of ``names``.
+
+    ``dataset`` is a ``Dataset`` (named inputs via :meth:`~onnxprune.data.Dataset.feeds`, or
+    its one unnamed array) or a bare array for a single-input model.
+    """
+    if hasattr(dataset, "feeds"):
+        feeds = dataset.feeds(names=names)
+        return [np.asarray(feeds[name]) for name in names]
+    if not isinstance(dataset, np.ndarray):
         raise DataError("calibration data must be a Dataset or a numpy array of model inputs")
-    return x
+    if len(names) != 1:
+        raise DataError(
+            f"the model has inputs {', '.join(names)} but the calibration data is one unnamed "
+            "array; pass a Dataset with one array per input name (an .npz keyed by input name)"
+        )
+    return [dataset]
 
 
 def layers_to_refit(
@@ -470,6 +478,15 @@ def _nothing_refit(selection: _Selection) -> str:
     return "no layer has pruned inputs (only output channels of the last layers differ)"
 
 
+@dataclass
+class _Settings:
+    positions: int
+    ridge: float
+    seed: int
+    activation_memory: int
+    spill_dir: Path | str | None
+
+
 def reconstruct(
     pruned_model: ModelProto,
     reference_model: ModelProto,
@@ -481,6 +498,9 @@ def reconstruct(
     batch_size: int = 100,
     all_layers: bool = False,
     seed: int = 0,
+    threads: int | None = None,
+    activation_memory: int = DEFAULT_ACTIVATION_MEMORY,
+    spill_dir: Path | str | None = None,
     on_layer: Callable[[LayerFit], None] | None = None,
 ) -> LeastSquaresResult:
     """Refit every Conv/Gemm/MatMul whose input channels were pruned (see module docstring).
@@ -489,14 +509,23 @@ def reconstruct(
         pruned_model: the physically pruned model.
         reference_model: the unpruned model it was cut from (any exporter: layers are paired
             by structure and weights, :mod:`.pairing`; weights may be ``Constant`` nodes).
-        dataset: a ``Dataset`` (its ``x`` is used) or an array ``[N, ...model input]``.
+        dataset: a ``Dataset`` (one array per model input, :attr:`~onnxprune.data.Dataset.inputs`,
+            or its one unnamed array) or an array ``[N, ...model input]`` of a single-input
+            model. The reference model's inputs are fed in the same order.
         max_images: a seeded random subset of at most this many images is used.
         positions_per_image: output positions sampled per image for convolutions (and
             rows per sample for MatMul over a sequence).
         ridge: regularisation strength relative to the mean diagonal of ``X^T X``.
-        batch_size: images per batch while accumulating ``X^T X``; a model with a fixed
-            batch runs in chunks of exactly that batch (:mod:`.batching`).
+        batch_size: images per batch while accumulating ``X^T X``, capped so one batch of
+            inputs stays within :data:`~onnxprune.recover.batching.BATCH_INPUT_BYTES`; a model
+            with a fixed batch runs in chunks of exactly that batch (:mod:`.batching`).
         all_layers: also refit layers whose inputs were not pruned.
+        threads: torch intra-op threads (default 1,
+            :func:`~onnxprune.recover.batching.recovery_thread_count`).
+        activation_memory: bytes of activations kept in RAM between two refit layers; beyond
+            that they are spilled to a temporary folder under ``spill_dir`` (default: the
+            system temp folder) and read back batch by batch (:mod:`.stream`), so memory does
+            not grow with the number of images.
         on_layer: called after each layer (progress reporting).
 
     Returns a :class:`LeastSquaresResult` whose ``model`` has the same structure as
@@ -505,35 +534,38 @@ def reconstruct(
     the first layer that cannot be paired with the reference.
     """
     start = time.perf_counter()
-    x = _as_array(dataset)
-    if len(x) == 0:
-        raise DataError("least squares needs at least one calibration image; got none")
-    rng = np.random.default_rng(seed)
-    if len(x) > max_images:
-        x = x[np.sort(rng.choice(len(x), max_images, replace=False))]
     pruned_graph, reference_graph = for_recovery(pruned_model), for_recovery(reference_model)
-    fixed = _common_fixed_batch(pruned_graph, reference_graph)
-    if fixed is not None:
-        x = whole_chunks(x, fixed)
     # Ops without a torch handler run in onnxruntime: least squares needs no gradients.
     pruned_module = OnnxModule(pruned_graph, train_bn=False, fallback="onnxruntime").eval()
     reference_module = OnnxModule(reference_graph, train_bn=False, fallback="onnxruntime").eval()
-    if len(pruned_module.input_names) != 1:
+    arrays = _calibration_inputs(dataset, pruned_module.input_names)
+    if len(reference_module.input_names) != len(arrays):
         raise OnnxPruneError(
-            f"least squares supports single-input models; this one has inputs "
-            f"{', '.join(pruned_module.input_names)}"
+            f"the pruned model has inputs {', '.join(pruned_module.input_names)} but the "
+            f"reference has {', '.join(reference_module.input_names)}; pass as --reference the "
+            "model the pruned one was cut from"
         )
+    if len(arrays[0]) == 0:
+        raise DataError("least squares needs at least one calibration image; got none")
+    rng = np.random.default_rng(seed)
+    if len(arrays[0]) > max_images:
+        chosen = np.sort(rng.choice(len(arrays[0]), max_images, replace=False))
+        arrays = [array[chosen] for array in arrays]
+    fixed = _common_fixed_batch(pruned_graph, reference_graph)
+    if fixed is not None:
+        arrays = [whole_chunks(array, fixed) for array in arrays]
     selection = _find_layers(pruned_module, reference_module, all_layers)
     result = LeastSquaresResult(
-        model=pruned_model, images=len(x), skipped=selection.skipped,
+        model=pruned_model, images=len(arrays[0]), skipped=selection.skipped,
         note=_nothing_refit(selection), fixed_batch=fixed,
     )  # fmt: skip
     if selection.layers:
-        batches = [torch.from_numpy(np.ascontiguousarray(x[a:b]))
-                   for a, b in batch_starts(len(x), fixed, batch_size)]  # fmt: skip
-        with small_chunk_threads(fixed):
-            _fit_all(selection.layers, pruned_module, reference_module, batches,
-                     (positions_per_image, ridge, seed), result, on_layer)  # fmt: skip
+        per_image = sum(array[:1].nbytes for array in arrays)
+        bounds = batch_starts(len(arrays[0]), fixed, images_per_batch(per_image, batch_size))
+        settings = _Settings(positions_per_image, ridge, seed, activation_memory, spill_dir)
+        with recovery_threads(threads):
+            _fit_all(selection.layers, (pruned_module, reference_module), arrays, bounds,
+                     settings, result, on_layer)  # fmt: skip
         result.model = store_values(
             pruned_model, pruned_graph, write_back(pruned_module, pruned_graph)
         )
@@ -541,36 +573,116 @@ def reconstruct(
     return result
 
 
+def _batch_feeds(
+    names: list[str], arrays: list[np.ndarray], bounds: list[tuple[int, int]]
+) -> Callable[[int], dict[str, Tensor]]:
+    def feeds(batch: int) -> dict[str, Tensor]:
+        first, stop = bounds[batch]
+        return {
+            name: torch.from_numpy(np.ascontiguousarray(array[first:stop]))
+            for name, array in zip(names, arrays, strict=True)
+        }
+
+    return feeds
+
+
+def _layer_generator(seed: int, reference_index: int) -> torch.Generator:
+    """The sampling generator of the layer whose reference node is ``reference_index``: one
+    stream per layer, so a layer's sampled positions do not depend on which other layers
+    are refit, and the reference pass can draw them batch-major."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + reference_index)
+
+
+def _reference_targets(
+    layers: list[_Layer],
+    reference_module: OnnxModule,
+    feeds: Callable[[int], dict[str, Tensor]],
+    batch_count: int,
+    settings: _Settings,
+    store: ActivationStore,
+) -> int:
+    """One pass of the reference over the batches, keeping of each layer's output only the
+    sampled targets (:func:`_sampled_targets`) in ``store`` (``target:N`` / ``chosen:N``,
+    per batch). The reference never changes, so it runs once, whatever the depth. Returns
+    the peak activation bytes of one batch."""
+    producer = {out: i for i, (_, _, outs) in enumerate(reference_module._nodes) for out in outs}
+    by_output: dict[str, list[int]] = {}
+    for number, layer in enumerate(layers):
+        by_output.setdefault(layer.ref_output, []).append(number)
+    generators = [_layer_generator(settings.seed, producer[layer.ref_output]) for layer in layers]
+    stop = max(producer[name] for name in by_output) + 1
+    peak = 0
+    for batch in range(batch_count):
+
+        def gather(name: str, value: Any, batch: int = batch) -> None:
+            for number in by_output.get(name, ()):
+                chosen, targets = _sampled_targets(
+                    layers[number], value, settings.positions, generators[number]
+                )
+                store.put(f"target:{number}", batch, targets)
+                if chosen is not None:
+                    store.put(f"chosen:{number}", batch, chosen)
+
+        peak = max(peak, run_batch(reference_module, feeds(batch), stop, gather))
+    return peak
+
+
 def _fit_all(
     layers: list[_Layer],
-    pruned_module: OnnxModule,
-    reference_module: OnnxModule,
-    batches: list[Tensor],
-    settings: tuple[int, float, int],
+    modules: tuple[OnnxModule, OnnxModule],
+    arrays: list[np.ndarray],
+    bounds: list[tuple[int, int]],
+    settings: _Settings,
     result: LeastSquaresResult,
     on_layer: Callable[[LayerFit], None] | None,
 ) -> None:
-    """Refit ``layers`` in pruned-graph order, running both graphs in lock step."""
-    positions, ridge, seed = settings
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        pruned_run = _Runner(pruned_module, batches)
-        reference_run = _Runner(reference_module, batches)
-        for number, layer in enumerate(layers):
-            pruned_run.advance(layer.index)
-            # Reference layers may come in another order (another exporter): keep the outputs
-            # of layers still to fit that the run passes on the way.
-            pending = {later.ref_output for later in layers[number:]}
-            stop = reference_run.producer[layer.ref_output] + 1
-            reference_run.advance(max(stop, reference_run.next_index), keep=pending)
-            result.peak_activation_bytes = max(
-                result.peak_activation_bytes, pruned_run.live_bytes() + reference_run.live_bytes()
+    """Refit ``layers`` in pruned-graph order. The reference runs once and leaves each
+    layer's sampled targets; then the pruned graph streams batch by batch (:mod:`.stream`):
+    per layer, every batch runs the segment up to it and adds to the layer's normal
+    equations, the layer is solved, and the next segment starts."""
+    pruned_module, reference_module = modules
+    # A quarter of the RAM budget for the (small) sampled targets, the rest for the frontier
+    # of the pruned graph, whose spill is the expensive one.
+    targets = ActivationStore(settings.activation_memory // 4, settings.spill_dir)
+    store = ActivationStore(settings.activation_memory - targets.memory_bytes, settings.spill_dir)
+    pruned = StreamRunner(pruned_module, _batch_feeds(pruned_module.input_names, arrays, bounds),
+                          store, "pruned:")  # fmt: skip
+    try:
+        with torch.no_grad():
+            reference_feeds = _batch_feeds(reference_module.input_names, arrays, bounds)
+            reference_bytes = _reference_targets(
+                layers, reference_module, reference_feeds, len(bounds), settings, targets
             )
-            fit = _fit_layer(layer, pruned_run, reference_run, positions, ridge, generator)
-            reference_run.release(layer.ref_output)
-            result.layers.append(fit)
-            if on_layer is not None:
-                on_layer(fit)
+            release_free_memory()
+            for number, layer in enumerate(layers):
+                ctx, names_in, _ = pruned_module._nodes[layer.index]
+                equations = _NormalEquations(layer, pruned_module, ctx)
+                for batch in range(len(bounds)):
+                    x = pruned.run(batch, layer.index, want=[names_in[0]])[names_in[0]]
+                    chosen_key = (f"chosen:{number}", batch)
+                    chosen = targets.get(*chosen_key) if chosen_key in targets else None
+                    equations.add(x, chosen, targets.get(f"target:{number}", batch))
+                    in_ram = {b for _, b in store.resident} | {b for _, b in targets.resident}
+                    result.peak_batches_in_memory = max(
+                        result.peak_batches_in_memory, len(in_ram | {batch})
+                    )
+                pruned.finish(layer.index)
+                targets.drop(f"target:{number}")
+                targets.drop(f"chosen:{number}")
+                release_free_memory()
+                result.peak_activation_bytes = max(
+                    result.peak_activation_bytes,
+                    max(pruned.batch_bytes, reference_bytes) + store.resident_bytes
+                    + targets.resident_bytes,
+                )  # fmt: skip
+                fit = equations.solve(settings.ridge)
+                result.layers.append(fit)
+                if on_layer is not None:
+                    on_layer(fit)
+    finally:
+        result.spilled_bytes = store.spilled_bytes + targets.spilled_bytes
+        store.close()
+        targets.close()
 
 
 def least_squares_recover(

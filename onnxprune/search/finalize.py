@@ -48,7 +48,9 @@ def _recover(setup: SearchSetup, pruned: Any) -> Any:
     if method == "none":
         return pruned
     setup.notes.append(f"recovery '{method}' used the reward split as calibration data")
-    return recover_model(pruned, setup.analysis.model, setup.splits.reward, method).model
+    return recover_model(
+        pruned, setup.analysis.model, setup.splits.reward, method, threads=setup.threads
+    ).model
 
 
 def _evaluate(
