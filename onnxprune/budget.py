@@ -215,8 +215,14 @@ class Budget:
         u = _bisect(fits, 0.0, 2.0, WALL_ITERATIONS)
         return counts_at(u), u
 
-    def fill(self, counts: np.ndarray, flops_fraction: float) -> np.ndarray:
-        """Grow groups one step at a time while the MACs stay ``<= flops_fraction``.
+    def fill(
+        self,
+        counts: np.ndarray,
+        flops_fraction: float,
+        also: Callable[[np.ndarray], bool] | None = None,
+    ) -> np.ndarray:
+        """Grow groups one step at a time while the MACs stay ``<= flops_fraction`` (and
+        ``also(counts)`` holds: a second budget, e.g. the predicted latency).
 
         The group whose kept share *after* growing is smallest goes first (ties: lower group
         id), which keeps the plan as uniform as the rounding allows; a group whose step does
@@ -240,10 +246,11 @@ class Budget:
             _, _, i = heapq.heappop(heap)
             grown = rounding.grown(i, int(counts[i]))
             tracker.set(int(self._positions[i]), grown)
-            if self._over(tracker.macs, flops_fraction):
-                tracker.set(int(self._positions[i]), counts[i])
+            previous, counts[i] = counts[i], grown
+            if self._over(tracker.macs, flops_fraction) or (also is not None and not also(counts)):
+                tracker.set(int(self._positions[i]), previous)
+                counts[i] = previous
                 continue
-            counts[i] = grown
             if counts[i] < rounding.sizes[i]:
                 heapq.heappush(heap, entry(i))
         return counts

@@ -160,7 +160,8 @@ def test_residual_rule_skips_summed_groups_but_not_gated_ones() -> None:
     """'residual' skips channels summed across an Add (the stem + block output), while a
     squeeze-excitation group (two producers tied by a Mul gate) stays searchable."""
     from onnxprune.deps import analyze
-    from onnxprune.search.prepare import select_groups, summed_groups
+    from onnxprune.deps.residual import summed_groups
+    from onnxprune.search.prepare import select_groups
     from tests.test_deps import TINY
 
     res = analyze(TINY["residual"]())

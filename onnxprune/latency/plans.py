@@ -2,7 +2,7 @@
 
 ``prune --flops`` / ``--latency`` make a uniform plan by the one wall
 (:meth:`onnxprune.budget.Budget.fit`, here with the latency table's prediction as the second
-budget) and spend what rounding left (:func:`fill_within`). Which groups to prune is a
+budget) and spend what rounding left (:meth:`Budget.fill` with the latency as second budget). Which groups to prune is a
 choice with a large effect on speed: on ResNet-56 at 0.50 of the MACs, pruning every group
 runs at 0.75 of the original latency, pruning only block interiors (groups not tied across a
 residual Add) at 0.70, and with better accuracy. :func:`choose_plan` builds both candidates
@@ -14,8 +14,6 @@ and its reason are returned for a one-line note and a JSON field.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,42 +27,18 @@ SCOPES = ("auto", "all", "interiors")
 
 
 def scope_groups(analysis: Any, scope: str) -> list[Any]:
-    """Prunable groups of ``scope``: ``all``, or ``interiors`` (at most one producer: the
-    channels are not tied across a residual Add)."""
+    """Prunable groups of ``scope``: ``all``, or ``interiors`` (the channels are not summed
+    across a residual Add: :func:`onnxprune.deps.residual.summed_groups`; a squeeze-excitation
+    gate does not make a group residual)."""
+    from onnxprune.deps.residual import summed_groups
+
     groups = list(analysis.prunable_groups())
     if scope == "all":
         return groups
     if scope == "interiors":
-        return [g for g in groups if len(g.producers) <= 1]
+        summed = summed_groups(analysis.model, groups)
+        return [g for g in groups if g.id not in summed]
     raise OnnxPruneError(f"unknown plan scope '{scope}'; use one of {', '.join(SCOPES)}")
-
-
-def fill_within(
-    budget: Budget,
-    counts: np.ndarray,
-    flops_fraction: float,
-    also: Callable[[np.ndarray], bool] | None = None,
-) -> np.ndarray:
-    """:meth:`Budget.fill` with a second budget ``also(counts)``: grow the group whose kept
-    share after one more step is smallest while both budgets hold (``[n]`` int64)."""
-    counts = np.asarray(counts, dtype=np.int64).copy()
-    rounding, ids = budget.rounding, budget.rounding.group_ids
-
-    def entry(i: int) -> tuple[float, int, int]:
-        return (rounding.grown(i, int(counts[i])) / rounding.sizes[i], ids[i], i)
-
-    heap = [entry(i) for i in range(len(ids)) if counts[i] < rounding.sizes[i]]
-    heapq.heapify(heap)
-    while heap:
-        _, _, i = heapq.heappop(heap)
-        previous = counts[i]
-        counts[i] = rounding.grown(i, int(previous))
-        fits = budget.fraction(counts) <= flops_fraction and (also is None or also(counts))
-        if not fits:
-            counts[i] = previous
-        elif counts[i] < rounding.sizes[i]:
-            heapq.heappush(heap, entry(i))
-    return counts
 
 
 @dataclass
@@ -134,7 +108,7 @@ def budget_plan(
 
     keep = np.ones(len(groups))
     counts, u = budget.fit(keep, np.zeros_like(keep), flops, also)
-    counts = fill_within(budget, counts, flops, also)
+    counts = budget.fill(counts, flops, also)
     kept = dict(zip(rounding.group_ids, (int(c) for c in counts), strict=True))
     ratio = None if predictor is None else predictor.fraction(counts)
     return PlanCandidate(scope, kept, budget.fraction(counts), ratio, max(u - 1.0, 0.0))
@@ -230,6 +204,5 @@ __all__ = [
     "PlanChoice",
     "budget_plan",
     "choose_plan",
-    "fill_within",
     "scope_groups",
 ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxprune.deps.residual import summed_groups
 from onnxprune.errors import OnnxPruneError
 from onnxprune.rl.agents import Agent, AgentSetup, agent_class
 from onnxprune.search.reward import (
@@ -50,30 +51,6 @@ def select_groups(analysis: Any, skip: list[str]) -> tuple[list[Any], list[str]]
             notes.append(f"skip rule '{rule}' left {len(groups) - len(keep)} group(s) full")
         groups = keep
     return groups, notes
-
-
-SUMMING_OPS = frozenset({"Add", "Sub", "Sum"})
-
-
-def summed_groups(model: Any, groups: list[Any]) -> set[int]:
-    """Ids of the ``groups`` whose channels meet in a sum: a node of :data:`SUMMING_OPS` with
-    at least two inputs that hold the group's channels (a residual connection adds a block's
-    output to its input channel by channel). A per-channel constant (a bias, a folded
-    BatchNorm shift) is not one of the group's tensors, so it does not count."""
-    by_tensor: dict[str, set[int]] = {}
-    for group in groups:
-        for member in group.members:
-            by_tensor.setdefault(member.tensor, set()).add(group.id)
-    summed: set[int] = set()
-    for node in model.graph.node:
-        if node.op_type not in SUMMING_OPS:
-            continue
-        counts: dict[int, int] = {}
-        for name in node.input:
-            for gid in by_tensor.get(name, ()):
-                counts[gid] = counts.get(gid, 0) + 1
-        summed.update(gid for gid, n in counts.items() if n >= 2)
-    return summed
 
 
 @dataclass
