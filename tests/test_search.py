@@ -337,3 +337,30 @@ def test_uniform_baseline_is_a_candidate_and_wins_when_the_agent_misses_it(
     strategy.write_text('baseline = "none"\n' + strategy.read_text())
     result = _run(tiny_model, tiny_data, tmp_path / "none", strategy)
     assert result.kept != target and result.best_episode == 0 and result.evaluations == 1
+
+
+def test_a_model_without_prunable_groups_is_one_clear_error(tmp_path: Path) -> None:
+    """One Conv from the input to the output: its channels are the model's input and output,
+    so every group is frozen; the message says so instead of blaming the skip rules."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.deps import analyze
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "frozen",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [weight],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = tmp_path / "frozen.onnx"
+    onnx.save_model(proto, str(model))
+    analysis = analyze(proto)
+    assert analysis.groups and not list(analysis.prunable_groups())
+    x = np.random.default_rng(0).normal(0, 1, (8, 3, 8, 8)).astype(np.float32)
+    with pytest.raises(OnnxPruneError) as err:
+        _run(model, Dataset(x, None, "d"), tmp_path / "out", _strategy(tmp_path, "uniform", 1, 0))
+    assert f"all {len(analysis.groups)} of its channel groups are frozen" in str(err.value)
+    assert "onnxprune groups" in str(err.value) and not (tmp_path / "out").exists()

@@ -137,9 +137,15 @@ def _load(
     notes = ([note] if note is not None else []) + notes
     plan_cost = PlanCost(analysis.model, analysis.channel_exprs(), analysis.group_sizes())
     if not groups:
+        prunable = len(list(analysis.prunable_groups()))
+        why = (
+            f"all {len(analysis.groups)} of its channel groups are frozen"
+            if not prunable
+            else f"the skip rules {strat.skip} left none of its {prunable} prunable groups"
+        )
         raise OnnxPruneError(
-            f"model '{model_file}' has no prunable channel group left after the skip rules "
-            f"{strat.skip} (run `onnxprune groups {model_file}` to see why groups are frozen)"
+            f"model '{model_file}' has nothing to search: {why} (run `onnxprune groups "
+            f"{model_file}` to see why each group is frozen)"
         )
     return fixed, dataset, analysis, groups, plan_cost, notes
 
