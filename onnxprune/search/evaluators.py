@@ -34,8 +34,7 @@ import signal
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,32 +168,16 @@ class RewardJob:
                 handle.write(f"{os.getpid()} {event}\n")
 
 
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """torch on ``threads`` intra-op threads inside the block (the count restored after)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def evaluate_candidate(
     reward_fn: PlanEvaluator, kept: dict[int, int], job: RewardJob | None = None
 ) -> CandidateResult:
-    """``reward_fn(kept)`` with torch pinned to ``reward_fn.threads`` threads (a worker
-    passes its ``job`` to report start and end, see :data:`PID_FILE_ENV`)."""
+    """``reward_fn(kept)``; its least squares runs torch on ``reward_fn.threads`` threads
+    (:func:`onnxprune.recover.batching.recovery_threads`). A worker passes its ``job`` to
+    report start and end, see :data:`PID_FILE_ENV`."""
     start = time.perf_counter()
     if job is not None:
         job.report("start")
-    if reward_fn.recover_images:  # least squares runs in torch
-        with torch_threads(reward_fn.threads or 1):
-            reward = float(reward_fn(kept))
-    else:
-        reward = float(reward_fn(kept))
+    reward = float(reward_fn(kept))
     if job is not None:
         job.report("done")
     return CandidateResult(reward, time.perf_counter() - start, reward_fn.provider, os.getpid())

@@ -125,10 +125,10 @@ def run_search(
             interrupted = _run_episodes(
                 setup, state, checkpoint, evaluator, show_progress, on_episode
             )
-        if state.best is None:
-            raise InternalError("the search ended without a single finished episode")
-        if not interrupted:
-            _uniform_baseline(setup, state)
+            if state.best is None:
+                raise InternalError("the search ended without a single finished episode")
+            if not interrupted:
+                _uniform_baseline(setup, state, evaluator)
         best, selection = _final_pick(setup, state.best, state.log, interrupted)
         if setup.latency_budget is not None:
             from onnxprune.search.latency import verify_latency
@@ -297,19 +297,23 @@ def _stop_if_reward_is_constant(
     )
 
 
-def _uniform_baseline(setup: SearchSetup, state: SearchState) -> None:
+def _uniform_baseline(setup: SearchSetup, state: SearchState, evaluator: Any) -> None:
     """Strategy ``baseline = "uniform"``: the uniform plan at the same budget is one more
     candidate (one evaluation, free when an episode already tried it; within the evaluation
     budget when there is one). A search should never
     return a plan its own reward rates below pruning every group alike; when the uniform plan
-    wins it is the result (episode :data:`BASELINE_EPISODE`) and the report says so."""
+    wins it is the result (episode :data:`BASELINE_EPISODE`) and the report says so. It is
+    evaluated by the search's ``evaluator`` (its workers and device), like every candidate."""
     env, budget = setup.env, setup.strategy.evaluations
     if setup.strategy.baseline != "uniform":
         return
     kept = env.uniform_kept()
-    if budget and env.n_evaluations >= budget and env.plan_key(kept) not in env.cache:
-        return  # an evaluation budget is a hard cap: the baseline only runs within it
-    reward, _ = env.evaluate(kept)
+    key = env.plan_key(kept)
+    if key not in env.cache:
+        if budget and env.n_evaluations >= budget:
+            return  # an evaluation budget is a hard cap: the baseline only runs within it
+        evaluator.run([kept], lambda _index, result: env.record(kept, result.reward))
+    reward = env.cache[key]
     assert state.best is not None
     if reward > state.best.reward:
         setup.notes.append(

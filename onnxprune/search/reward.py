@@ -205,6 +205,7 @@ class PlanEvaluator:
                 max_images=self.recover_images,
                 positions_per_image=16,
                 seed=0,
+                threads=self.threads,  # torch threads of the fit: the evaluator's pinned count
             ).model
         return pruned
 
