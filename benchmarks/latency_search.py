@@ -89,9 +89,9 @@ def _parse() -> argparse.Namespace:
 
 def _searched(analysis: Any, round_to: int = 8, min_channels: int = 8) -> Any:
     from onnxprune.budget import ChannelRounding
+    from onnxprune.latency.plans import scope_groups
 
-    groups = [g for g in analysis.prunable_groups() if len(g.producers) <= 1]
-    return ChannelRounding(groups, round_to, min_channels)
+    return ChannelRounding(scope_groups(analysis, "interiors"), round_to, min_channels)
 
 
 def _table(analysis: Any, rounding: Any, batch: int, args: argparse.Namespace) -> Any:
