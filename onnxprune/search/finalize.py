@@ -16,6 +16,7 @@ from typing import Any
 from onnxprune.errors import InternalError
 from onnxprune.search.prepare import SearchSetup
 from onnxprune.search.result import SearchOutcome, SearchResult
+from onnxprune.search.reward import heldout_metric
 
 
 def _materialize(setup: SearchSetup, outcome: SearchOutcome) -> tuple[Any, Any]:
@@ -75,7 +76,7 @@ def _evaluate(
         latency_runs=latency_runs,
         device=setup.device,
         threads=setup.threads,
-        metric=setup.eval_metric or setup.metric,
+        metric=heldout_metric(setup.strategy.reward, setup.metric),
     )
     _warn_small_heldout(setup, len(setup.splits.heldout))
 

@@ -19,7 +19,6 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.rl.agents import Agent, AgentSetup, agent_class
 from onnxprune.search.reward import (
     PlanEvaluator,
-    heldout_metric,
     reference_logits,
     reward_metric,
 )
@@ -76,7 +75,6 @@ class SearchSetup:
     started: float = field(default_factory=time.perf_counter)
     notes: list[str] = field(default_factory=list)
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    eval_metric: str = ""  # the held-out headline; "" = ``metric``
     latency_budget: Any = None  # a search.latency.LatencyBudget with --latency
 
     def __str__(self) -> str:
@@ -265,7 +263,6 @@ def prepare(
         started=started,
         notes=notes,
         input_shapes=dict(plan_cost.input_shapes),
-        eval_metric=heldout_metric(strat.reward, metric),
         latency_budget=budget,
     )
 
