@@ -392,6 +392,8 @@ def _search(
     ]  # fmt: skip
     if strategy != "uniform" and args.episodes is not None:
         cmd += ["--episodes", str(args.episodes)]
+    if strategy != "uniform" and args.workers > 1:
+        cmd += ["--workers", str(args.workers)]
     # a fresh folder per run: search refuses to overwrite (or silently --resume) an old one
     shutil.rmtree(outdir, ignore_errors=True)
     start = time.perf_counter()
@@ -504,6 +506,7 @@ def main() -> None:
     parser.add_argument("--reward-samples", type=int, default=64)
     parser.add_argument("--latency-runs", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per command")
+    parser.add_argument("--workers", type=int, default=1, help="search --workers (same plans)")
     parser.add_argument("--cifar", type=int, default=200, help="CIFAR-10 images in photos/")
     parser.add_argument("--lines", type=int, default=240, help="rendered text lines")
     parser.add_argument("--pages", type=int, default=160, help="rendered document pages")
@@ -535,6 +538,7 @@ def main() -> None:
         "flops": args.flops,
         "reward_samples": args.reward_samples,
         "timeout": args.timeout,
+        "workers": args.workers,
         "input_shape_flag": args.accepts_input_shape,
     }
     rows: list[Row] = []

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from onnxprune.cost import PlanCost
 from onnxprune.deps import analyze
@@ -208,3 +209,22 @@ def test_a_round_proposes_from_one_actor_then_learns_in_proposal_order(
 
 def test_round_sizes_per_kind() -> None:
     assert [agent_class(n).round_size(4) for n in BUILTIN_AGENTS] == [4, 4, 4, 1, 4]
+
+
+@pytest.mark.parametrize("name", ["gnn-rl", "agmc"])
+def test_actor_and_critic_of_a_batch_equal_one_state_at_a_time(analysis: Any, name: str) -> None:
+    # DDPG updates encode a batch of states in one call where the encoder can (the m-GNN);
+    # the actions and critic embeddings are those of encoding each state alone.
+    agent, env = _agent(name, analysis, warmup=2)
+    ddpg = agent.ddpg
+    records = []
+    for episode in range(3):
+        records += [record for record, _ in agent.propose(env, episode).transitions]
+    observations = [ddpg.observe(record) for record in records]
+    with torch.no_grad():
+        actions = ddpg.actor.forward_many(observations)
+        embeddings = ddpg.critic.embed_many(observations)
+        for i, obs in enumerate(observations):
+            torch.testing.assert_close(actions[i], ddpg.actor(obs))
+            torch.testing.assert_close(embeddings[i], ddpg.critic.embed(obs))
+    assert actions.shape == (len(records), env.n_actions)

@@ -157,3 +157,30 @@ def test_gcn_encoder_groups_and_seed(resnet20_analysed):
     assert torch.equal(g, again)
     changed, _ = encoder({hierarchy.prunable_group_ids[0]: 0.25})
     assert not torch.allclose(g, changed)
+
+
+def test_batched_embedding_equals_one_state_at_a_time(resnet20_analysed):
+    # A DDPG update embeds its whole batch in one call (embed_many): the same values as
+    # embedding each state alone, and gradients through both paths agree.
+    analysis, hierarchy = resnet20_analysed
+    gnn = MultiStageGNN(hierarchy, hidden=16, seed=0)
+    groups = hierarchy.prunable_group_ids
+    generator = torch.Generator().manual_seed(0)
+    states = [torch.rand(len(groups), generator=generator) for _ in range(5)]
+    many = gnn.embed_many(states)
+    assert many.g.shape == (5, 16) and many.group_emb.shape == (5, len(groups), 16)
+    for i, state in enumerate(states):
+        one = gnn.embed(state)
+        for field in ("g", "group_emb", "node_emb", "instance_emb"):
+            torch.testing.assert_close(getattr(many, field)[i], getattr(one, field))
+    # the states differ, so their embeddings do (the batch is not one state repeated)
+    assert not torch.allclose(many.g[0], many.g[1])
+    loss_many = gnn.embed_many(states).g.sum()
+    grads_many = torch.autograd.grad(loss_many, list(gnn.parameters()), allow_unused=True)
+    loss_one = sum(gnn.embed(state).g.sum() for state in states)
+    grads_one = torch.autograd.grad(loss_one, list(gnn.parameters()), allow_unused=True)
+    for a, b in zip(grads_many, grads_one, strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -278,3 +278,74 @@ def test_finetune_runs_on_the_rule_s_thread_count(threads: int | None) -> None:
     assert result.steps == 2
     assert seen == [recovery_thread_count(threads)] * 2
     assert torch.get_num_threads() == previous
+
+
+# -- sampled patches and the reference targets a search keeps ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "dilation", "padding"),
+    [((3, 3), (1, 1), (1, 1), (1, 1)), ((1, 1), (2, 2), (1, 1), (0, 0)),
+     ((5, 3), (2, 1), (1, 2), (2, 1)), ((3, 3), (3, 2), (2, 1), (0, 2))],
+)  # fmt: skip
+def test_sampled_patches_equal_unfold_at_the_sampled_positions(
+    kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+    padding: tuple[int, int],
+) -> None:  # fmt: skip
+    from onnxprune.recover.lsq import _conv_patches
+
+    x = torch.randn(3, 4, 13, 11)
+    cols = F.unfold(x, kernel, dilation, padding, stride)  # [n, C*k, L]
+    chosen = torch.randperm(cols.shape[2], generator=torch.Generator().manual_seed(0))[:7]
+    got = _conv_patches(x, list(kernel), list(padding), list(stride), list(dilation), chosen)
+    want = cols[:, :, chosen].permute(0, 2, 1).reshape(-1, cols.shape[1])
+    assert torch.equal(got, want)
+    every = _conv_patches(x, list(kernel), list(padding), list(stride), list(dilation), None)
+    assert torch.equal(every, cols.permute(0, 2, 1).reshape(-1, cols.shape[1]))
+
+
+def test_kept_reference_targets_give_the_one_off_result_with_one_reference_pass(
+    tmp_path: Path,
+) -> None:
+    from onnxprune.recover.targets import ReferenceTargets
+
+    weights = _weights(3)
+    reference = _cnn(weights)
+    plans = [_cnn(_prune(weights, [1, 4, 6], [2])), _cnn(_prune(weights, [0], [1, 3])),
+             _cnn(_prune(weights, [2, 5]))]  # fmt: skip
+    x = _images(40, seed=5)
+    cache = ReferenceTargets(memory_bytes=2_000, spill_dir=tmp_path)  # most targets spilled
+    for pruned in plans:
+        kept = reconstruct(pruned, reference, x, batch_size=16, positions_per_image=8,
+                           reference_targets=cache)  # fmt: skip
+        once = reconstruct(pruned, reference, x, batch_size=16, positions_per_image=8)
+        assert [f.node for f in kept.layers] == [f.node for f in once.layers]
+        for name, value in _initializers(once.model).items():
+            assert np.array_equal(_initializers(kept.model)[name], value), name
+    assert cache.passes == 1  # the reference ran once for all three plans
+    assert cache.spilled_bytes > 0 and list(tmp_path.iterdir())
+    # other data (or another seed) is another calibration set: the cache starts over
+    other = _images(40, seed=6)
+    kept = reconstruct(plans[0], reference, other, batch_size=16, positions_per_image=8,
+                       reference_targets=cache)  # fmt: skip
+    once = reconstruct(plans[0], reference, other, batch_size=16, positions_per_image=8)
+    assert cache.passes == 2
+    for name, value in _initializers(once.model).items():
+        assert np.array_equal(_initializers(kept.model)[name], value), name
+    reconstruct(plans[0], reference, other, batch_size=16, positions_per_image=8, seed=1,
+                reference_targets=cache)  # fmt: skip
+    assert cache.passes == 3
+    cache.close()
+    assert not list(tmp_path.iterdir())  # the spill folder is removed
+
+
+@pytest.mark.parametrize("features", [7, 400, 1000, 3500])
+def test_blocked_gram_equals_the_full_product_and_is_symmetric(features: int) -> None:
+    from onnxprune.recover.lsq import _gram
+
+    f_g = torch.randn(2, 300, features, generator=torch.Generator().manual_seed(features))
+    gram = _gram(f_g)
+    full = torch.bmm(f_g.transpose(1, 2), f_g)
+    if features >= 768:  # built from blocks (two or more): mirrored, exactly symmetric
+        assert torch.equal(gram, gram.transpose(1, 2))
+    assert torch.allclose(gram, full, rtol=1e-5, atol=1e-3)

@@ -16,8 +16,8 @@ squares"), each consumer ``y = W x + b`` of pruned channels is refit on calibrat
   removed inputs were already zero is left unchanged, and ``lambda`` is ``ridge`` times the
   mean diagonal of ``X^T X``.
 
-k x k convolutions become linear through im2col (``torch.nn.functional.unfold``), with a
-random subset of output positions per image; grouped convolutions are solved per group
+k x k convolutions become linear through im2col, gathered at a random subset of output
+positions per image (:func:`_conv_patches`); grouped convolutions are solved per group
 (a depthwise convolution is a per-channel fit over its k x k taps); Gemm and MatMul with a
 constant weight are solved over their last axis. The normal equations ``X^T X`` and
 ``X^T Y`` are accumulated batch by batch (float64) while both graphs stream over the
@@ -71,6 +71,7 @@ from onnxprune.recover.batching import (
 from onnxprune.recover.interpreter import OnnxModule, conv_input_padded, write_back
 from onnxprune.recover.pairing import (
     LayerPair,
+    WeightedLayer,
     match_dense_rows,  # noqa: F401 - part of this module's API
     pair_layers,
     weighted_layers,
@@ -81,8 +82,9 @@ from onnxprune.recover.stream import (
     ActivationStore,
     StreamRunner,
     release_free_memory,
-    run_batch,
 )
+from onnxprune.recover.targets import ReferenceTargets
+from onnxprune.recover.targets import reference_module as reference_module_for
 
 
 @dataclass
@@ -186,6 +188,7 @@ class _Selection:
     layers: list[_Layer]
     skipped: list[str]
     pruned_any: bool
+    reference_layers: dict[str, str] = field(default_factory=dict)  # output -> op type
 
 
 def _bias_of(pair: LayerPair, module: OnnxModule) -> tuple[str | None, str]:
@@ -206,14 +209,22 @@ def _bias_of(pair: LayerPair, module: OnnxModule) -> tuple[str | None, str]:
     )
 
 
-def _find_layers(pruned: OnnxModule, reference: OnnxModule, all_layers: bool) -> _Selection:
-    """Pair the weighted layers by structure (:mod:`.pairing`) and pick those to refit."""
-    pairs = pair_layers(weighted_layers(pruned), weighted_layers(reference))
+def _find_layers(
+    pruned: OnnxModule,
+    reference: OnnxModule,
+    all_layers: bool,
+    reference_layers: list[WeightedLayer] | None = None,
+) -> _Selection:
+    """Pair the weighted layers by structure (:mod:`.pairing`) and pick those to refit
+    (``reference_layers``: the reference's weighted layers when the caller kept them)."""
+    if reference_layers is None:
+        reference_layers = weighted_layers(reference)
+    pairs = pair_layers(weighted_layers(pruned), reference_layers)
     uses: dict[str, int] = {}
     for _, inputs, _ in pruned._nodes:
         for name in set(inputs):
             uses[name] = uses.get(name, 0) + 1
-    selection = _Selection([], [], False)
+    selection = _Selection([], [], False, {ref.output: ref.op_type for ref in reference_layers})
     for pair in pairs:
         layer, ref = pair.pruned, pair.reference
         if layer.matrix.shape != ref.matrix.shape or layer.groups != ref.groups:
@@ -257,36 +268,52 @@ def _find_layers(pruned: OnnxModule, reference: OnnxModule, all_layers: bool) ->
 # -- per-layer solve --------------------------------------------------------------------------
 
 
-def _sampled_targets(
-    layer: _Layer, y_ref: Tensor, positions: int, generator: torch.Generator
-) -> tuple[Tensor | None, Tensor]:
-    """One batch of the reference output, reduced to what the fit reads.
+def _conv_patches(
+    x: Tensor,
+    kernel: list[int],
+    padding: list[int],
+    strides: list[int],
+    dilations: list[int],
+    chosen: Tensor | None,
+) -> Tensor:
+    """im2col of a 1-D/2-D convolution's input at the output positions ``chosen`` (flat
+    indices into the output map; None: all of them): ``[n * positions, C * prod(kernel)]``,
+    rows image-major, columns ordered (channel, kernel offsets) as the weight flattens.
 
-    Returns ``(chosen, targets [rows, o])``: ``chosen`` are the sampled output positions of a
-    convolution (``[positions]``, the same for every image of the batch) or the sampled rows
-    of a Gemm/MatMul output (``[positions * n]``), None when every one is used; ``targets``
-    are the kept output channels there, one row per (image, position).
+    Gathers only the sampled patches instead of unfolding the whole map (16 of the 3,136
+    positions of a 56 x 56 map); the values equal ``F.unfold``'s columns at ``chosen``.
     """
-    out_keep = torch.as_tensor(layer.out_keep)
-    if layer.op_type == "Conv":
-        target = y_ref.index_select(1, out_keep).flatten(2)  # [n, o, L]
-        chosen = None
-        if positions < target.shape[2]:
-            chosen = torch.randperm(target.shape[2], generator=generator)[:positions]
-            target = target[:, :, chosen]
-        return chosen, target.permute(0, 2, 1).reshape(-1, target.shape[1])
-    rows_y = y_ref.index_select(y_ref.dim() - 1, out_keep).reshape(-1, len(layer.out_keep))
-    if positions * y_ref.shape[0] < rows_y.shape[0]:
-        chosen = torch.randperm(rows_y.shape[0], generator=generator)[: positions * y_ref.shape[0]]
-        return chosen, rows_y[chosen]
-    return None, rows_y
+    if any(padding):
+        x = F.pad(x, [p for pad in reversed(padding) for p in (pad, pad)])
+    spatial = x.shape[2:]
+    out = [
+        (spatial[a] - dilations[a] * (kernel[a] - 1) - 1) // strides[a] + 1
+        for a in range(len(kernel))
+    ]
+    flat = torch.arange(int(np.prod(out))) if chosen is None else chosen
+    coords, rest = [], flat
+    for size in reversed(out):  # unravel the flat output index, last axis fastest
+        coords.append(rest % size)
+        rest = rest // size
+    coords.reverse()
+    rank = len(kernel)
+    index: list[Tensor] = []
+    for a in range(rank):
+        taps = coords[a][:, None] * strides[a] + torch.arange(kernel[a]) * dilations[a]
+        shape = [len(flat)] + [kernel[b] if b == a else 1 for b in range(rank)]
+        index.append(taps.reshape(shape))  # [P, 1.., k_a, ..1]
+    where: tuple[Any, ...] = (slice(None), slice(None), *index)
+    patches = x[where]  # type: ignore[index]  # [n, C, P, k...]
+    patches = patches.movedim(2, 1)  # [n, P, C, k...]
+    return patches.reshape(x.shape[0] * len(flat), -1)
 
 
 def _features(
     layer: _Layer, ctx: Any, x: Tensor, weight_shape: tuple[int, ...], chosen: Tensor | None
 ) -> Tensor:
     """The layer's input rows at the sampled positions: ``[rows, groups, f]`` (im2col for a
-    convolution, ``f = i/g * prod(k)``), in the row order of :func:`_sampled_targets`."""
+    convolution, ``f = i/g * prod(k)``), in the row order of
+    :func:`~onnxprune.recover.targets.sampled_rows`."""
     if layer.op_type == "Conv":
         spatial = x.dim() - 2
         if spatial == 1:
@@ -295,10 +322,10 @@ def _features(
         x_padded, padding, strides, dilations = conv_input_padded(ctx, x, weight_shape)
         if spatial == 1:
             padding, strides, dilations = [0, *padding], [1, *strides], [1, *dilations]
-        cols = F.unfold(x_padded, weight_shape[2:], dilations, padding, strides)  # [n, i*k, L]
-        if chosen is not None:
-            cols = cols[:, :, chosen]
-        rows_x = cols.permute(0, 2, 1).reshape(-1, cols.shape[1])
+        rows_x = _conv_patches(
+            x_padded, list(weight_shape[2:]), list(padding), list(strides), list(dilations),
+            chosen,
+        )  # fmt: skip
         return rows_x.reshape(rows_x.shape[0], layer.groups, -1)
     rows_x = x.reshape(-1, x.shape[-1])
     return (rows_x if chosen is None else rows_x[chosen])[:, None, :]
@@ -344,6 +371,27 @@ def _store_matrix(layer: _Layer, module: OnnxModule, ctx: Any, solution: Tensor)
         module.set_initializer(layer.bias, bias.float().reshape(module.tensor(layer.bias).shape))
 
 
+# Column blocks of at least this many features when a Gram matrix is built block by block.
+_GRAM_BLOCK = 384
+
+
+def _gram(f_g: Tensor) -> Tensor:
+    """``F^T F`` per group (``[g, rows, f] -> [g, f, f]``, float32) from the blocks on and
+    above the diagonal only, mirrored: with ``b`` column blocks that is ``(b + 1) / 2b`` of
+    the multiply-adds of the full product (a BLAS ``syrk``, which torch does not expose)."""
+    features = f_g.shape[2]
+    blocks = max(1, min(8, features // _GRAM_BLOCK))
+    if blocks == 1:
+        return torch.bmm(f_g.transpose(1, 2), f_g)
+    edges = [features * i // blocks for i in range(blocks + 1)]
+    gram = torch.empty(f_g.shape[0], features, features, dtype=f_g.dtype)
+    for first, stop in zip(edges[:-1], edges[1:], strict=True):
+        strip = torch.bmm(f_g[:, :, first:stop].transpose(1, 2), f_g[:, :, first:])
+        gram[:, first:stop, first:] = strip
+        gram[:, first:, first:stop] = strip.transpose(1, 2)
+    return gram
+
+
 # Rows gathered before one float32 product is added to the float64 sums: small batches of
 # large images would otherwise pay one f x f conversion per batch.
 _FLUSH_ROWS = 2048
@@ -373,7 +421,7 @@ class _NormalEquations:
 
     def add(self, x: Tensor, chosen: Tensor | None, target_rows: Tensor) -> None:
         """Add one batch: the layer's input ``x`` (pruned model), the sampled positions and
-        the reference's targets there (:func:`_sampled_targets`)."""
+        the reference's targets there (:meth:`ReferenceTargets.get`)."""
         feats = _features(self.layer, self.ctx, x, self.weight_shape, chosen)  # [rows, g, f]
         targets = target_rows.reshape(target_rows.shape[0], self.layer.groups, -1)
         if self.layer.bias is not None:
@@ -393,7 +441,7 @@ class _NormalEquations:
         f_g = torch.cat([f for f, _ in self._pending], dim=1)
         residual = torch.cat([r for _, r in self._pending], dim=1)
         self._pending, self._pending_rows = [], 0
-        self.gram += torch.bmm(f_g.transpose(1, 2), f_g).double()
+        self.gram += _gram(f_g).double()
         self.cross += torch.bmm(f_g.transpose(1, 2), residual).double()
 
     def solve(self, ridge: float) -> LayerFit:
@@ -502,6 +550,7 @@ def reconstruct(
     activation_memory: int = DEFAULT_ACTIVATION_MEMORY,
     spill_dir: Path | str | None = None,
     on_layer: Callable[[LayerFit], None] | None = None,
+    reference_targets: ReferenceTargets | None = None,
 ) -> LeastSquaresResult:
     """Refit every Conv/Gemm/MatMul whose input channels were pruned (see module docstring).
 
@@ -527,6 +576,10 @@ def reconstruct(
             system temp folder) and read back batch by batch (:mod:`.stream`), so memory does
             not grow with the number of images.
         on_layer: called after each layer (progress reporting).
+        reference_targets: a :class:`~onnxprune.recover.targets.ReferenceTargets` kept by
+            the caller across calls with the same ``reference_model`` and data (a search's
+            per-candidate fits): the reference module and its sampled targets are built once
+            and reused; the result equals a call without it.
 
     Returns a :class:`LeastSquaresResult` whose ``model`` has the same structure as
     ``pruned_model`` with new values for the refit layers' weights and biases (see
@@ -534,10 +587,14 @@ def reconstruct(
     the first layer that cannot be paired with the reference.
     """
     start = time.perf_counter()
-    pruned_graph, reference_graph = for_recovery(pruned_model), for_recovery(reference_model)
+    pruned_graph = for_recovery(pruned_model)
     # Ops without a torch handler run in onnxruntime: least squares needs no gradients.
     pruned_module = OnnxModule(pruned_graph, train_bn=False, fallback="onnxruntime").eval()
-    reference_module = OnnxModule(reference_graph, train_bn=False, fallback="onnxruntime").eval()
+    reference_module = (
+        reference_targets.module_for(reference_model)
+        if reference_targets is not None
+        else reference_module_for(reference_model)
+    )
     arrays = _calibration_inputs(dataset, pruned_module.input_names)
     if len(reference_module.input_names) != len(arrays):
         raise OnnxPruneError(
@@ -551,10 +608,13 @@ def reconstruct(
     if len(arrays[0]) > max_images:
         chosen = np.sort(rng.choice(len(arrays[0]), max_images, replace=False))
         arrays = [array[chosen] for array in arrays]
-    fixed = _common_fixed_batch(pruned_graph, reference_graph)
+    fixed = _common_fixed_batch(pruned_graph, reference_model)
     if fixed is not None:
         arrays = [whole_chunks(array, fixed) for array in arrays]
-    selection = _find_layers(pruned_module, reference_module, all_layers)
+    selection = _find_layers(
+        pruned_module, reference_module, all_layers,
+        reference_targets.weighted_layers() if reference_targets is not None else None,
+    )  # fmt: skip
     result = LeastSquaresResult(
         model=pruned_model, images=len(arrays[0]), skipped=selection.skipped,
         note=_nothing_refit(selection), fixed_batch=fixed,
@@ -564,8 +624,8 @@ def reconstruct(
         bounds = batch_starts(len(arrays[0]), fixed, images_per_batch(per_image, batch_size))
         settings = _Settings(positions_per_image, ridge, seed, activation_memory, spill_dir)
         with recovery_threads(threads):
-            _fit_all(selection.layers, (pruned_module, reference_module), arrays, bounds,
-                     settings, result, on_layer)  # fmt: skip
+            _fit_all(selection, (pruned_module, reference_module), arrays, bounds,
+                     settings, result, on_layer, reference_targets)  # fmt: skip
         result.model = store_values(
             pruned_model, pruned_graph, write_back(pruned_module, pruned_graph)
         )
@@ -586,93 +646,71 @@ def _batch_feeds(
     return feeds
 
 
-def _layer_generator(seed: int, reference_index: int) -> torch.Generator:
-    """The sampling generator of the layer whose reference node is ``reference_index``: one
-    stream per layer, so a layer's sampled positions do not depend on which other layers
-    are refit, and the reference pass can draw them batch-major."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + reference_index)
-
-
-def _reference_targets(
-    layers: list[_Layer],
-    reference_module: OnnxModule,
-    feeds: Callable[[int], dict[str, Tensor]],
-    batch_count: int,
-    settings: _Settings,
-    store: ActivationStore,
-) -> int:
-    """One pass of the reference over the batches, keeping of each layer's output only the
-    sampled targets (:func:`_sampled_targets`) in ``store`` (``target:N`` / ``chosen:N``,
-    per batch). The reference never changes, so it runs once, whatever the depth. Returns
-    the peak activation bytes of one batch."""
-    producer = {out: i for i, (_, _, outs) in enumerate(reference_module._nodes) for out in outs}
-    by_output: dict[str, list[int]] = {}
-    for number, layer in enumerate(layers):
-        by_output.setdefault(layer.ref_output, []).append(number)
-    generators = [_layer_generator(settings.seed, producer[layer.ref_output]) for layer in layers]
-    stop = max(producer[name] for name in by_output) + 1
-    peak = 0
-    for batch in range(batch_count):
-
-        def gather(name: str, value: Any, batch: int = batch) -> None:
-            for number in by_output.get(name, ()):
-                chosen, targets = _sampled_targets(
-                    layers[number], value, settings.positions, generators[number]
-                )
-                store.put(f"target:{number}", batch, targets)
-                if chosen is not None:
-                    store.put(f"chosen:{number}", batch, chosen)
-
-        peak = max(peak, run_batch(reference_module, feeds(batch), stop, gather))
-    return peak
-
-
 def _fit_all(
-    layers: list[_Layer],
+    selection: _Selection,
     modules: tuple[OnnxModule, OnnxModule],
     arrays: list[np.ndarray],
     bounds: list[tuple[int, int]],
     settings: _Settings,
     result: LeastSquaresResult,
     on_layer: Callable[[LayerFit], None] | None,
+    cache: ReferenceTargets | None,
 ) -> None:
-    """Refit ``layers`` in pruned-graph order. The reference runs once and leaves each
-    layer's sampled targets; then the pruned graph streams batch by batch (:mod:`.stream`):
-    per layer, every batch runs the segment up to it and adds to the layer's normal
-    equations, the layer is solved, and the next segment starts."""
+    """Refit the selected layers in pruned-graph order. The reference leaves each layer's
+    sampled targets (one pass, or none when ``cache`` already holds them for this data); then
+    the pruned graph streams batch by batch (:mod:`.stream`): per layer, every batch runs the
+    segment up to it and adds to the layer's normal equations, the layer is solved, and the
+    next segment starts."""
+    layers = selection.layers
     pruned_module, reference_module = modules
     # A quarter of the RAM budget for the (small) sampled targets, the rest for the frontier
     # of the pruned graph, whose spill is the expensive one.
-    targets = ActivationStore(settings.activation_memory // 4, settings.spill_dir)
-    store = ActivationStore(settings.activation_memory - targets.memory_bytes, settings.spill_dir)
+    targets = cache or ReferenceTargets(settings.activation_memory // 4, settings.spill_dir)
+    store = ActivationStore(
+        settings.activation_memory - settings.activation_memory // 4, settings.spill_dir
+    )
     pruned = StreamRunner(pruned_module, _batch_feeds(pruned_module.input_names, arrays, bounds),
                           store, "pruned:")  # fmt: skip
+    spilled_before = targets.spilled_bytes
     try:
         with torch.no_grad():
-            reference_feeds = _batch_feeds(reference_module.input_names, arrays, bounds)
-            reference_bytes = _reference_targets(
-                layers, reference_module, reference_feeds, len(bounds), settings, targets
+            # A kept cache holds every weighted layer (later plans refit other layers); a
+            # one-off fit only the layers it refits.
+            held = selection.reference_layers if cache is not None else {
+                layer.ref_output: layer.op_type for layer in layers
+            }  # fmt: skip
+            key = (
+                ("once",)
+                if cache is None
+                else targets.key_for(
+                    reference_module, arrays, bounds, settings.seed, settings.positions
+                )
             )
-            release_free_memory()
-            for number, layer in enumerate(layers):
+            targets.fill(
+                reference_module, held, _batch_feeds(reference_module.input_names, arrays, bounds),
+                len(bounds), key, settings.seed, settings.positions,
+            )  # fmt: skip
+            for layer in layers:
                 ctx, names_in, _ = pruned_module._nodes[layer.index]
                 equations = _NormalEquations(layer, pruned_module, ctx)
+                channels = torch.as_tensor(layer.out_keep)
                 for batch in range(len(bounds)):
                     x = pruned.run(batch, layer.index, want=[names_in[0]])[names_in[0]]
-                    chosen_key = (f"chosen:{number}", batch)
-                    chosen = targets.get(*chosen_key) if chosen_key in targets else None
-                    equations.add(x, chosen, targets.get(f"target:{number}", batch))
-                    in_ram = {b for _, b in store.resident} | {b for _, b in targets.resident}
+                    chosen, rows = targets.get(layer.ref_output, batch, channels)
+                    equations.add(x, chosen, rows)
+                    in_ram = {b for _, b in store.resident}
+                    if cache is None:
+                        in_ram |= {b for _, b in targets.resident}
                     result.peak_batches_in_memory = max(
                         result.peak_batches_in_memory, len(in_ram | {batch})
                     )
                 pruned.finish(layer.index)
-                targets.drop(f"target:{number}")
-                targets.drop(f"chosen:{number}")
+                if cache is None:  # each reference layer pairs with one pruned layer
+                    targets.drop(layer.ref_output)
                 release_free_memory()
                 result.peak_activation_bytes = max(
                     result.peak_activation_bytes,
-                    max(pruned.batch_bytes, reference_bytes) + store.resident_bytes
+                    max(pruned.batch_bytes, targets.peak_bytes) + store.resident_bytes
                     + targets.resident_bytes,
                 )  # fmt: skip
                 fit = equations.solve(settings.ridge)
@@ -680,9 +718,10 @@ def _fit_all(
                 if on_layer is not None:
                     on_layer(fit)
     finally:
-        result.spilled_bytes = store.spilled_bytes + targets.spilled_bytes
+        result.spilled_bytes = store.spilled_bytes + targets.spilled_bytes - spilled_before
         store.close()
-        targets.close()
+        if cache is None:
+            targets.close()
 
 
 def least_squares_recover(

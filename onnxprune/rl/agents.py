@@ -338,6 +338,15 @@ def _graph_ddpg(encoder_cls: type, hierarchy: Any, setup: AgentSetup) -> Any:
             g, group_emb = self.inner(keep_ratios)
             return g, group_emb[rows]
 
+        def forward_many(self, keep_ratios: list[Any]) -> tuple[Any, Any]:
+            """Several states at once, when the encoder can (:meth:`MultiStageGNN.forward_many`)."""
+            if not hasattr(self.inner, "forward_many"):
+                pairs = [self.inner(ratios) for ratios in keep_ratios]
+                return (torch.stack([g for g, _ in pairs]),
+                        torch.stack([emb for _, emb in pairs])[:, rows])  # fmt: skip
+            g, group_emb = self.inner.forward_many(keep_ratios)
+            return g, group_emb[:, rows]
+
     config = copy.deepcopy(setup.ddpg)
     return DDPG(ActionGroupEncoder, env.keep_ratios, env.reset(), env.n_actions, config, setup.seed)
 

@@ -126,10 +126,23 @@ class Actor(nn.Module):
 
     def forward(self, obs: Any) -> torch.Tensor:
         g, group_emb = self.encoder(obs)
+        return self._act(g, group_emb)
+
+    def forward_many(self, observations: list[Any]) -> torch.Tensor:
+        """``[B, n_actions]``: :meth:`forward` of several observations, encoded in one call
+        when the encoder has ``forward_many`` (the m-GNN), else one by one."""
+        many = getattr(self.encoder, "forward_many", None)
+        if many is None:
+            return torch.stack([self(obs) for obs in observations])
+        g, group_emb = many(observations)
+        return self._act(g, group_emb)
+
+    def _act(self, g: torch.Tensor, group_emb: torch.Tensor) -> torch.Tensor:
+        # g: [..., D], group_emb: [..., n, E] (leading dims: a batch of states)
         if self.per_group:
-            parts = [g.expand(group_emb.shape[0], -1), group_emb]
+            parts = [g.unsqueeze(-2).expand(*group_emb.shape[:-1], g.shape[-1]), group_emb]
             if self.ids is not None:
-                parts.append(self.ids)
+                parts.append(self.ids.expand(*group_emb.shape[:-1], self.ids.shape[-1]))
             return torch.sigmoid(self.head(torch.cat(parts, dim=-1)).squeeze(-1))
         return torch.sigmoid(self.head(g))
 
@@ -165,8 +178,22 @@ class Critic(nn.Module):
     def embed(self, obs: Any) -> torch.Tensor:
         """``[D]`` (joint) or ``[n_actions, D + E]`` (per-group) state embedding."""
         g, group_emb = self.encoder(obs)
+        return self._joined(g, group_emb)
+
+    def embed_many(self, observations: list[Any]) -> torch.Tensor:
+        """``[B, ...]``: :meth:`embed` of several observations (one encoder call when the
+        encoder has ``forward_many``)."""
+        many = getattr(self.encoder, "forward_many", None)
+        if many is None:
+            return torch.stack([self.embed(obs) for obs in observations])
+        g, group_emb = many(observations)
+        return self._joined(g, group_emb)
+
+    def _joined(self, g: torch.Tensor, group_emb: torch.Tensor) -> torch.Tensor:
         if self.per_group:
-            return torch.cat([g.expand(group_emb.shape[0], -1), group_emb], dim=-1)
+            return torch.cat(
+                [g.unsqueeze(-2).expand(*group_emb.shape[:-1], g.shape[-1]), group_emb], dim=-1
+            )
         return g
 
     def q(self, g: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -267,17 +294,20 @@ class DDPG:
         self.buffer.add(record, action, reward, next_record, done)
 
     def _embed_batch(
-        self, embed: Callable[[Any], torch.Tensor], records: Sequence[Any]
+        self, embed_many: Callable[[list[Any]], torch.Tensor], records: Sequence[Any]
     ) -> torch.Tensor:
-        """Encode each distinct record once; returns ``[B, ...]`` in batch order."""
-        cache: dict[bytes, torch.Tensor] = {}
-        out = []
+        """Encode each distinct record once (all of them in one ``embed_many`` call);
+        returns ``[B, ...]`` in batch order."""
+        slot: dict[bytes, int] = {}
+        distinct: list[Any] = []
+        order = []
         for record in records:
             key = _record_key(record)
-            if key not in cache:
-                cache[key] = embed(self.observe(record))
-            out.append(cache[key])
-        return torch.stack(out)
+            if key not in slot:
+                slot[key] = len(distinct)
+                distinct.append(self.observe(record))
+            order.append(slot[key])
+        return embed_many(distinct)[torch.tensor(order, dtype=torch.long)]
 
     def update(self) -> dict[str, float]:
         """One gradient step on critic and actor from a sampled batch, then soft targets.
@@ -296,20 +326,20 @@ class DDPG:
             live = [i for i, t in enumerate(batch) if not t.done]
             if live and self.config.gamma > 0:
                 next_records = [batch[i].next_state for i in live]
-                next_actions = self._embed_batch(self.actor_target, next_records)
-                next_g = self._embed_batch(self.critic_target.embed, next_records)
+                next_actions = self._embed_batch(self.actor_target.forward_many, next_records)
+                next_g = self._embed_batch(self.critic_target.embed_many, next_records)
                 next_q = self.critic_target.q(next_g, next_actions)
                 target[live] += self.config.gamma * (1 - done[live]) * next_q
 
         records = [t.state for t in batch]
-        critic_g = self._embed_batch(self.critic.embed, records)
+        critic_g = self._embed_batch(self.critic.embed_many, records)
         q = self.critic.q(critic_g, actions)
         critic_loss = nn.functional.mse_loss(q, target)
         self.critic_optim.zero_grad()
         critic_loss.backward()
         self.critic_optim.step()
 
-        policy_actions = self._embed_batch(self.actor, records)
+        policy_actions = self._embed_batch(self.actor.forward_many, records)
         self.critic.requires_grad_(False)
         # The actor loss reuses the critic's state embedding of this batch, detached: the
         # actor's gradient flows through the action only, and re-encoding every graph after

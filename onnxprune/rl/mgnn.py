@@ -70,7 +70,9 @@ class MGNNConv(MessagePassing):
         self.lin.reset_parameters()
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
-        in_degree = degree(edge_index[1], num_nodes=x.size(0), dtype=x.dtype)
+        # x may carry leading batch dims ([B, N, D]: B graphs of one structure); nodes are
+        # always dim -2 (MessagePassing's node_dim).
+        in_degree = degree(edge_index[1], num_nodes=x.size(-2), dtype=x.dtype)
         norm = in_degree.clamp(min=1.0).reciprocal()[edge_index[1]]
         aggregated = self.propagate(edge_index, x=x, edge_attr=edge_attr, norm=norm)
         # W is linear, so applying it after the normalised sum equals eq. (4) term by term.
@@ -86,7 +88,8 @@ class MGNNConv(MessagePassing):
 class AttentionPooling(nn.Module):
     """Eq. (5): ``e_b = sum_{i in graph b} alpha_i h_i``, ``alpha = softmax(a^T h + c)`` per graph.
 
-    Shapes: ``h: [N, D]``, ``batch: [N]`` (graph index 0..B-1) -> ``[B, D]``.
+    Shapes: ``h: [N, D]``, ``batch: [N]`` (graph index 0..B-1) -> ``[B, D]``; leading
+    dims of ``h`` (``[S, N, D]``: ``S`` graphs of one structure) are kept: ``[S, B, D]``.
     """
 
     def __init__(self, channels: int) -> None:
@@ -98,9 +101,10 @@ class AttentionPooling(nn.Module):
         self.score.reset_parameters()
 
     def forward(self, h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-        alpha = softmax(self.score(h).squeeze(-1), batch, num_nodes=num_graphs)
-        out = torch.zeros(num_graphs, h.size(1), dtype=h.dtype, device=h.device)
-        return out.index_add(0, batch, alpha.unsqueeze(-1) * h)
+        nodes = h.dim() - 2
+        alpha = softmax(self.score(h).squeeze(-1), batch, num_nodes=num_graphs, dim=nodes)
+        out = torch.zeros(*h.shape[:-2], num_graphs, h.size(-1), dtype=h.dtype, device=h.device)
+        return out.index_add(nodes, batch, alpha.unsqueeze(-1) * h)
 
 
 class _Stage(nn.Module):
@@ -122,7 +126,7 @@ class _Stage(nn.Module):
         self, h: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor, num_graphs: int
     ) -> tuple[Tensor, Tensor]:
         both = torch.cat([edge_index, edge_index.flip(0)], dim=1)
-        both_attr = torch.cat([edge_attr, edge_attr], dim=0)
+        both_attr = torch.cat([edge_attr, edge_attr], dim=-2)
         for conv in self.convs:
             h = torch.relu(conv(h, both, both_attr))
         return h, self.pool(h, batch, num_graphs)
@@ -206,6 +210,11 @@ class MultiStageGNN(nn.Module):
         out = self.embed(keep_ratios, levels)
         return out.g, out.group_emb
 
+    def forward_many(self, keep_ratios: list[Any]) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` of several states: ``(g [B, D], group_emb [B, G, D])``."""
+        out = self.embed_many(keep_ratios)
+        return out.g, out.group_emb
+
     def embed(
         self,
         keep_ratios: Any = None,
@@ -214,47 +223,75 @@ class MultiStageGNN(nn.Module):
         """All embeddings of one forward pass (see :class:`MGNNOutput`)."""
         if levels is None:
             levels = self.hierarchy.to_pyg(keep_ratios)
+        return self._embed(levels, [level.x for level in levels],
+                           [level.edge_attr for level in levels])  # fmt: skip
+
+    def embed_many(self, keep_ratios: list[Any]) -> MGNNOutput:
+        """:meth:`embed` of several states at once: every field gets a leading batch dim
+        (``g: [B, D]``, ``group_emb: [B, G, D]``, ...). The hierarchy's structure is the same
+        for every state (only the keep-ratio features differ), so the ``B`` graphs run as one
+        message-passing call per layer instead of ``B`` calls: the same values (up to float
+        summation order), a fraction of the time (a DDPG update embeds its whole batch)."""
+        per_state = [self.hierarchy.to_pyg(ratios) for ratios in keep_ratios]
+        levels = per_state[0]
+        xs = [torch.stack([state[t].x for state in per_state]) for t in range(len(levels))]
+        edges = [torch.stack([state[t].edge_attr for state in per_state])
+                 for t in range(len(levels))]  # fmt: skip
+        return self._embed(levels, xs, edges)
+
+    def _embed(
+        self, levels: list[LevelTensors], xs: list[Tensor], edge_attrs: list[Tensor]
+    ) -> MGNNOutput:
+        """The m-GNN pass over the structure of ``levels`` with node features ``xs[t]`` and
+        edge features ``edge_attrs[t]`` (``[..., N_t, F]`` / ``[..., E_t, F]``; leading dims
+        are a batch of states)."""
         device = self.node_proj.weight.device
-        base_nodes = self.node_proj(levels[0].x.to(device))  # [N0, D]
+        base_nodes = self.node_proj(xs[0].to(device))  # [..., N0, D]
+        lead, nodes = base_nodes.shape[:-2], base_nodes.dim() - 2
         node_final = torch.zeros_like(base_nodes)
-        instance_emb = torch.zeros(self._num_instances, self.hidden, device=device)
-        edge_feat = self.edge_proj(levels[0].edge_attr.to(device))  # [E0, D]
+        instance_emb = torch.zeros(*lead, self._num_instances, self.hidden, device=device)
+        edge_feat = self.edge_proj(edge_attrs[0].to(device))  # [..., E0, D]
         for t in range(1, len(levels)):
             low, up = levels[t - 1], levels[t]
             slots = int(up.inst_ids.numel())
             low_l0 = low.node_level0.to(device)
-            h = base_nodes[low_l0[up.inst_node_index.to(device)]]
+            h = base_nodes[..., low_l0[up.inst_node_index.to(device)], :]
             h, pooled = self.stages[t - 1](
                 h,
                 up.inst_edge_index.to(device),
-                edge_feat[up.inst_edge_src.to(device)],
+                edge_feat[..., up.inst_edge_src.to(device), :],
                 up.inst_node_batch.to(device),
                 slots,
             )
             inner = up.inst_node_inner.to(device)
             inner_l0 = low_l0[up.inst_node_index.to(device)][inner]
-            node_final = node_final.index_copy(0, inner_l0, h[inner])
-            instance_emb = instance_emb.index_copy(0, up.inst_ids.to(device), pooled)
-            edge_feat = self._edge_features(up, instance_emb)
+            node_final = node_final.index_copy(nodes, inner_l0, h[..., inner, :])
+            instance_emb = instance_emb.index_copy(nodes, up.inst_ids.to(device), pooled)
+            edge_feat = self._edge_features(up, edge_attrs[t], instance_emb)
         top = levels[-1]
         top_l0 = top.node_level0.to(device)
         batch = torch.zeros(top.num_nodes, dtype=torch.long, device=device)
         h, pooled = self.stages[len(levels) - 1](
-            base_nodes[top_l0], top.edge_index.to(device), edge_feat, batch, 1
+            base_nodes[..., top_l0, :], top.edge_index.to(device), edge_feat, batch, 1
         )
-        node_final = node_final.index_copy(0, top_l0, h)
-        group_emb = torch.zeros(self.num_groups, self.hidden, device=device)
+        node_final = node_final.index_copy(nodes, top_l0, h)
+        group_emb = torch.zeros(*lead, self.num_groups, self.hidden, device=device)
         if self._group_rows.numel():
-            group_emb = group_emb.index_add(0, self._group_rows, node_final[self._group_cols])
+            group_emb = group_emb.index_add(
+                nodes, self._group_rows, node_final[..., self._group_cols, :]
+            )
         group_emb = group_emb / self._group_counts.unsqueeze(-1)
-        return MGNNOutput(pooled[0], group_emb, node_final, instance_emb)
+        return MGNNOutput(pooled[..., 0, :], group_emb, node_final, instance_emb)
 
-    def _edge_features(self, level: LevelTensors, instance_emb: Tensor) -> Tensor:
-        """``[E, D]``: projected op features for primitive edges, instance embeddings else."""
+    def _edge_features(
+        self, level: LevelTensors, edge_attr: Tensor, instance_emb: Tensor
+    ) -> Tensor:
+        """``[..., E, D]``: projected op features for primitive edges, instance embeddings
+        else."""
         device = instance_emb.device
-        primitive = self.edge_proj(level.edge_attr.to(device))
+        primitive = self.edge_proj(edge_attr.to(device))
         is_motif = (level.edge_instance >= 0).to(device)
-        motif = instance_emb[level.edge_instance.clamp(min=0).to(device)]
+        motif = instance_emb[..., level.edge_instance.clamp(min=0).to(device), :]
         return torch.where(is_motif.unsqueeze(-1), motif, primitive)
 
     def extra_repr(self) -> str:

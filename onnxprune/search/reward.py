@@ -104,7 +104,9 @@ class PlanEvaluator:
     ``metric``: ``top1`` (labels) or a fidelity to ``reference``, the unpruned model's
     outputs on the same samples (one ``[len(split), ...]`` array per output).
     ``recover_images``: refit each candidate by least squares on (at most that many images
-    of) ``fit_split`` first (default: ``split`` itself).
+    of) ``fit_split`` first (default: ``split`` itself); the reference side of that fit
+    (its sampled targets, :class:`~onnxprune.recover.targets.ReferenceTargets`) is computed
+    once and reused by every candidate.
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class PlanEvaluator:
         threads: int | None = None,
         recover_images: int | None = None,
         fit_split: Any = None,
+        reference_targets: Any = None,
     ) -> None:
         self.analysis = analysis
         # Scoring a candidate on the images its least squares was fitted to would reward
@@ -132,6 +135,10 @@ class PlanEvaluator:
         self.batch_size = batch_size
         self.threads = threads
         self.recover_images = recover_images
+        # The reference's sampled least-squares targets on the fit split are the same for
+        # every candidate: the first candidate's fit computes them, the others reuse them
+        # (onnxprune.recover.targets; created on first use, shared with on_split/pinned).
+        self.reference_targets = reference_targets
         self.seconds = 0.0
         self.calls = 0
         self.provider = ""  # the execution provider that ran the last candidate
@@ -165,6 +172,7 @@ class PlanEvaluator:
             threads,
             recover_images=self.recover_images,
             fit_split=self.fit_split,
+            reference_targets=self.reference_targets,
         )
 
     def on_split(self, split: Any, original_session: Any) -> PlanEvaluator:
@@ -181,6 +189,7 @@ class PlanEvaluator:
             self.threads,
             recover_images=self.recover_images,
             fit_split=self.fit_split,
+            reference_targets=self.reference_targets,
         )
 
     def plan(self, kept: Mapping[int, int], meta: dict[str, Any] | None = None) -> Any:
@@ -197,6 +206,10 @@ class PlanEvaluator:
         pruned = apply_plan(self.analysis, self.plan(kept))
         if self.recover_images:
             from onnxprune.recover.lsq import reconstruct
+            from onnxprune.recover.targets import ReferenceTargets
+
+            if self.reference_targets is None:
+                self.reference_targets = ReferenceTargets()
 
             pruned = reconstruct(
                 pruned,
@@ -206,6 +219,7 @@ class PlanEvaluator:
                 positions_per_image=16,
                 seed=0,
                 threads=self.threads,  # torch threads of the fit: the evaluator's pinned count
+                reference_targets=self.reference_targets,
             ).model
         return pruned
 
