@@ -75,6 +75,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--gate-runs", type=int, default=30)
     parser.add_argument("--strategy", default="gnn-rl")
     parser.add_argument("--episodes", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="search --workers (candidates on N processes; same plans)")  # fmt: skip
     parser.add_argument("--reward-samples", type=int, default=500)
     parser.add_argument("--test-samples", type=int, default=2000, help="0: all of test.npz")
     parser.add_argument("--flops-grid", default="0.3,0.4")
@@ -186,7 +188,8 @@ def _search(data: tuple[Any, Any], args: argparse.Namespace, **budget: Any) -> d
         result = run_search(
             args.model, calib, budget.pop("flops", None), args.strategy, tmp, args.seed,
             episodes=args.episodes, reward_samples=args.reward_samples, eval_data=test,
-            show_progress=False, latency_runs=10, threads=args.threads, **budget,
+            show_progress=False, latency_runs=10, threads=args.threads, workers=args.workers,
+            **budget,
         )  # fmt: skip
         pruned = load_model(Path(tmp) / "pruned.onnx")
         return {
@@ -249,6 +252,8 @@ def part_real(args: argparse.Namespace) -> dict | None:
         ]  # fmt: skip
         if args.episodes is not None:
             cmd += ["--episodes", str(args.episodes)]
+        if args.workers > 1:
+            cmd += ["--workers", str(args.workers)]
         started = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - started
