@@ -87,7 +87,7 @@ def _data_checksum(arrays: list[np.ndarray]) -> tuple[Any, ...]:
         (
             array.shape,
             str(array.dtype),
-            zlib.crc32(np.ascontiguousarray(array).tobytes()),
+            zlib.crc32(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data),
         )
         for array in arrays
     )
@@ -97,7 +97,7 @@ def _weights_checksum(module: OnnxModule) -> int:
     crc = 0
     for name in sorted(module._slots):
         value = module.tensor(name).detach().contiguous().numpy()
-        crc = zlib.crc32(value.tobytes(), zlib.crc32(name.encode(), crc))
+        crc = zlib.crc32(value.reshape(-1).view(np.uint8).data, zlib.crc32(name.encode(), crc))
     return crc
 
 
