@@ -548,3 +548,33 @@ def test_bench_latency_table_prints_the_cached_table(tmp_path: Path) -> None:
     assert code == 0 and (tmp_path / "t.png").is_file()
     first_row = f"    0 {16:>5}  8:{built.groups[0].saved_ms[0]:.3f}, 16:0.000"
     assert "latency table: full model" in out and "cached" in out and first_row in out
+
+
+def test_a_shrunk_re_pick_is_filled_back_up_to_the_tighter_budget() -> None:
+    # No evaluated plan inside the tightened prediction: the chosen plan is shrunk along the
+    # wall (whole rounding steps for every group at once), then grown back while it fits, so
+    # no group can take one more step without leaving the tighter budget.
+    from types import SimpleNamespace
+
+    from onnxprune.search.latency import _repick
+    from onnxprune.search.result import BestPlan
+
+    table, groups = _synthetic_table([[2.0, 1.0], [0.3], [0.2, 0.1], [0.05]], round_to=4)
+    predictor = LatencyPredictor(table, [g.id for g in groups])
+    env = PruningEnv(groups, _plan_cost(), lambda kept: 0.0, 1.0, round_to=4,
+                     latency=predictor, latency_target=1.0)  # fmt: skip
+    setup = SimpleNamespace(env=env, latency_budget=SimpleNamespace(predictor=predictor))
+    full = {g.id: g.size for g in groups}
+    target = 0.9
+    best, how = _repick(setup, BestPlan(-1.0, 3, full), [], target)
+    assert "shrunk along the wall and filled" in how
+    counts = np.array([best.kept[g.id] for g in groups], dtype=np.float64)
+    assert predictor.fraction(counts) <= target + 1e-9
+    grown = 0
+    for i, group in enumerate(groups):
+        if counts[i] + 4 <= group.size:
+            more = counts.copy()
+            more[i] += 4
+            assert predictor.fraction(more) > target + 1e-12, group.id
+            grown += 1
+    assert grown > 0

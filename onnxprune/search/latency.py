@@ -11,7 +11,8 @@
    fastest runs is the figure, see :attr:`Measurement.judged`). When it misses the budget, the
    predicted budget is tightened by the miss (``target * F / measured``, times
    ``TIGHTEN_MARGIN``) and the plan re-picked: the best-rewarded evaluated plan inside the
-   tighter prediction, else the chosen plan shrunk along the wall until it fits. At most
+   tighter prediction, else the chosen plan shrunk along the wall until it fits and then
+   grown back, group by group, while it still fits (:meth:`~onnxprune.budget.Budget.fill`). At most
    ``MAX_REPICKS`` times; every attempt (predicted vs measured) goes into the report, with
    the table's prediction error.
 """
@@ -158,7 +159,8 @@ def _cut(setup: Any, kept: dict[int, int]) -> Any:
 
 def _repick(setup: Any, best: BestPlan, log: list[Any], target: float) -> tuple[BestPlan, str]:
     """The best-rewarded evaluated plan predicted inside ``target``, else ``best`` shrunk
-    along the wall path until its prediction fits (then evaluated)."""
+    along the wall path until its prediction fits and filled back up to ``target`` (then
+    evaluated)."""
     env, predictor = setup.env, setup.latency_budget.predictor
     inside = [
         (reward, key)
@@ -172,13 +174,17 @@ def _repick(setup: Any, best: BestPlan, log: list[Any], target: float) -> tuple[
         return BestPlan(reward, episode, kept), "best evaluated plan inside the tighter budget"
     counts = np.array([best.kept[g] for g in env.group_ids], dtype=np.float64)
     keep = counts / env.rounding.sizes
-    shrunk, _ = env.budget.fit(
-        keep, np.zeros_like(keep), env.flops_target,
-        lambda c: predictor.fraction(c) <= target + 1e-12,
-    )  # fmt: skip
+
+    def inside(c: np.ndarray) -> bool:
+        return predictor.fraction(c) <= target + 1e-12
+
+    shrunk, _ = env.budget.fit(keep, np.zeros_like(keep), env.flops_target, inside)
+    # the wall path moves in whole rounding steps: grow back what still fits, so the re-pick
+    # lands at the tighter budget instead of below it
+    shrunk = env.budget.fill(shrunk, env.flops_target, inside)
     kept = env.kept_dict(shrunk)
     reward, _ = env.evaluate(kept)
-    how = "the chosen plan shrunk along the wall"
+    how = "the chosen plan shrunk along the wall and filled up to the tighter budget"
     reached = predictor.fraction(shrunk)
     if reached > target + 1e-12:
         how += f" to its floors (predicted {reached:.3f}: the tighter budget is out of reach)"
