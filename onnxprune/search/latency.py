@@ -175,13 +175,13 @@ def _repick(setup: Any, best: BestPlan, log: list[Any], target: float) -> tuple[
     counts = np.array([best.kept[g] for g in env.group_ids], dtype=np.float64)
     keep = counts / env.rounding.sizes
 
-    def inside(c: np.ndarray) -> bool:
+    def fits(c: np.ndarray) -> bool:
         return predictor.fraction(c) <= target + 1e-12
 
-    shrunk, _ = env.budget.fit(keep, np.zeros_like(keep), env.flops_target, inside)
+    shrunk, _ = env.budget.fit(keep, np.zeros_like(keep), env.flops_target, fits)
     # the wall path moves in whole rounding steps: grow back what still fits, so the re-pick
     # lands at the tighter budget instead of below it
-    shrunk = env.budget.fill(shrunk, env.flops_target, inside)
+    shrunk = env.budget.fill(shrunk, env.flops_target, fits)
     kept = env.kept_dict(shrunk)
     reward, _ = env.evaluate(kept)
     how = "the chosen plan shrunk along the wall and filled up to the tighter budget"
