@@ -252,7 +252,7 @@ def part_real(args: argparse.Namespace) -> dict | None:
         ]  # fmt: skip
         if args.episodes is not None:
             cmd += ["--episodes", str(args.episodes)]
-        if args.workers > 1:
+        if args.workers:  # as run_search(workers=N) for the other parts
             cmd += ["--workers", str(args.workers)]
         started = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)

@@ -83,8 +83,7 @@ from onnxprune.recover.stream import (
     StreamRunner,
     release_free_memory,
 )
-from onnxprune.recover.targets import ReferenceTargets
-from onnxprune.recover.targets import reference_module as reference_module_for
+from onnxprune.recover.targets import ReferenceTargets, recovery_module
 
 
 @dataclass
@@ -188,7 +187,6 @@ class _Selection:
     layers: list[_Layer]
     skipped: list[str]
     pruned_any: bool
-    reference_layers: dict[str, str] = field(default_factory=dict)  # output -> op type
 
 
 def _bias_of(pair: LayerPair, module: OnnxModule) -> tuple[str | None, str]:
@@ -224,7 +222,7 @@ def _find_layers(
     for _, inputs, _ in pruned._nodes:
         for name in set(inputs):
             uses[name] = uses.get(name, 0) + 1
-    selection = _Selection([], [], False, {ref.output: ref.op_type for ref in reference_layers})
+    selection = _Selection([], [], False)
     for pair in pairs:
         layer, ref = pair.pruned, pair.reference
         if layer.matrix.shape != ref.matrix.shape or layer.groups != ref.groups:
@@ -496,9 +494,9 @@ def layers_to_refit(
     pruned_model: ModelProto, reference_model: ModelProto, all_layers: bool = False
 ) -> list[str]:
     """Names of the nodes :func:`reconstruct` would refit, in the order it refits them."""
-    pruned_module = OnnxModule(for_recovery(pruned_model), train_bn=False, fallback="onnxruntime")
-    reference_module = OnnxModule(
-        for_recovery(reference_model), train_bn=False, fallback="onnxruntime"
+    pruned_module, reference_module = (
+        recovery_module(pruned_model),
+        recovery_module(reference_model),
     )
     return [
         layer.name for layer in _find_layers(pruned_module, reference_module, all_layers).layers
@@ -593,7 +591,7 @@ def reconstruct(
     reference_module = (
         reference_targets.module_for(reference_model)
         if reference_targets is not None
-        else reference_module_for(reference_model)
+        else recovery_module(reference_model)
     )
     arrays = _calibration_inputs(dataset, pruned_module.input_names)
     if len(reference_module.input_names) != len(arrays):
@@ -624,7 +622,7 @@ def reconstruct(
         bounds = batch_starts(len(arrays[0]), fixed, images_per_batch(per_image, batch_size))
         settings = _Settings(positions_per_image, ridge, seed, activation_memory, spill_dir)
         with recovery_threads(threads):
-            _fit_all(selection, (pruned_module, reference_module), arrays, bounds,
+            _fit_all(selection.layers, (pruned_module, reference_module), arrays, bounds,
                      settings, result, on_layer, reference_targets)  # fmt: skip
         result.model = store_values(
             pruned_model, pruned_graph, write_back(pruned_module, pruned_graph)
@@ -647,7 +645,7 @@ def _batch_feeds(
 
 
 def _fit_all(
-    selection: _Selection,
+    layers: list[_Layer],
     modules: tuple[OnnxModule, OnnxModule],
     arrays: list[np.ndarray],
     bounds: list[tuple[int, int]],
@@ -661,11 +659,14 @@ def _fit_all(
     the pruned graph streams batch by batch (:mod:`.stream`): per layer, every batch runs the
     segment up to it and adds to the layer's normal equations, the layer is solved, and the
     next segment starts."""
-    layers = selection.layers
     pruned_module, reference_module = modules
     # A quarter of the RAM budget for the (small) sampled targets, the rest for the frontier
     # of the pruned graph, whose spill is the expensive one.
-    targets = cache or ReferenceTargets(settings.activation_memory // 4, settings.spill_dir)
+    targets = (
+        cache
+        if cache is not None
+        else ReferenceTargets(settings.activation_memory // 4, settings.spill_dir)
+    )
     store = ActivationStore(
         settings.activation_memory - settings.activation_memory // 4, settings.spill_dir
     )
@@ -676,9 +677,10 @@ def _fit_all(
         with torch.no_grad():
             # A kept cache holds every weighted layer (later plans refit other layers); a
             # one-off fit only the layers it refits.
-            held = selection.reference_layers if cache is not None else {
-                layer.ref_output: layer.op_type for layer in layers
-            }  # fmt: skip
+            if cache is not None:
+                held = {ref.output: ref.op_type for ref in cache.weighted_layers()}
+            else:
+                held = {layer.ref_output: layer.op_type for layer in layers}
             key = (
                 ("once",)
                 if cache is None

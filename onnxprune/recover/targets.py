@@ -76,9 +76,9 @@ def sampled_rows(
     return None, rows_y
 
 
-def reference_module(model: ModelProto) -> OnnxModule:
-    """A reference model as least squares runs it (ops without a torch handler in
-    onnxruntime: no gradients are needed)."""
+def recovery_module(model: ModelProto) -> OnnxModule:
+    """A model as least squares reads and runs it: normalised (:func:`for_recovery`), ops
+    without a torch handler in onnxruntime (no gradients are needed)."""
     return OnnxModule(for_recovery(model), train_bn=False, fallback="onnxruntime").eval()
 
 
@@ -131,7 +131,7 @@ class ReferenceTargets:
         search repairs every candidate against the same ``ModelProto``, never modified)."""
         if self._model is not reference_model:
             self._model = reference_model
-            self._module = reference_module(reference_model)
+            self._module = recovery_module(reference_model)
             self._weights = _weights_checksum(self._module)
             self._layers = None
         assert self._module is not None
@@ -213,11 +213,7 @@ class ReferenceTargets:
         rows = self.store.get(f"target:{output}", batch)
         key = (f"chosen:{output}", batch)
         chosen = self.store.get(*key) if key in self.store else None
-        if len(channels) != rows.shape[1] or not bool(
-            (channels == torch.arange(rows.shape[1])).all()
-        ):
-            rows = rows.index_select(1, channels)
-        return chosen, rows
+        return chosen, rows.index_select(1, channels)
 
     @property
     def resident(self) -> dict[tuple[str, int], Any]:
