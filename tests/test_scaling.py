@@ -378,3 +378,27 @@ def test_a_worker_that_cannot_start_is_one_clear_error(tiny_data: Dataset) -> No
         with pytest.raises(OnnxPruneError, match="a search worker could not start: DecodeError"):
             pool.run([{0: 8}], lambda index, result: None)
     assert multiprocessing.active_children() == []
+
+
+def test_the_reward_evaluator_and_its_copies_share_one_reference_pass(
+    tiny_model: Path, tiny_data: Dataset
+) -> None:
+    # The in-process evaluator scores candidates with a pinned() copy and the final pick
+    # re-scores with an on_split() copy: all fit against the same reference and fit split,
+    # so the reference side of least squares is computed once for all of them.
+    from onnxprune.deps import analyze
+    from onnxprune.importance import channel_scores
+
+    analysis = analyze(onnx.load(str(tiny_model)))
+    reward, fit, select = tiny_data.subset(range(40)), tiny_data.subset(range(40, 80)), \
+        tiny_data.subset(range(80, 120))  # fmt: skip
+    evaluator = PlanEvaluator(analysis, channel_scores(analysis, "l1"), reward, "top1", None,
+                              "cpu", 64, 1, recover_images=40, fit_split=fit)  # fmt: skip
+    pinned = evaluator.pinned(1)
+    scorer = evaluator.on_split(select, make_session(tiny_model, device="cpu"))
+    assert pinned.reference_targets is evaluator.reference_targets
+    assert scorer.reference_targets is evaluator.reference_targets
+    for kept in ({0: 8, 1: 12}, {0: 12, 1: 16}):
+        pinned(kept)
+        scorer(kept)
+    assert evaluator.reference_targets.passes == 1

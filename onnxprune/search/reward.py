@@ -137,7 +137,12 @@ class PlanEvaluator:
         self.recover_images = recover_images
         # The reference's sampled least-squares targets on the fit split are the same for
         # every candidate: the first candidate's fit computes them, the others reuse them
-        # (onnxprune.recover.targets; created on first use, shared with on_split/pinned).
+        # (onnxprune.recover.targets). Created here, so that the copies pinned() and
+        # on_split() make share one cache with this evaluator.
+        if reference_targets is None and recover_images:
+            from onnxprune.recover.targets import ReferenceTargets
+
+            reference_targets = ReferenceTargets()
         self.reference_targets = reference_targets
         self.seconds = 0.0
         self.calls = 0
@@ -206,10 +211,6 @@ class PlanEvaluator:
         pruned = apply_plan(self.analysis, self.plan(kept))
         if self.recover_images:
             from onnxprune.recover.lsq import reconstruct
-            from onnxprune.recover.targets import ReferenceTargets
-
-            if self.reference_targets is None:
-                self.reference_targets = ReferenceTargets()
 
             pruned = reconstruct(
                 pruned,
