@@ -464,38 +464,117 @@ def _search(tiny, tmp_path: Path, timing: FakeTiming, **kwargs):
                       latency_timing=timing, **kwargs)  # fmt: skip
 
 
+def _expected_target(attempts: list[dict], budget: float) -> float:
+    """The next predicted budget by hand: a secant between the slowest-predicted pass and
+    the failing attempt just above it, else the one side's ratio, aimed at 0.98 budget."""
+    aim = budget * TIGHTEN_MARGIN
+    passing = [a for a in attempts if a["passed"]]
+    lo = max(passing, key=lambda a: a["predicted"]) if passing else None
+    above = [a for a in attempts if not a["passed"]
+             and (lo is None or a["predicted"] > lo["predicted"])]  # fmt: skip
+    hi = min(above, key=lambda a: a["predicted"]) if above else None
+    if lo and hi:
+        return lo["predicted"] + (aim - lo["measured"]) * (hi["predicted"] - lo["predicted"]) / (
+            hi["measured"] - lo["measured"]
+        )
+    ref = hi or lo
+    return ref["predicted"] * aim / ref["measured"]
+
+
 def test_search_verification_fails_over_to_a_tighter_budget(tiny, tmp_path: Path) -> None:
+    # the first pick misses by 5 %; the tightened re-pick passes, more than 5 % faster than
+    # asked, so the budget is loosened again by a secant between the two measured plans
     timing = _timing(tiny[0], [1.05])
     result = _search(tiny, tmp_path, timing, latency=0.7)
     record = result.latency
-    first, second = record["attempts"]
+    first, second, third = record["attempts"]
     assert not first["passed"]
     assert first["measured"] == pytest.approx(1.05 * first["predicted"], rel=1e-5)
     assert first["predicted"] <= 0.7 + 1e-9 and first["predicted_target"] == 0.7
     tightened = first["predicted"] * 0.7 / first["measured"] * TIGHTEN_MARGIN
     assert second["predicted_target"] == pytest.approx(tightened)
     assert second["predicted"] <= tightened + 1e-9 and second["passed"]
-    assert record["repicks"] == 1 and record["passed"]
-    assert record["prediction_error"] == pytest.approx((0.05 / 1.05 + 0.0) / 2)
+    assert second["measured"] < 0.95 * 0.7  # far inside: loosened
+    loosened = _expected_target([first, second], 0.7)
+    assert second["predicted"] < loosened < first["predicted"]
+    assert third["predicted_target"] == pytest.approx(loosened)
+    assert second["predicted"] < third["predicted"] <= loosened + 1e-9 and third["passed"]
+    assert record["repicks"] == 2 and record["passed"]
+    assert record["prediction_error"] == pytest.approx((0.05 / 1.05 + 0.0 + 0.0) / 3)
+    # kept: the best-rewarded plan that passed, the one closer to the budget on a tie
+    passing = [a for a in record["attempts"] if a["passed"]]
+    kept = max(passing, key=lambda a: (a["reward"], a["measured"]))
+    assert [a["kept"] for a in record["attempts"]] == [a is kept for a in record["attempts"]]
     assert {
         int(k): v
         for k, v in json.loads((tmp_path / "out" / "report.json").read_text())["kept"].items()
-    } == timing.calls[1]
+    } == timing.calls[kept["attempt"]]
     assert any("tightened the predicted budget to" in n for n in result.notes)
+    assert any("faster than asked; loosened the predicted budget to" in n for n in result.notes)
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "## Latency budget" in md and "| 1 |" in md and "passed after 1 re-pick(s)" in md
+    assert "## Latency budget" in md and "| 2 |" in md and "passed after 2 re-pick(s)" in md
+    assert "**kept**" in md
     assert (tmp_path / "out" / "latency_table.png").is_file()
     # every episode ended inside the predicted budget (the wall)
     for episode in result.episodes:
         assert timing.table.predict_ratio(episode.kept) <= 0.7 + 1e-9
 
 
+def test_verification_keeps_the_best_rewarded_plan_that_passed() -> None:
+    # a fake search: plan A (the pick, reward 3) misses; B (reward 2) passes far inside;
+    # the loosened C (reward 1) passes too but is worse rewarded: B is kept and said so
+    from types import SimpleNamespace
+
+    from onnxprune.search import latency as lat
+    from onnxprune.search.result import BestPlan
+
+    plans = {"A": ({0: 8}, 3.0, 0.60, 0.80), "B": ({0: 6}, 2.0, 0.45, 0.55),
+             "C": ({0: 7}, 1.0, 0.50, 0.68)}  # fmt: skip
+    order = iter(["B", "C"])
+    by_kept = {tuple(v[0].values()): v for v in plans.values()}
+    measured: list[str] = []
+
+    def repick(setup, pick, log, target, done):
+        name = next(order)
+        kept, reward = plans[name][0], plans[name][1]
+        return BestPlan(reward, 1, kept), f"plan {name}"
+
+    def measure(pruned, kept):
+        ratio = by_kept[tuple(kept.values())][3]
+        measured.append(ratio)
+        return lat.Measurement(ratio, ratio - 0.01, ratio + 0.01, 1.0, ratio)
+
+    predictor = SimpleNamespace(kept_fraction=lambda kept: by_kept[tuple(kept.values())][2])
+    budget = SimpleNamespace(target=0.7, predictor=predictor, measure=measure, attempts=[])
+    env = SimpleNamespace(plan_key=lambda kept: tuple(kept.values()))
+    setup = SimpleNamespace(latency_budget=budget, env=env, notes=[])
+    original = lat._repick, lat._cut
+    lat._repick, lat._cut = repick, lambda setup, kept: None
+    try:
+        chosen = lat.verify_latency(setup, BestPlan(3.0, 0, {0: 8}), [])
+    finally:
+        lat._repick, lat._cut = original
+    assert measured == [0.80, 0.55, 0.68]
+    assert chosen.kept == {0: 6} and chosen.reward == 2.0
+    assert [a["kept"] for a in budget.attempts] == [False, True, False]
+    assert any("kept attempt 1 (reward 2.0000, measured 0.550)" in n for n in setup.notes)
+    # the third attempt's budget is the secant between B (passed) and A (failed)
+    assert budget.attempts[2]["predicted_target"] == pytest.approx(
+        _expected_target(budget.attempts[:2], 0.7)
+    )
+
+
 def test_search_latency_with_flops_keeps_both(tiny, tmp_path: Path) -> None:
     timing = _timing(tiny[0], [])
     result = _search(tiny, tmp_path, timing, latency=0.8, flops=0.45, steps=True)
     assert result.pruned["macs"] <= 0.45 * result.original["macs"]
-    assert result.latency["passed"] and len(result.latency["attempts"]) == 1
-    assert result.latency["attempts"][0]["predicted"] <= 0.8 + 1e-9
+    # the fake measures the prediction: every attempt passes, and one far inside the budget
+    # is loosened toward it (inside --flops); the kept plan is the best-rewarded one
+    attempts = result.latency["attempts"]
+    assert result.latency["passed"] and all(a["passed"] for a in attempts)
+    assert attempts[0]["predicted"] <= 0.8 + 1e-9
+    assert sum(a["kept"] for a in attempts) == 1
+    assert max(attempts, key=lambda a: (a["reward"], a["measured"]))["kept"]
     assert result.latency["latency_steps"] is True
     for episode in result.episodes:
         assert episode.macs_fraction <= 0.45 + 1e-12
@@ -566,8 +645,8 @@ def test_a_shrunk_re_pick_is_filled_back_up_to_the_tighter_budget() -> None:
     setup = SimpleNamespace(env=env, latency_budget=SimpleNamespace(predictor=predictor))
     full = {g.id: g.size for g in groups}
     target = 0.9
-    best, how = _repick(setup, BestPlan(-1.0, 3, full), [], target)
-    assert "shrunk along the wall and filled" in how
+    best, how = _repick(setup, BestPlan(-1.0, 3, full), [], target, set())
+    assert "moved along the wall and filled" in how
     counts = np.array([best.kept[g.id] for g in groups], dtype=np.float64)
     assert predictor.fraction(counts) <= target + 1e-9
     grown = 0
@@ -578,3 +657,12 @@ def test_a_shrunk_re_pick_is_filled_back_up_to_the_tighter_budget() -> None:
             assert predictor.fraction(more) > target + 1e-12, group.id
             grown += 1
     assert grown > 0
+    # an evaluated plan inside the budget wins only when it is better rewarded than the
+    # moved plan (reward 0.0 here), and never when it was measured already
+    small = {g.id: 4 for g in groups}
+    env.record(small, 1.0)
+    assert _repick(setup, BestPlan(-1.0, 3, full), [], target, set())[0].kept == small
+    measured = {env.plan_key(small)}
+    assert _repick(setup, BestPlan(-1.0, 3, full), [], target, measured)[0].kept == best.kept
+    env.record(small, -0.5)
+    assert _repick(setup, BestPlan(-1.0, 3, full), [], target, set())[0].kept == best.kept
