@@ -103,28 +103,20 @@ def test_table_rows_time_each_class_of_equal_groups_together() -> None:
     # group 0 (after the 3 -> 16 input conv) and 4 (feeds the Gemm) differ
     assert [g for g, row in rows.items() if row.timed] == [0, 1, 4]
     assert rows[2].saved_ms == rows[3].saved_ms == rows[1].saved_ms
-    # 3 classes x 3 widths; the 2 pairs of classes that meet in a conv (0-1, 3-4) at 2 points
-    # each; the 2 calibration plans (every group at 4, every group at 8)
-    assert timer.calls == 3 * 3 + 2 * 2 + 2 == table.variants_timed
-    assert sorted((a, b) for a, b, _ in table.interactions) == [(0, 1), (3, 4)]
-    assert all(kappa > 0 for *_, kappa in table.interactions)
+    # 3 classes x 3 widths, plus the 2 calibration plans (every group at 4, every group at 8)
+    assert timer.calls == 3 * 3 + 2 == table.variants_timed
     # the class is timed with all three groups at w: conv1 loses (16 - w) * 16 output rows,
     # conv2 and conv3 keep w * w of 16 * 16, conv4 loses (16 - w) * 16 input columns
     for width, saved in zip(rows[1].widths, rows[1].saved_ms, strict=True):
         removed = (2 * 16 * (16 - width) + 2 * (256 - width * width)) * 9 * 64
         assert saved == pytest.approx(MS_PER_MAC * removed / 3)
     assert table.base_ms == pytest.approx(FIXED_MS + MS_PER_MAC * model_cost(model).macs)
-    # calibration: the curve runs through (0, 0) and the (summed, measured) savings of the
-    # two all-group plans, summed = the rows less the interactions
+    # calibration: the rows' sum misses the interactions of neighbouring classes; the curve
+    # runs through (0, 0) and the (summed, measured) savings of the two all-group plans
     full = model_cost(model).macs
     points = []
     for width in (8, 4):  # every group at half its size, every group at the floor
-        plan = {g: width for g in range(5)}
-        summed = sum(rows[g].saved(width) for g in range(5)) - sum(
-            kappa * rows[a].saved(width) * rows[b].saved(width)
-            for a, b, kappa in table.interactions
-        )
-        assert table.summed_ms(plan) == pytest.approx(summed)
+        summed = sum(rows[g].saved(width) for g in range(5))
         measured = MS_PER_MAC * (full - model_cost(_chain_model((width,) * 5)).macs)
         points.append((summed, measured))
     floors_first = sorted(points, key=lambda p: -p[0])
@@ -153,9 +145,8 @@ def test_table_is_cached_by_key_and_a_changed_key_misses() -> None:
     analysis, rounding = _analysis_and_rounding(model)
     first_timer = MacsTimer(analysis.model)
     first = latency_table(analysis, rounding, timer=first_timer, show_progress=False)
-    # 3 + 1 + 3 widths, 2 pairs of groups meeting in a conv (0-1, 1-2) at 2 points each, 2
-    # calibration plans (all at the floor, all at half)
-    assert not first.cached and first_timer.calls == first.variants_timed == 3 + 1 + 3 + 4 + 2
+    # 3 + 1 + 3 widths, plus 2 calibration plans (all at the floor, all at half)
+    assert not first.cached and first_timer.calls == first.variants_timed == 3 + 1 + 3 + 2
     assert Path(first.path).is_file()
 
     again_timer = MacsTimer(analysis.model)
@@ -163,15 +154,11 @@ def test_table_is_cached_by_key_and_a_changed_key_misses() -> None:
     assert again.cached and again_timer.calls == 0 and again.path == first.path
     for cached_row, built_row in zip(again.groups, first.groups, strict=True):
         assert cached_row.saved_ms == pytest.approx(built_row.saved_ms, abs=1e-5)  # 5 decimals
-    assert [(a, b) for a, b, _ in again.interactions] == [(0, 1), (1, 2)]
-    assert [k for *_, k in again.interactions] == pytest.approx(
-        [k for *_, k in first.interactions], rel=1e-6
-    )
 
     for changed in ({"batch": 2}, {"threads": 2}):
         timer = MacsTimer(analysis.model)
         table = latency_table(analysis, rounding, timer=timer, show_progress=False, **changed)
-        assert not table.cached and timer.calls == 13 and table.path != first.path
+        assert not table.cached and timer.calls == 9 and table.path != first.path
         assert table.key[next(iter(changed))] == next(iter(changed.values()))
     coarser = ChannelRounding(analysis.prunable_groups(), 8, 8)
     timer = MacsTimer(analysis.model)
@@ -194,8 +181,7 @@ def test_table_json_round_trip_and_damaged_cache_file_is_rebuilt() -> None:
     Path(table.path).write_text("{not json")
     timer = MacsTimer(analysis.model)
     rebuilt = latency_table(analysis, rounding, timer=timer, show_progress=False)
-    # 3 + 1 widths, the one pair (0-1) at 2 points, 2 calibration plans
-    assert not rebuilt.cached and timer.calls == rebuilt.variants_timed == 3 + 1 + 2 + 2
+    assert not rebuilt.cached and timer.calls == rebuilt.variants_timed == 3 + 1 + 2
 
 
 def test_monotone_savings_and_latency_steps() -> None:
@@ -235,13 +221,7 @@ def test_impossible_latency_names_the_smallest_reachable_ratio() -> None:
 # ------------------------------------------------------------------------- the latency wall
 
 
-def _synthetic_table(
-    savings: list[list[float]], round_to: int, kappas: list[float] | None = None
-) -> tuple[LatencyTable, Any]:
-    """A table of random monotone rows; ``kappas`` (optional): interactions of neighbouring
-    groups, bounded as the build bounds them."""
-    from onnxprune.latency.build import _bounded
-
+def _synthetic_table(savings: list[list[float]], round_to: int) -> tuple[LatencyTable, Any]:
     groups = [ActionGroup(i, w) for i, w in enumerate(CHAIN_WIDTHS)]
     rounding = ChannelRounding(groups, round_to, 1)
     rows = []
@@ -252,9 +232,7 @@ def _synthetic_table(
         # savings grow as the width shrinks (sorted descending), 0 at the full width
         rows.append(GroupTiming(group.id, group.size, widths,
                                 monotone_savings(sorted(draws, reverse=True))))  # fmt: skip
-    pairs = [(i, i + 1, k) for i, k in enumerate(kappas or [])]
-    interactions = _bounded(pairs, {row.group_id: row.saved_ms[0] for row in rows})
-    return LatencyTable({}, 10.0, rows, interactions=interactions), groups
+    return LatencyTable({}, 10.0, rows), groups
 
 
 @settings(max_examples=60, deadline=None)
@@ -266,12 +244,11 @@ def _synthetic_table(
     flops=st.sampled_from([1.0, 0.6]),
     steps=st.integers(1, 3),
     round_to=st.sampled_from([1, 4, 8]),
-    kappas=st.lists(st.floats(0.0, 5.0), min_size=0, max_size=3),
 )  # fmt: skip
 def test_latency_wall_always_ends_inside_the_predicted_budget(
-    savings, actions, share, flops, steps, round_to, kappas
+    savings, actions, share, flops, steps, round_to
 ) -> None:
-    table, groups = _synthetic_table(savings, round_to, kappas)
+    table, groups = _synthetic_table(savings, round_to)
     predictor = LatencyPredictor(table, [g.id for g in groups])
     rounding = ChannelRounding(groups, round_to, 1)
     smallest = predictor.fraction(rounding.lows)
@@ -291,47 +268,6 @@ def test_latency_wall_always_ends_inside_the_predicted_budget(
     counts = np.array([result.kept[g.id] for g in groups])
     assert predictor.fraction(counts) <= target + 1e-9
     assert result.macs_fraction <= flops + 1e-12
-
-
-@settings(max_examples=80, deadline=None)
-@given(
-    savings=st.lists(st.lists(st.floats(0.0, 2.0), min_size=1, max_size=6), min_size=4,
-                     max_size=4),
-    kappas=st.lists(st.floats(0.0, 50.0), min_size=3, max_size=3),
-    counts=st.lists(st.floats(0, 1), min_size=4, max_size=4),
-    which=st.integers(0, 3),
-    less=st.floats(0, 1),
-)  # fmt: skip
-def test_prediction_with_interactions_never_grows_when_a_group_shrinks(
-    savings, kappas, counts, which, less
-) -> None:
-    table, groups = _synthetic_table(savings, 1, kappas)
-    predictor = LatencyPredictor(table, [g.id for g in groups])
-    sizes = np.array([g.size for g in groups], dtype=np.float64)
-    before = np.maximum(np.array(counts) * sizes, 1.0)
-    after = before.copy()
-    after[which] = max(1.0, before[which] * (1 - less))
-    assert predictor.fraction(after) <= predictor.fraction(before) + 1e-12
-
-
-def test_interactions_make_a_chain_of_distinct_groups_exact_when_time_follows_macs() -> None:
-    # conv_i+1 reads group i and writes group i+1: it keeps a b of its MACs, which the sum of
-    # the two rows overcounts by (1 - a)(1 - b); one kappa per pair fits that exactly
-    model = _chain_model((16, 24, 32, 8))
-    analysis, rounding = _analysis_and_rounding(model)
-    timer = MacsTimer(analysis.model)
-    table = latency_table(analysis, rounding, timer=timer, show_progress=False, use_cache=False)
-    assert sorted((a, b) for a, b, _ in table.interactions) == [(0, 1), (1, 2), (2, 3)]
-    additive = LatencyTable(table.key, table.base_ms, table.groups)
-    rng = np.random.default_rng(3)
-    worst_additive = 0.0
-    for _ in range(20):
-        kept = {g: int(rng.choice(table.group(g).widths)) for g in range(4)}
-        widths = tuple(kept[g] for g in range(4))
-        truth = FIXED_MS + MS_PER_MAC * model_cost(_chain_model(widths)).macs
-        assert table.predict_ms(kept) == pytest.approx(truth, rel=1e-6), kept
-        worst_additive = max(worst_additive, abs(additive.predict_ms(kept) - truth) / truth)
-    assert worst_additive > 0.05  # without the interactions the same plans are off
 
 
 # ------------------------------------------------------------------- prune --latency/--flops

@@ -185,120 +185,24 @@ def calibration_plans(rounding: ChannelRounding) -> list[dict[int, int]]:
 
 
 def calibrate(
-    analysis: Any, rounding: ChannelRounding, table: LatencyTable, timer: VariantTimer,
+    analysis: Any, rounding: ChannelRounding, rows: Sequence[GroupTiming], timer: VariantTimer,
     progress: Any = None,
 ) -> list[dict[str, float]]:  # fmt: skip
-    """The calibration points: for each of :func:`calibration_plans`, the table's summed
-    saving (rows less interactions, :meth:`~onnxprune.latency.LatencyTable.summed_ms`) and
-    the measured one (the curve through them is
-    :meth:`~onnxprune.latency.LatencyTable.calibrated`). It corrects what the sum misses:
-    onnxruntime's kernels change speed with the whole network's widths, and groups meeting
-    in layers of no timed pair."""
+    """The calibration points: for each of :func:`calibration_plans`, the rows' summed
+    saving and the measured one (the curve through them is
+    :meth:`~onnxprune.latency.LatencyTable.calibrated`). It corrects what the sum over
+    classes misses: the savings of groups meeting in one layer do not add up, and
+    onnxruntime's kernels change speed with the whole network's widths."""
+    by_id = {row.group_id: row for row in rows}
     groups = [analysis.group(g) for g in rounding.group_ids]
     points = []
     for kept in calibration_plans(rounding):
-        summed = table.summed_ms(kept)
+        summed = sum(by_id[g].saved(c) for g, c in kept.items())
         measured = timer.saved_ms(_cut(analysis, groups, kept))
         points.append({"summed_ms": summed, "measured_ms": measured})
         if progress is not None:
             progress.advance(status="calibration: every group pruned at once")
     return points
-
-
-def meetings(analysis: Any, rounding: ChannelRounding) -> list[tuple[int, int]]:
-    """Pairs of rounding indices ``(i, j)``, ``i < j``, whose groups meet in one layer: a
-    node that consumes one group's channels (input columns) and produces the other's
-    (output rows), as a convolution between two searched groups does."""
-    produced: dict[str, set[int]] = {}
-    consumed: dict[str, set[int]] = {}
-    for index, group_id in enumerate(rounding.group_ids):
-        group = analysis.group(group_id)
-        for name in group.producers:
-            produced.setdefault(name, set()).add(index)
-        for name in group.consumers:
-            consumed.setdefault(name, set()).add(index)
-    pairs = {
-        (min(i, j), max(i, j))
-        for name, outs in produced.items()
-        for j in outs
-        for i in consumed.get(name, ())
-        if i != j
-    }
-    return sorted(pairs)
-
-
-def _class_pairs(
-    analysis: Any, rounding: ChannelRounding
-) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
-    """The pairs of signature classes that meet (:func:`meetings`), each with its member
-    pairs of rounding indices; pairs inside one class are left out (the class is timed
-    jointly, so its row holds them), as are classes with a single width."""
-    classes = signature_classes(analysis, rounding)
-    of = {i: c for c, (members, widths, _) in enumerate(classes) if len(widths) > 1
-          for i in members}  # fmt: skip
-    grouped: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for i, j in meetings(analysis, rounding):
-        if i in of and j in of and of[i] != of[j]:
-            key = (min(of[i], of[j]), max(of[i], of[j]))
-            grouped.setdefault(key, []).append((i, j))
-    return sorted(grouped.items())
-
-
-def _pair_points(rounding: ChannelRounding, a: int, b: int) -> list[tuple[int, int]]:
-    """The widths a pair of classes (first members ``a``, ``b``) is timed at: both at their
-    floor, and both at the legal width nearest half their size (one point when equal)."""
-
-    def floor_and_half(index: int) -> tuple[int, int]:
-        widths = legal_widths(rounding, index)
-        return widths[0], min(widths[:-1], key=lambda w: (abs(w - widths[-1] / 2), w))
-
-    return sorted(set(zip(floor_and_half(a), floor_and_half(b), strict=True)))
-
-
-def fit_interactions(
-    analysis: Any, rounding: ChannelRounding, rows: Sequence[GroupTiming], timer: VariantTimer,
-    progress: Any = None,
-) -> tuple[list[tuple[int, int, float]], int]:  # fmt: skip
-    """The interactions of the table (:mod:`onnxprune.latency.table`): every pair of classes
-    that meet is timed with both classes pruned at once, at matched widths
-    (:func:`_pair_points`); the overcount ``sum of the rows - measured`` is fitted as
-    ``kappa * sum over member pairs of saved_g saved_h`` by least squares, clipped at 0, and
-    every ``kappa`` is scaled down so that no group's ``sum_h kappa_gh saved_h(floor)`` exceeds
-    1 (the monotone prediction). Returns ``(interactions, variants timed)``."""
-    by_index = list(rows)
-    ids = rounding.group_ids
-    classes = signature_classes(analysis, rounding)
-    found: list[tuple[int, int, float]] = []
-    timed = 0
-    for (ca, cb), pairs in _class_pairs(analysis, rounding):
-        members_a, members_b = classes[ca][0], classes[cb][0]
-        both = [analysis.group(ids[i]) for i in (*members_a, *members_b)]
-        xs, overs = [], []
-        for wa, wb in _pair_points(rounding, members_a[0], members_b[0]):
-            kept = {ids[i]: wa for i in members_a} | {ids[i]: wb for i in members_b}
-            measured = timer.saved_ms(_cut(analysis, both, kept))
-            timed += 1
-            saved = {i: by_index[i].saved(kept[ids[i]]) for i in (*members_a, *members_b)}
-            xs.append(sum(saved[i] * saved[j] for i, j in pairs))
-            overs.append(sum(saved.values()) - measured)
-            if progress is not None:
-                progress.advance(status=f"interaction: {len(both)} groups at {wa} and {wb}")
-        x, over = np.array(xs), np.array(overs)
-        kappa = float(x @ over / (x @ x)) if float(x @ x) > 0 else 0.0
-        found += [(ids[i], ids[j], max(kappa, 0.0)) for i, j in pairs]
-    return _bounded(found, {row.group_id: row.saved_ms[0] for row in by_index}), timed
-
-
-def _bounded(
-    found: list[tuple[int, int, float]], floor_saving: Mapping[int, float]
-) -> list[tuple[int, int, float]]:
-    """``found`` with each ``kappa`` divided by the larger of 1 and both groups' load
-    ``sum_h kappa_gh saved_h(floor)``: afterwards no load exceeds 1."""
-    load: dict[int, float] = {}
-    for a, b, kappa in found:
-        load[a] = load.get(a, 0.0) + kappa * floor_saving[b]
-        load[b] = load.get(b, 0.0) + kappa * floor_saving[a]
-    return [(a, b, k / max(1.0, load[a], load[b])) for a, b, k in found if k > 0]
 
 
 def signature_classes(
@@ -351,14 +255,18 @@ def build_table(
             rows[group.id] = GroupTiming(group.id, group.size, widths, list(fitted), signature,
                                          timed=position == 0)  # fmt: skip
     ordered = [rows[g] for g in rounding.group_ids]
-    interactions, paired = fit_interactions(analysis, rounding, ordered, timer, progress)
-    table = LatencyTable(key=key, base_ms=timer.base_ms(), groups=ordered,
-                         interactions=interactions, rounds=timer.rounds)  # fmt: skip
+    points: list[dict[str, float]] = []
     if _classes_with_variants(ordered) >= 2:  # one class: its joint timing is the truth
-        table.calibration = calibrate(analysis, rounding, table, timer, progress)
-    table.build_seconds = time.perf_counter() - started
-    table.variants_timed = timed + paired + len(table.calibration)
-    return table
+        points = calibrate(analysis, rounding, ordered, timer, progress)
+    return LatencyTable(
+        key=key,
+        base_ms=timer.base_ms(),
+        groups=ordered,
+        calibration=points,
+        build_seconds=time.perf_counter() - started,
+        variants_timed=timed + len(points),
+        rounds=timer.rounds,
+    )
 
 
 def _classes_with_variants(rows: Sequence[GroupTiming]) -> int:
@@ -369,8 +277,6 @@ def count_variants(analysis: Any, rounding: ChannelRounding) -> int:
     """How many variants :func:`build_table` will time (for a progress bar's total)."""
     classes = signature_classes(analysis, rounding)
     total = sum(len(widths) - 1 for _, widths, _ in classes)
-    for (ca, cb), _ in _class_pairs(analysis, rounding):
-        total += len(_pair_points(rounding, classes[ca][0][0], classes[cb][0][0]))
     if sum(1 for _, widths, _ in classes if len(widths) > 1) >= 2:
         total += len(calibration_plans(rounding))
     return total
@@ -385,8 +291,6 @@ __all__ = [
     "calibrate",
     "calibration_plans",
     "count_variants",
-    "fit_interactions",
     "group_signature",
     "legal_widths",
-    "meetings",
 ]

@@ -7,10 +7,9 @@ same session options, batch and input as the deployment; see :mod:`onnxprune.lat
 The prediction of a plan (NetAdapt, Yang et al. 2018, sec. 3.2: "layer-wise look-up tables ...
 the latency of the network is estimated by the sum of the layers' latencies") is::
 
-    T(plan) = T(full) - f(sum_g saved_g(kept_g) - sum_(g,h) kappa_gh saved_g saved_h)
+    T(plan) = T(full) - f(sum_g saved_g(kept_g))
 
-with ``saved_g`` linearly interpolated between timed widths, the *interactions* ``kappa_gh``
-of pairs of groups that meet in one layer (below), and ``f`` the calibration curve of
+with ``saved_g`` linearly interpolated between timed widths and ``f`` the calibration curve of
 the sum across classes of groups (:func:`onnxprune.latency.build.calibrate`: plans that prune
 every group at once are timed too; ``f`` is the piecewise-linear, non-decreasing curve through
 ``(0, 0)`` and their ``(summed, measured)`` savings, the identity when nothing was
@@ -26,20 +25,11 @@ when a group loses channels. The latency wall's bisection
 (:meth:`onnxprune.budget.Budget.fit`) needs exactly this to guarantee every episode ends
 inside the predicted budget.
 
-Interactions. Two groups that meet in one layer (a convolution whose input channels are one
-searched group and output channels another) save less together than the sum of their savings
-alone: the layer keeps ``a b`` of its time, so it saves ``1 - a b``, not ``(1 - a) + (1 - b)``;
-the sum overcounts ``(1 - a)(1 - b)`` of the layer. With each group's saving proportional to
-its lost share, that overcount is ``kappa_gh saved_g saved_h`` for one constant per pair
-(exact when time follows MACs). :func:`onnxprune.latency.build.fit_interactions` times each
-pair of classes that meet jointly (both classes at their floor, and both near half) and
-fits ``kappa`` by least squares; it is clipped at 0 and scaled so that no group's summed
-interaction at the others' floors exceeds 1, which keeps the prediction monotone (below).
-docs/LATENCY.md has the measured prediction error with and without them.
-
-Monotone by construction, with interactions: ``d saved / d saved_g = 1 - sum_h kappa_gh
-saved_h >= 0`` because every ``saved_h`` is at most its floor's and the scaling bounds
-``sum_h kappa_gh saved_h(floor)`` by 1.
+Additivity is the model's assumption: two groups that meet in one layer (a convolution whose
+input channels are one searched group and output channels another) save less together than
+the sum of their savings alone (``1 - a b`` of the layer instead of ``(1 - a) + (1 - b)``).
+The presets skip residual groups, so in a residual network each searched group meets only
+unsearched ones; docs/LATENCY.md has the measured prediction error for both cases.
 """
 
 from __future__ import annotations
@@ -53,7 +43,7 @@ import numpy as np
 
 from onnxprune.errors import OnnxPruneError, PlanError
 
-TABLE_VERSION = 4  # 3: calibration curve; 4: interactions of groups meeting in a layer
+TABLE_VERSION = 3  # 3: calibration curve
 # Two neighbouring widths whose savings differ by less than this share of the full model's
 # time are one latency "step" (onnxruntime's CPU convolutions work in channel blocks).
 STEP_TOLERANCE = 0.002
@@ -126,15 +116,13 @@ class LatencyTable:
     version, device name, input shapes, rounding); ``build_seconds``, ``variants_timed`` and
     ``rounds`` say what building it cost; ``cached`` is set when it came from disk.
     ``calibration`` lists the points of the calibration curve (module docstring;
-    ``summed_ms``: the rows' sum for an all-group plan, ``measured_ms``: its timed saving);
-    ``interactions`` the ``(group a, group b, kappa)`` of pairs meeting in a layer.
+    ``summed_ms``: the rows' sum for an all-group plan, ``measured_ms``: its timed saving).
     """
 
     key: dict[str, Any]
     base_ms: float
     groups: list[GroupTiming]
     calibration: list[dict[str, float]] = field(default_factory=list)
-    interactions: list[tuple[int, int, float]] = field(default_factory=list)
     build_seconds: float = 0.0
     variants_timed: int = 0
     rounds: int = 0
@@ -179,18 +167,10 @@ class LatencyTable:
     def group_ids(self) -> list[int]:
         return [g.group_id for g in self.groups]
 
-    def summed_ms(self, kept: Mapping[int, int]) -> float:
-        """The rows' summed saving of ``kept`` less the interactions of the pairs (module
-        docstring): what the calibration curve reads."""
-        saved = {g: self.group(g).saved(c) for g, c in kept.items() if g in self._by_id}
-        total = sum(saved.values())
-        for a, b, kappa in self.interactions:
-            total -= kappa * saved.get(a, 0.0) * saved.get(b, 0.0)
-        return total
-
     def predict_ms(self, kept: Mapping[int, int]) -> float:
         """Predicted latency (ms) of the model keeping ``kept[g]`` channels (others full)."""
-        return self.base_ms - self.calibrated(self.summed_ms(kept))
+        saved = sum(self.group(g).saved(c) for g, c in kept.items() if g in self._by_id)
+        return self.base_ms - self.calibrated(saved)
 
     def predict_ratio(self, kept: Mapping[int, int]) -> float:
         return self.predict_ms(kept) / self.base_ms
@@ -215,7 +195,6 @@ class LatencyTable:
             "key": self.key,
             "base_ms": round(self.base_ms, 7),
             "calibration": self.calibration,
-            "interactions": [[a, b, round(k, 9)] for a, b, k in self.interactions],
             "build_seconds": round(self.build_seconds, 3),
             "variants_timed": self.variants_timed,
             "rounds": self.rounds,
@@ -235,7 +214,6 @@ class LatencyTable:
             base_ms=float(data["base_ms"]),
             groups=[GroupTiming.from_dict(g) for g in data["groups"]],
             calibration=list(data.get("calibration", [])),
-            interactions=[(int(a), int(b), float(k)) for a, b, k in data.get("interactions", [])],
             build_seconds=float(data.get("build_seconds", 0.0)),
             variants_timed=int(data.get("variants_timed", 0)),
             rounds=int(data.get("rounds", 0)),
@@ -252,11 +230,6 @@ class LatencyTable:
                 f"; calibrated on {len(self.calibration)} all-group plans (saving x "
                 f"{self.scale:.3f} with every group at its floor)"
                 if self.calibration
-                else ""
-            )
-            + (
-                f"; {len(self.interactions)} pair(s) of groups meeting in a layer"
-                if self.interactions
                 else ""
             ),
             "group  size  time saved (ms) by kept width  [* shared: same layer shapes as a "
@@ -276,17 +249,10 @@ class LatencyPredictor:
         self.table = table
         self.group_ids = [int(g) for g in group_ids]
         self.rows = [table.group(g) for g in self.group_ids]
-        where = {g: i for i, g in enumerate(self.group_ids)}
-        pairs = [(where[a], where[b], k) for a, b, k in table.interactions
-                 if a in where and b in where]  # fmt: skip
-        self._a = np.array([a for a, _, _ in pairs], dtype=np.int64)
-        self._b = np.array([b for _, b, _ in pairs], dtype=np.int64)
-        self._kappa = np.array([k for _, _, k in pairs], dtype=np.float64)
 
     def ms(self, counts: Sequence[float] | np.ndarray) -> float:
-        saved = np.array([row.saved(float(c)) for row, c in zip(self.rows, counts, strict=True)])
-        total = float(saved.sum()) - float(np.sum(self._kappa * saved[self._a] * saved[self._b]))
-        return self.table.base_ms - self.table.calibrated(total)
+        saved = sum(row.saved(float(c)) for row, c in zip(self.rows, counts, strict=True))
+        return self.table.base_ms - self.table.calibrated(saved)
 
     def fraction(self, counts: Sequence[float] | np.ndarray) -> float:
         return self.ms(counts) / self.table.base_ms
