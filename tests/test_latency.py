@@ -520,24 +520,21 @@ def test_search_verification_fails_over_to_a_tighter_budget(tiny, tmp_path: Path
         assert timing.table.predict_ratio(episode.kept) <= 0.7 + 1e-9
 
 
-def test_verification_keeps_the_best_rewarded_plan_that_passed() -> None:
-    # a fake search: plan A (the pick, reward 3) misses; B (reward 2) passes far inside;
-    # the loosened C (reward 1) passes too but is worse rewarded: B is kept and said so
+def _fake_verify(plans: dict, order: list[str]):
+    """``verify_latency`` on a fake search: ``plans[name] = (kept, reward, predicted,
+    measured)``; the pick is ``"A"`` and the re-picks return ``order`` in turn."""
     from types import SimpleNamespace
 
     from onnxprune.search import latency as lat
     from onnxprune.search.result import BestPlan
 
-    plans = {"A": ({0: 8}, 3.0, 0.60, 0.80), "B": ({0: 6}, 2.0, 0.45, 0.55),
-             "C": ({0: 7}, 1.0, 0.50, 0.68)}  # fmt: skip
-    order = iter(["B", "C"])
+    names = iter(order)
     by_kept = {tuple(v[0].values()): v for v in plans.values()}
-    measured: list[str] = []
+    measured: list[float] = []
 
     def repick(setup, pick, log, target, done):
-        name = next(order)
-        kept, reward = plans[name][0], plans[name][1]
-        return BestPlan(reward, 1, kept), f"plan {name}"
+        kept, reward = plans[next(names)][:2]
+        return BestPlan(reward, 1, kept), "fake re-pick"
 
     def measure(pruned, kept):
         ratio = by_kept[tuple(kept.values())][3]
@@ -551,17 +548,37 @@ def test_verification_keeps_the_best_rewarded_plan_that_passed() -> None:
     original = lat._repick, lat._cut
     lat._repick, lat._cut = repick, lambda setup, kept: None
     try:
-        chosen = lat.verify_latency(setup, BestPlan(3.0, 0, {0: 8}), [])
+        chosen = lat.verify_latency(setup, BestPlan(plans["A"][1], 0, plans["A"][0]), [])
     finally:
         lat._repick, lat._cut = original
+    return chosen, budget, setup.notes, measured
+
+
+def test_verification_keeps_the_best_rewarded_plan_that_passed() -> None:
+    # plan A (the pick, reward 3) misses; B (reward 2) passes far inside; the loosened C
+    # (reward 1) passes too but is worse rewarded: B is kept and said so
+    plans = {"A": ({0: 8}, 3.0, 0.60, 0.80), "B": ({0: 6}, 2.0, 0.45, 0.55),
+             "C": ({0: 7}, 1.0, 0.50, 0.68)}  # fmt: skip
+    chosen, budget, notes, measured = _fake_verify(plans, ["B", "C"])
     assert measured == [0.80, 0.55, 0.68]
     assert chosen.kept == {0: 6} and chosen.reward == 2.0
     assert [a["kept"] for a in budget.attempts] == [False, True, False]
-    assert any("kept attempt 1 (reward 2.0000, measured 0.550)" in n for n in setup.notes)
+    assert any("kept attempt 1 (reward 2.0000, measured 0.550)" in n for n in notes)
     # the third attempt's budget is the secant between B (passed) and A (failed)
     assert budget.attempts[2]["predicted_target"] == pytest.approx(
         _expected_target(budget.attempts[:2], 0.7)
     )
+
+
+def test_verification_stops_on_a_plan_measured_already_and_keeps_the_pass() -> None:
+    # B passes far inside; the loosened C fails; the next re-pick is B again: the search
+    # stops without measuring it twice, keeps B and warns of nothing
+    plans = {"A": ({0: 8}, 3.0, 0.60, 0.80), "B": ({0: 6}, 2.0, 0.45, 0.55),
+             "C": ({0: 7}, 2.5, 0.52, 0.75)}  # fmt: skip
+    chosen, budget, notes, measured = _fake_verify(plans, ["B", "C", "B"])
+    assert measured == [0.80, 0.55, 0.75]
+    assert chosen.kept == {0: 6} and [a["passed"] for a in budget.attempts] == [0, 1, 0]
+    assert not any("WARNING" in n for n in notes)
 
 
 def test_search_latency_with_flops_keeps_both(tiny, tmp_path: Path) -> None:
