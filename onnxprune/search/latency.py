@@ -168,19 +168,17 @@ def _repick(
     not measured yet, and the search's pick moved along the wall path until its prediction
     fits (shrunk when tightening) and filled back up to ``target`` (evaluated here)."""
     env, predictor = setup.env, setup.latency_budget.predictor
-    inside = [
-        (reward, key)
-        for key, reward in env.cache.items()
-        if key not in measured
-        and predictor.fraction(np.array(key)) <= target + 1e-12
-        and env.within_budget(np.array(key))
-    ]
-    counts = np.array([pick.kept[g] for g in env.group_ids], dtype=np.float64)
-    keep = counts / env.rounding.sizes
 
     def fits(c: np.ndarray) -> bool:
         return predictor.fraction(c) <= target + 1e-12
 
+    inside = [
+        (reward, key)
+        for key, reward in env.cache.items()
+        if key not in measured and fits(np.array(key)) and env.within_budget(np.array(key))
+    ]
+    counts = np.array([pick.kept[g] for g in env.group_ids], dtype=np.float64)
+    keep = counts / env.rounding.sizes
     moved, _ = env.budget.fit(keep, np.zeros_like(keep), env.flops_target, fits)
     # the wall path moves in whole rounding steps: grow back what still fits, so the re-pick
     # lands at the budget instead of below it
