@@ -520,7 +520,7 @@ def test_search_verification_fails_over_to_a_tighter_budget(tiny, tmp_path: Path
         assert timing.table.predict_ratio(episode.kept) <= 0.7 + 1e-9
 
 
-def _fake_verify(plans: dict, order: list[str]):
+def _fake_verify(monkeypatch: pytest.MonkeyPatch, plans: dict, order: list[str]):
     """``verify_latency`` on a fake search: ``plans[name] = (kept, reward, predicted,
     measured)``; the pick is ``"A"`` and the re-picks return ``order`` in turn."""
     from types import SimpleNamespace
@@ -545,21 +545,20 @@ def _fake_verify(plans: dict, order: list[str]):
     budget = SimpleNamespace(target=0.7, predictor=predictor, measure=measure, attempts=[])
     env = SimpleNamespace(plan_key=lambda kept: tuple(kept.values()))
     setup = SimpleNamespace(latency_budget=budget, env=env, notes=[])
-    original = lat._repick, lat._cut
-    lat._repick, lat._cut = repick, lambda setup, kept: None
-    try:
-        chosen = lat.verify_latency(setup, BestPlan(plans["A"][1], 0, plans["A"][0]), [])
-    finally:
-        lat._repick, lat._cut = original
+    monkeypatch.setattr(lat, "_repick", repick)
+    monkeypatch.setattr(lat, "_cut", lambda setup, kept: None)
+    chosen = lat.verify_latency(setup, BestPlan(plans["A"][1], 0, plans["A"][0]), [])
     return chosen, budget, setup.notes, measured
 
 
-def test_verification_keeps_the_best_rewarded_plan_that_passed() -> None:
+def test_verification_keeps_the_best_rewarded_plan_that_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # plan A (the pick, reward 3) misses; B (reward 2) passes far inside; the loosened C
     # (reward 1) passes too but is worse rewarded: B is kept and said so
     plans = {"A": ({0: 8}, 3.0, 0.60, 0.80), "B": ({0: 6}, 2.0, 0.45, 0.55),
              "C": ({0: 7}, 1.0, 0.50, 0.68)}  # fmt: skip
-    chosen, budget, notes, measured = _fake_verify(plans, ["B", "C"])
+    chosen, budget, notes, measured = _fake_verify(monkeypatch, plans, ["B", "C"])
     assert measured == [0.80, 0.55, 0.68]
     assert chosen.kept == {0: 6} and chosen.reward == 2.0
     assert [a["kept"] for a in budget.attempts] == [False, True, False]
@@ -570,12 +569,14 @@ def test_verification_keeps_the_best_rewarded_plan_that_passed() -> None:
     )
 
 
-def test_verification_stops_on_a_plan_measured_already_and_keeps_the_pass() -> None:
+def test_verification_stops_on_a_plan_measured_already_and_keeps_the_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # B passes far inside; the loosened C fails; the next re-pick is B again: the search
     # stops without measuring it twice, keeps B and warns of nothing
     plans = {"A": ({0: 8}, 3.0, 0.60, 0.80), "B": ({0: 6}, 2.0, 0.45, 0.55),
              "C": ({0: 7}, 2.5, 0.52, 0.75)}  # fmt: skip
-    chosen, budget, notes, measured = _fake_verify(plans, ["B", "C", "B"])
+    chosen, budget, notes, measured = _fake_verify(monkeypatch, plans, ["B", "C", "B"])
     assert measured == [0.80, 0.55, 0.75]
     assert chosen.kept == {0: 6} and [a["passed"] for a in budget.attempts] == [0, 1, 0]
     assert not any("WARNING" in n for n in notes)
